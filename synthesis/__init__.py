@@ -1,0 +1,23 @@
+"""RTFSyn synthesis: protocols, text condition, network, simulation, training.
+
+This package knows arrays, spacings and protocols; it never imports pydicom.
+Heavy parts are imported lazily so ``import synthesis.protocol`` stays cheap.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+__all__ = ["Synthesizer", "SynthesisResult", "MRProtocol", "preset", "prompt", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("Synthesizer", "SynthesisResult"):
+        from synthesis import inference
+
+        return getattr(inference, name)
+    if name in ("MRProtocol", "preset", "prompt"):
+        from synthesis import protocol
+
+        return getattr(protocol, name)
+    raise AttributeError(f"module 'synthesis' has no attribute {name!r}")

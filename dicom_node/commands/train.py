@@ -1,0 +1,43 @@
+"""``rtfsyn train``: train RTFSyn on simulated data (resumable)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train the synthesis model on simulated data (resumable)")
+    p.add_argument("--config", default="config/train.toml", help="training TOML (default: %(default)s)")
+    p.add_argument("--out-dir", help="override [run] out_dir")
+    p.add_argument("--steps", type=int, help="override [optim] steps")
+    p.add_argument("--max-minutes", type=float, help="stop (resumably) after this much training time")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override [run] device")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                   help="override any option, e.g. --set patch=32 --set 'model={\"fusion\": \"none\"}'")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from synthesis.train import load_train_config, train
+
+    overrides = {"out_dir": args.out_dir, "steps": args.steps, "max_minutes": args.max_minutes,
+                 "device": args.device}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            print(f"rtfsyn train: --set needs KEY=VALUE. Found {item!r}.", file=sys.stderr)
+            return 2
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    try:
+        cfg = load_train_config(args.config, overrides)
+    except (OSError, ValueError) as exc:
+        print(f"rtfsyn train: {args.config}: {exc}", file=sys.stderr)
+        return 2
+    final = train(cfg, progress=not args.no_progress)
+    print(f"Trained model: {final}")
+    return 0

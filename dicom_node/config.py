@@ -1,0 +1,449 @@
+"""The node's configuration: ``config/node.toml`` loaded into typed, validated dataclasses.
+
+Every value is checked on load; an error names the key, the rule and the value
+found (:class:`ConfigError`). Relative paths (``data_dir``, TLS files) resolve
+against the current working directory of the process that loads the file.
+
+Example::
+
+    config = load_config("config/node.toml")
+    config.node.port, config.routes[0].targets, config.destinations["PACS"].ae_title
+"""
+from __future__ import annotations
+
+import math
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+if sys.version_info >= (3, 11):  # pragma: no cover - version dependent
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = [
+    "ConfigError", "TLSConfig", "NodeConfig", "ModelConfig", "ExportConfig", "Destination",
+    "Caller", "Route", "Config", "load_config", "parse_config", "OUTPUT_FORMATS", "CALLER",
+]
+
+OUTPUT_FORMATS = ("mr", "enhanced-mr", "parametric-map")
+CALLER = "caller"  # route destination meaning "the AE that sent the series"
+_AE_CHARS = re.compile(r"^[\x20-\x5b\x5d-\x7e]+$")  # DICOM AE: printable, no backslash
+
+
+class ConfigError(ValueError):
+    """The configuration breaks a rule; the message names the key and the value found."""
+
+
+# -- small checkers ----------------------------------------------------------------------
+def _ae_title(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{key} must be a non-empty string. Found {value!r}.")
+    title = value.strip()
+    if len(title) > 16:
+        raise ConfigError(f"{key} must be at most 16 characters. Found {value!r} ({len(title)}).")
+    if not _AE_CHARS.match(title):
+        raise ConfigError(f"{key} must be printable ASCII without backslash. Found {value!r}.")
+    return title
+
+
+def _port(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ConfigError(f"{key} must be an integer port in 1..65535. Found {value!r}.")
+    return value
+
+
+def _number(key: str, value: Any, *, low: float, high: float = math.inf,
+            low_open: bool = False) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok:
+        value = float(value)
+        ok = math.isfinite(value) and (value > low if low_open else value >= low) and value <= high
+    if not ok:
+        bracket = "(" if low_open else "["
+        raise ConfigError(f"{key} must be a number in {bracket}{low}, {high}]. Found {value!r}.")
+    return float(value)
+
+
+def _integer(key: str, value: Any, *, low: int, high: int = 2**31) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"{key} must be an integer in [{low}, {high}]. Found {value!r}.")
+    return value
+
+
+def _string(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key} must be a non-empty string. Found {value!r}.")
+    return value
+
+
+def _bool(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false. Found {value!r}.")
+    return value
+
+
+def _table(key: str, value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key} must be a table. Found {type(value).__name__} {value!r}.")
+    return value
+
+
+def _no_unknown(key: str, table: Mapping[str, Any], known: set[str]) -> None:
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ConfigError(f"{key} has unknown key(s) {', '.join(unknown)}; "
+                          f"known keys: {', '.join(sorted(known))}.")
+
+
+def _path(value: str) -> Path:
+    """A path; relative ones resolve against the current working directory."""
+    return Path(value).expanduser().resolve()
+
+
+# -- the dataclasses ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class TLSConfig:
+    """Server TLS: PEM certificate chain and key; CA bundle to verify peers (client certs)."""
+
+    certificate: Path
+    private_key: Path
+    ca_certificates: Path | None = None
+    require_client_certificate: bool = False
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """The listening AE. ``stable_seconds``: quiet period (s) that completes a series."""
+
+    ae_title: str = "RTFSYN"
+    host: str = "0.0.0.0"
+    port: int = 11112
+    data_dir: Path = field(default_factory=lambda: _path("var"))
+    stable_seconds: float = 5.0
+    allowed_calling_aets: tuple[str, ...] = ()
+    called_aet_check: bool = True
+    max_pdu: int = 16382  # bytes; 0 = no limit
+    disk_watermark_percent: float = 75.0  # refuse new associations at or above this disk use
+    workers: int = 1  # synthesis worker threads
+    max_associations: int = 10
+    network_timeout_seconds: float = 60.0  # a peer silent this long is aborted
+    tls: TLSConfig | None = None
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which checkpoint the Synthesizer loads and on which device (auto|cpu|cuda[:N])."""
+
+    checkpoint: str = "default"
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Delivery retries: attempt n waits ``min(backoff * 2**(n-1), backoff_max)`` seconds."""
+
+    max_attempts: int = 5
+    backoff_seconds: float = 2.0
+    backoff_max_seconds: float = 300.0
+    timeout_seconds: float = 30.0  # association / DIMSE / network timeout while sending
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        return min(self.backoff_seconds * 2.0 ** max(attempt - 1, 0), self.backoff_max_seconds)
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A peer that receives derived series (C-STORE SCP)."""
+
+    name: str
+    ae_title: str
+    host: str
+    port: int
+    tls: bool = False  # use TLS (verified with [node.tls] ca_certificates)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """A calling AE that may be a route's ``"caller"`` destination: its storage port."""
+
+    ae_title: str
+    port: int
+    host: str | None = None  # default: the address the association came from
+
+
+@dataclass(frozen=True)
+class Route:
+    """Select series by tags; synthesize ``targets``; send to ``destination``.
+
+    ``match``/``exclude``: (keyword, compiled regex) pairs. A series is selected
+    when every ``match`` regex is found (``re.search``) in its value and no
+    ``exclude`` regex is. Multi-valued attributes are joined with backslashes
+    (``ORIGINAL\\PRIMARY``); a missing attribute fails ``match`` and never
+    triggers ``exclude``.
+    """
+
+    name: str
+    targets: tuple[str, ...]
+    destination: str
+    match: tuple[tuple[str, re.Pattern[str]], ...] = ()
+    exclude: tuple[tuple[str, re.Pattern[str]], ...] = ()
+    output_format: str = "mr"
+    series_number_offset: int = 1000
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration; ``source`` is the file it came from (None: defaults)."""
+
+    node: NodeConfig = field(default_factory=NodeConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    destinations: Mapping[str, Destination] = field(default_factory=dict)
+    callers: Mapping[str, Caller] = field(default_factory=dict)
+    routes: tuple[Route, ...] = ()
+    source: Path | None = None
+
+    @classmethod
+    def default(cls) -> "Config":
+        """Embedded defaults: data_dir ``var`` (cwd), default checkpoint, device auto, no routes."""
+        return cls()
+
+    @property
+    def database_path(self) -> Path:
+        """The SQLite job log: ``data_dir/joblog.sqlite``."""
+        return self.node.data_dir / "joblog.sqlite"
+
+    @property
+    def spool_dir(self) -> Path:
+        """Received instances: ``data_dir/spool/<study>/<series>/<sop>.dcm``."""
+        return self.node.data_dir / "spool"
+
+    @property
+    def out_dir(self) -> Path:
+        """Derived series, one folder per job: ``data_dir/out/job-<id>``."""
+        return self.node.data_dir / "out"
+
+
+# -- parsing -------------------------------------------------------------------------------
+_NODE_KEYS = {"ae_title", "host", "port", "data_dir", "stable_seconds", "allowed_calling_aets",
+              "called_aet_check", "max_pdu", "disk_watermark_percent", "workers",
+              "max_associations", "network_timeout_seconds", "tls"}
+
+
+def _parse_tls(raw: Any) -> TLSConfig:
+    t = _table("node.tls", raw)
+    _no_unknown("node.tls", t, {"certificate", "private_key", "ca_certificates",
+                                "require_client_certificate"})
+    for key in ("certificate", "private_key"):
+        if key not in t:
+            raise ConfigError(f"node.tls.{key} is required when [node.tls] is given. Found none.")
+    paths = {k: _path(_string(f"node.tls.{k}", t[k]))
+             for k in ("certificate", "private_key", "ca_certificates") if k in t}
+    for key, path in paths.items():
+        if not path.is_file():
+            raise ConfigError(f"node.tls.{key} must name an existing file. Found {str(path)!r}.")
+    require = _bool("node.tls.require_client_certificate",
+                    t.get("require_client_certificate", False))
+    if require and "ca_certificates" not in paths:
+        raise ConfigError("node.tls.require_client_certificate = true needs "
+                          "node.tls.ca_certificates to verify clients. Found none.")
+    return TLSConfig(paths["certificate"], paths["private_key"], paths.get("ca_certificates"),
+                     require)
+
+
+def _parse_node(raw: Mapping[str, Any]) -> NodeConfig:
+    _no_unknown("node", raw, _NODE_KEYS)
+    d = NodeConfig()
+    aets = raw.get("allowed_calling_aets", [])
+    if not isinstance(aets, list):
+        raise ConfigError(f"node.allowed_calling_aets must be a list of AE titles. Found {aets!r}.")
+    return NodeConfig(
+        ae_title=_ae_title("node.ae_title", raw.get("ae_title", d.ae_title)),
+        host=_string("node.host", raw.get("host", d.host)),
+        port=_port("node.port", raw.get("port", d.port)),
+        data_dir=_path(_string("node.data_dir", raw.get("data_dir", "var"))),
+        stable_seconds=_number("node.stable_seconds", raw.get("stable_seconds", d.stable_seconds),
+                               low=0.0, high=86400.0, low_open=True),
+        allowed_calling_aets=tuple(_ae_title(f"node.allowed_calling_aets[{i}]", a)
+                                   for i, a in enumerate(aets)),
+        called_aet_check=_bool("node.called_aet_check",
+                               raw.get("called_aet_check", d.called_aet_check)),
+        max_pdu=_max_pdu(raw.get("max_pdu", d.max_pdu)),
+        disk_watermark_percent=_number("node.disk_watermark_percent",
+                                       raw.get("disk_watermark_percent", d.disk_watermark_percent),
+                                       low=0.0, high=100.0, low_open=True),
+        workers=_integer("node.workers", raw.get("workers", d.workers), low=1, high=64),
+        max_associations=_integer("node.max_associations",
+                                  raw.get("max_associations", d.max_associations), low=1, high=1000),
+        network_timeout_seconds=_number(
+            "node.network_timeout_seconds",
+            raw.get("network_timeout_seconds", d.network_timeout_seconds),
+            low=0.0, high=86400.0, low_open=True),
+        tls=_parse_tls(raw["tls"]) if "tls" in raw else None,
+    )
+
+
+def _max_pdu(value: Any) -> int:
+    if value == 0:
+        return 0
+    return _integer("node.max_pdu", value, low=4096, high=2**32 - 1)
+
+
+def _parse_model(raw: Mapping[str, Any]) -> ModelConfig:
+    _no_unknown("model", raw, {"checkpoint", "device"})
+    device = _string("model.device", raw.get("device", "auto"))
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise ConfigError(f"model.device must be auto, cpu, cuda or cuda:N. Found {device!r}.")
+    return ModelConfig(checkpoint=_string("model.checkpoint", raw.get("checkpoint", "default")),
+                       device=device)
+
+
+def _parse_export(raw: Mapping[str, Any]) -> ExportConfig:
+    _no_unknown("export", raw, {"max_attempts", "backoff_seconds", "backoff_max_seconds",
+                                "timeout_seconds"})
+    d = ExportConfig()
+    backoff = _number("export.backoff_seconds", raw.get("backoff_seconds", d.backoff_seconds),
+                      low=0.0, high=86400.0)
+    cap = _number("export.backoff_max_seconds",
+                  raw.get("backoff_max_seconds", d.backoff_max_seconds), low=0.0, high=86400.0)
+    if cap < backoff:
+        raise ConfigError(f"export.backoff_max_seconds must be >= export.backoff_seconds "
+                          f"({backoff}). Found {cap}.")
+    return ExportConfig(
+        max_attempts=_integer("export.max_attempts", raw.get("max_attempts", d.max_attempts),
+                              low=1, high=1000),
+        backoff_seconds=backoff, backoff_max_seconds=cap,
+        timeout_seconds=_number("export.timeout_seconds",
+                                raw.get("timeout_seconds", d.timeout_seconds),
+                                low=0.0, high=3600.0, low_open=True))
+
+
+def _parse_destinations(raw: Any) -> dict[str, Destination]:
+    out: dict[str, Destination] = {}
+    for name, value in _table("destinations", raw).items():
+        key = f"destinations.{name}"
+        if name == CALLER:
+            raise ConfigError(f"{key}: {CALLER!r} is reserved for the calling AE; "
+                              "choose another destination name.")
+        t = _table(key, value)
+        _no_unknown(key, t, {"ae_title", "host", "port", "tls"})
+        for required in ("ae_title", "host", "port"):
+            if required not in t:
+                raise ConfigError(f"{key}.{required} is required. Found none.")
+        out[name] = Destination(name=name, ae_title=_ae_title(f"{key}.ae_title", t["ae_title"]),
+                                host=_string(f"{key}.host", t["host"]),
+                                port=_port(f"{key}.port", t["port"]),
+                                tls=_bool(f"{key}.tls", t.get("tls", False)))
+    return out
+
+
+def _parse_callers(raw: Any) -> dict[str, Caller]:
+    out: dict[str, Caller] = {}
+    for name, value in _table("callers", raw).items():
+        key = f"callers.{name}"
+        title = _ae_title(f"{key} (the AE title)", name)
+        t = _table(key, value)
+        _no_unknown(key, t, {"port", "host"})
+        if "port" not in t:
+            raise ConfigError(f"{key}.port is required. Found none.")
+        host = _string(f"{key}.host", t["host"]) if "host" in t else None
+        out[title] = Caller(ae_title=title, port=_port(f"{key}.port", t["port"]), host=host)
+    return out
+
+
+def _patterns(key: str, raw: Any) -> tuple[tuple[str, re.Pattern[str]], ...]:
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+
+    out = []
+    for keyword, pattern in _table(key, raw).items():
+        tag = tag_for_keyword(keyword)
+        if tag is None:
+            raise ConfigError(f"{key}: {keyword!r} is not a DICOM attribute keyword "
+                              "(e.g. Modality, SeriesDescription).")
+        if dictionary_VR(tag) == "SQ":
+            raise ConfigError(f"{key}: {keyword!r} is a sequence; only plain attributes match.")
+        if not isinstance(pattern, str):
+            raise ConfigError(f"{key}.{keyword} must be a regular expression string. "
+                              f"Found {pattern!r}.")
+        try:
+            out.append((keyword, re.compile(pattern)))
+        except re.error as exc:
+            raise ConfigError(f"{key}.{keyword} is not a valid regular expression "
+                              f"({exc}). Found {pattern!r}.") from exc
+    return tuple(out)
+
+
+def _parse_route(i: int, raw: Any, destinations: Mapping[str, Destination]) -> Route:
+    from synthesis.protocol import PRESETS
+
+    key = f"routes[{i}]"
+    t = _table(key, raw)
+    _no_unknown(key, t, {"name", "match", "exclude", "targets", "destination", "output_format",
+                         "series_number_offset"})
+    targets = t.get("targets")
+    if not isinstance(targets, list) or not targets:
+        raise ConfigError(f"{key}.targets must be a non-empty list of presets "
+                          f"({', '.join(PRESETS)}). Found {targets!r}.")
+    clean = []
+    for target in targets:
+        if not isinstance(target, str) or target.upper() not in PRESETS:
+            raise ConfigError(f"{key}.targets: unknown target preset {target!r}; "
+                              f"known presets: {', '.join(PRESETS)}.")
+        clean.append(target.upper())
+    if len(set(clean)) != len(clean):
+        raise ConfigError(f"{key}.targets lists a preset twice. Found {targets!r}.")
+    destination = t.get("destination")
+    if destination != CALLER and destination not in destinations:
+        known = ", ".join([*sorted(destinations), CALLER])
+        raise ConfigError(f"{key}.destination must be a [destinations] key or {CALLER!r} "
+                          f"(known: {known}). Found {destination!r}.")
+    fmt = t.get("output_format", "mr")
+    if fmt not in OUTPUT_FORMATS:
+        raise ConfigError(f"{key}.output_format must be one of {', '.join(OUTPUT_FORMATS)}. "
+                          f"Found {fmt!r}.")
+    return Route(
+        name=_string(f"{key}.name", t.get("name", f"route-{i + 1}")),
+        targets=tuple(clean), destination=str(destination),
+        match=_patterns(f"{key}.match", t.get("match", {})),
+        exclude=_patterns(f"{key}.exclude", t.get("exclude", {})),
+        output_format=fmt,
+        series_number_offset=_integer(f"{key}.series_number_offset",
+                                      t.get("series_number_offset", 1000), low=0, high=2**31 - 1),
+    )
+
+
+def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
+    """Validate a parsed TOML document (a dict) into a :class:`Config`."""
+    _no_unknown("the top level", data, {"node", "model", "export", "destinations", "callers",
+                                        "routes"})
+    destinations = _parse_destinations(data.get("destinations", {}))
+    raw_routes = data.get("routes", [])
+    if not isinstance(raw_routes, list):
+        raise ConfigError(f"routes must be an array of tables ([[routes]]). Found {raw_routes!r}.")
+    routes = tuple(_parse_route(i, r, destinations) for i, r in enumerate(raw_routes))
+    names = [r.name for r in routes]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"route names must be unique. Found {names!r}.")
+    return Config(node=_parse_node(_table("node", data.get("node", {}))),
+                  model=_parse_model(_table("model", data.get("model", {}))),
+                  export=_parse_export(_table("export", data.get("export", {}))),
+                  destinations=destinations,
+                  callers=_parse_callers(data.get("callers", {})),
+                  routes=routes, source=source)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a TOML configuration file; raises :class:`ConfigError`."""
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"configuration file not found: {str(path)!r}.") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{str(path)!r} is not valid TOML: {exc}.") from exc
+    return parse_config(data, source=path.resolve())

@@ -1,0 +1,130 @@
+"""Checkpoints that carry their own network spec and version.
+
+A checkpoint is a ``torch.save`` of a plain dict::
+
+    {"format": "rtfsyn-checkpoint", "version": 1, "model_version": str,
+     "config": RTFSynConfig.to_dict(), "state_dict": {...}, "extra": {...}}
+
+It loads with ``torch.load(weights_only=True)`` (no arbitrary pickles) and
+rebuilds the model with no other configuration.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from synthesis import __version__
+from synthesis.nets.rtfsyn import RTFSyn, RTFSynConfig
+
+__all__ = ["FORMAT", "VERSION", "save", "load", "sha256", "default_checkpoint_path", "state_digest"]
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "rtfsyn-checkpoint"
+VERSION = 1
+
+
+def default_checkpoint_path() -> Path:
+    """``synthesis/weights/default.pt`` inside the installed package (may not exist yet)."""
+    return Path(__file__).resolve().parent / "weights" / "default.pt"
+
+
+def sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def state_digest(model: torch.nn.Module) -> str:
+    """Hex SHA-256 over the parameter and buffer names and values (model identity)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def save(model: RTFSyn, path: str | Path, *, extra: dict[str, Any] | None = None,
+         model_version: str | None = None) -> Path:
+    """Write ``model`` with its config to ``path`` (atomic rename); returns the path.
+
+    ``model_version`` defaults to ``"<package version>+<first 12 hex of the weights digest>"``,
+    so different weights always get a different version string. ``extra`` must
+    hold only plain values (str, numbers, lists, dicts, tensors).
+    """
+    if not isinstance(model, RTFSyn):
+        raise TypeError(f"save() expects an RTFSyn model. Found {type(model).__name__}.")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model_version": model_version or f"{__version__}+{state_digest(model)[:12]}",
+        "config": model.config.to_dict(),
+        "state_dict": {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()},
+        "extra": dict(extra or {}),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    logger.info("Saved checkpoint %s (model version %s)", path, payload["model_version"])
+    return path
+
+
+def _read(path: Path, map_location: str | torch.device) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"Checkpoint file not found: {path}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, AttributeError) as exc:
+        raise ValueError(
+            f"Cannot read checkpoint {path}: not a valid torch checkpoint or not loadable with "
+            f"weights_only=True ({type(exc).__name__}: {exc})."
+        ) from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise ValueError(f"Checkpoint {path} is not an RTFSyn checkpoint: format must be {FORMAT!r}. Found {found!r}.")
+    if payload.get("version") != VERSION:
+        raise ValueError(
+            f"Checkpoint {path} has format version {payload.get('version')!r}; this code reads version {VERSION}."
+        )
+    for key in ("model_version", "config", "state_dict"):
+        if key not in payload:
+            raise ValueError(f"Checkpoint {path} lacks the {key!r} entry.")
+    return payload
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[RTFSyn, dict[str, Any]]:
+    """Rebuild the model stored at ``path``; returns ``(model in eval mode, meta)``.
+
+    ``meta`` holds ``model_version``, ``config`` (dict), ``extra``, ``sha256`` and ``path``.
+    """
+    path = Path(path)
+    payload = _read(path, map_location)
+    try:
+        config = RTFSynConfig.from_dict(payload["config"])
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"Checkpoint {path} holds an invalid network config: {exc}") from exc
+    model = RTFSyn(config)
+    try:
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"Checkpoint {path} weights do not match its config: {exc}") from exc
+    model.eval()
+    meta = {
+        "model_version": str(payload["model_version"]),
+        "config": config.to_dict(),
+        "extra": payload.get("extra", {}),
+        "sha256": sha256(path),
+        "path": str(path),
+    }
+    return model, meta

@@ -1,0 +1,144 @@
+"""Paired training/evaluation samples drawn from simulated subjects.
+
+A sample is a (source, target) pair on the 1 mm working grid: the source is
+rendered with a random source protocol and degraded by acquisition effects
+(then brought back to the working grid, as the :class:`~synthesis.Synthesizer`
+does at inference), the target is rendered clean.  Both are normalized the
+way inference normalizes: by percentiles of the *whole* volume.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from synthesis.grid import percentile_normalize, resample
+from synthesis.protocol import Contrast, MRProtocol
+from synthesis.simulate import Effects, Subject, degrade, random_effects, random_protocol, render
+
+__all__ = ["Pair", "PairSampler", "volume_scale", "fit_to_shape"]
+
+_STRIDE = 3  # sub-sampling of the whole volume when estimating percentiles
+
+
+@dataclass
+class Pair:
+    """A source/target pair of patches, (P, P, P) each, normalized intensities."""
+
+    source: np.ndarray
+    target: np.ndarray
+    mask: np.ndarray
+    source_protocol: MRProtocol
+    target_protocol: MRProtocol
+
+
+def volume_scale(subject: Subject, protocol: MRProtocol) -> tuple[float, float]:
+    """(p_lo, p_hi): the whole-volume 0.5/99.5 percentiles of a clean render."""
+    strided = tuple(slice(None, None, _STRIDE) for _ in range(3))
+    _, scale = percentile_normalize(render(subject, protocol, region=strided))
+    return scale
+
+
+def fit_to_shape(volume: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Crop (centred) or edge-pad ``volume`` to ``shape``."""
+    out = volume
+    for axis, n in enumerate(shape):
+        have = out.shape[axis]
+        if have > n:
+            start = (have - n) // 2
+            out = np.take(out, range(start, start + n), axis=axis)
+        elif have < n:
+            pad = [(0, 0)] * out.ndim
+            pad[axis] = ((n - have) // 2, n - have - (n - have) // 2)
+            out = np.pad(out, pad, mode="edge")
+    return out
+
+
+def _apply_scale(volume: np.ndarray, scale: tuple[float, float]) -> np.ndarray:
+    lo, hi = scale
+    return np.clip((volume - lo) / max(hi - lo, 1e-8), 0.0, 1.5).astype(np.float32)
+
+
+def acquire_source(clean: np.ndarray, effects: Effects, rng: np.random.Generator, axis: int) -> np.ndarray:
+    """Degrade a clean working-grid image and bring it back to the working grid."""
+    degraded, spacing = degrade(clean, (1.0, 1.0, 1.0), effects, rng, axis=axis)
+    if tuple(spacing) != (1.0, 1.0, 1.0):
+        degraded = resample(degraded, tuple(spacing), (1.0, 1.0, 1.0))
+    return fit_to_shape(degraded, clean.shape)
+
+
+class PairSampler:
+    """Draws random (source, target) patch pairs from a list of subjects.
+
+    source_contrasts / target_contrasts: contrast families to draw from;
+    split: the protocol split ("train" avoids the zero-shot band, "zeroshot" draws from it);
+    effects: "random" (``random_effects``), or a fixed :class:`Effects`.
+    """
+
+    def __init__(
+        self,
+        subjects: Sequence[Subject],
+        *,
+        patch: int,
+        target_contrasts: Sequence[str] = ("T2w", "PDw", "FLAIR"),
+        source_contrasts: Sequence[str] = ("T1w",),
+        split: str = "train",
+        effects: str | Effects = "random",
+    ) -> None:
+        if not subjects:
+            raise ValueError("PairSampler needs at least one subject.")
+        if patch < 8:
+            raise ValueError(f"patch must be at least 8 voxels. Found {patch}.")
+        self.subjects = list(subjects)
+        self.patch = patch
+        self.targets = [Contrast(c) for c in target_contrasts]
+        self.sources = [Contrast(c) for c in source_contrasts]
+        self.split = split
+        self.effects = effects
+        self._scales: dict[tuple[int, MRProtocol], tuple[float, float]] = {}
+        self._brain_boxes = [self._box(s.brain_mask) for s in self.subjects]
+
+    @staticmethod
+    def _box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        idx = np.argwhere(mask)
+        return idx.min(0), idx.max(0)
+
+    def _scale(self, i: int, protocol: MRProtocol) -> tuple[float, float]:
+        key = (i, protocol)
+        if key not in self._scales:
+            if len(self._scales) > 4096:
+                self._scales.clear()
+            self._scales[key] = volume_scale(self.subjects[i], protocol)
+        return self._scales[key]
+
+    def _region(self, i: int, rng: np.random.Generator) -> tuple[slice, slice, slice]:
+        """A patch whose centre lies inside the brain's bounding box."""
+        shape = np.array(self.subjects[i].brain_mask.shape)
+        lo, hi = self._brain_boxes[i]
+        centre = rng.integers(lo, hi + 1)
+        start = np.clip(centre - self.patch // 2, 0, np.maximum(shape - self.patch, 0))
+        return tuple(slice(int(s), int(s) + self.patch) for s in start)  # type: ignore[return-value]
+
+    def sample(self, rng: np.random.Generator, *, target: str | None = None) -> Pair:
+        i = int(rng.integers(len(self.subjects)))
+        subject = self.subjects[i]
+        field = float(rng.choice([1.5, 3.0]))
+        src_c = self.sources[int(rng.integers(len(self.sources)))]
+        tgt_c = Contrast(target) if target else self.targets[int(rng.integers(len(self.targets)))]
+        src_p = random_protocol(src_c, rng, field_t=field, split=self.split)
+        tgt_p = random_protocol(tgt_c, rng, field_t=field, split=self.split)
+        effects = random_effects(rng) if self.effects == "random" else self.effects
+        region = self._region(i, rng)
+        src_clean = _apply_scale(render(subject, src_p, region=region), self._scale(i, src_p))
+        tgt = _apply_scale(render(subject, tgt_p, region=region), self._scale(i, tgt_p))
+        src = acquire_source(src_clean, effects, rng, axis=int(rng.integers(3)))
+        shape = (self.patch,) * 3
+        src_p = src_p.with_(slice_thickness_mm=max(effects.slice_thickness_mm, 1.0))
+        return Pair(
+            source=fit_to_shape(src, shape),
+            target=fit_to_shape(tgt, shape),
+            mask=fit_to_shape(subject.brain_mask[region], shape),
+            source_protocol=src_p,
+            target_protocol=tgt_p,
+        )

@@ -1,0 +1,136 @@
+"""``RTFSynConfig``: every hyper-parameter of the network, typed, defaulted, validated."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from synthesis.protocol import PAIR_FEATURE_DIM
+from synthesis.text import TEXT_DIM
+
+__all__ = ["RTFSynConfig", "REFINEMENTS", "FUSIONS", "DECODERS"]
+
+REFINEMENTS = ("axis", "none")
+FUSIONS = ("rtf", "global", "none")
+DECODERS = ("implicit", "conv")
+
+
+def _int(name: str, value: Any, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}. Found {value!r}.")
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}. Found {value!r}.")
+
+
+@dataclass(frozen=True)
+class RTFSynConfig:
+    """Hyper-parameters of :class:`~synthesis.nets.rtfsyn.RTFSyn`.
+
+    channels: encoder width per scale; scale ``s`` has resolution ``1/2**s``.
+    blocks: residual blocks per scale in the encoder and in the decoder.
+    fusion_scales: scales where AVR then fusion run (low resolution: few tokens).
+    refinement / fusion / decoder: the ablation switches.
+    axis_kernel, axis_dilations: AVR directional convolutions.
+    attn_dim, heads, pack: CAF cross-attention width, heads and pack factor r.
+    kernel_bank, conv_groups: CAF dynamic convolution bank size K and groups.
+    cond_dim: condition vector width; head_hidden, head_layers: decoder MLP.
+    query_chunk: queries per chunk; render_voxels: voxels per slab when rendering.
+    text_dim, feature_dim: widths of the text tokens and numeric protocol features.
+    """
+
+    channels: tuple[int, ...] = (16, 32, 64, 96)
+    blocks: int = 1
+    fusion_scales: tuple[int, ...] = (2, 3)
+    refinement: str = "axis"
+    fusion: str = "rtf"
+    decoder: str = "implicit"
+    axis_kernel: int = 7
+    axis_dilations: tuple[int, ...] = (1, 3)
+    attn_dim: int = 128
+    heads: int = 4
+    pack: int = 2
+    kernel_bank: int = 4
+    conv_groups: int = 4
+    cond_dim: int = 64
+    head_hidden: int = 64
+    head_layers: int = 2
+    query_chunk: int = 32768
+    render_voxels: int = 1 << 20
+    text_dim: int = TEXT_DIM
+    feature_dim: int = PAIR_FEATURE_DIM
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "channels", tuple(self.channels))
+        set_(self, "fusion_scales", tuple(sorted(set(self.fusion_scales))))
+        set_(self, "axis_dilations", tuple(self.axis_dilations))
+        if len(self.channels) < 2:
+            raise ValueError(f"channels needs at least 2 scales. Found {self.channels!r}.")
+        for i, c in enumerate(self.channels):
+            _int(f"channels[{i}]", c)
+        for name in ("blocks", "axis_kernel", "attn_dim", "heads", "pack", "kernel_bank", "conv_groups",
+                     "cond_dim", "head_hidden", "head_layers", "query_chunk", "render_voxels",
+                     "text_dim", "feature_dim"):
+            _int(name, getattr(self, name))
+        if self.axis_kernel % 2 == 0:
+            raise ValueError(f"axis_kernel must be odd. Found {self.axis_kernel}.")
+        if not self.axis_dilations:
+            raise ValueError("axis_dilations must hold at least one dilation. Found ().")
+        for d in self.axis_dilations:
+            _int("axis_dilations[i]", d)
+        _choice("refinement", self.refinement, REFINEMENTS)
+        _choice("fusion", self.fusion, FUSIONS)
+        _choice("decoder", self.decoder, DECODERS)
+        for s in self.fusion_scales:
+            if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < len(self.channels):
+                raise ValueError(
+                    f"fusion_scales must be scale indices in [0, {len(self.channels) - 1}]. Found {s!r}."
+                )
+        if self.attn_dim % self.heads:
+            raise ValueError(
+                f"attn_dim must be divisible by heads. Found attn_dim={self.attn_dim}, heads={self.heads}."
+            )
+        for s in self.fusion_scales:
+            if self.channels[s] % self.conv_groups:
+                raise ValueError(
+                    f"channels[{s}] must be divisible by conv_groups. "
+                    f"Found channels[{s}]={self.channels[s]}, conv_groups={self.conv_groups}."
+                )
+
+    @property
+    def size_multiple(self) -> int:
+        """D, H, W are padded internally to a multiple of this."""
+        deepest = 2 ** (len(self.channels) - 1)
+        packed = max((2**s * self.pack for s in self.fusion_scales), default=1) if self.fusion == "rtf" else 1
+        return max(deepest, packed)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict (tuples become lists)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "RTFSynConfig":
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"Unknown RTFSynConfig fields: {unknown}. Known: {sorted(known)}.")
+        return cls(**dict(data))
+
+    @classmethod
+    def tiny(cls, **changes: Any) -> "RTFSynConfig":
+        """A very small configuration for tests (16³-24³ volumes in well under a second)."""
+        values: dict[str, Any] = dict(
+            channels=(8, 12, 16), fusion_scales=(1, 2), axis_kernel=3, attn_dim=16, heads=2,
+            kernel_bank=2, conv_groups=2, cond_dim=16, head_hidden=16, query_chunk=4096,
+        )
+        values.update(changes)
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "RTFSynConfig":
+        """A validated copy with some fields changed."""
+        return dataclasses.replace(self, **changes)

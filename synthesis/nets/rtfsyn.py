@@ -1,0 +1,168 @@
+"""RTFSyn: refine, then fuse, then decode anywhere.
+
+``encode`` runs a multi-scale 3-D encoder-decoder (additive skips) whose low
+resolution scales first refine the features along each axis (AVR) and then
+fuse them with the prompt (CAF); it returns a feature volume on the input
+grid plus the condition vector. ``query`` evaluates the implicit decoder at
+any continuous coordinates; ``render_grid`` evaluates it at the voxel centres.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from synthesis.blocks import (
+    AxisRefinement,
+    ConditionEmbedding,
+    ConvDecoder,
+    CrossModalFusion,
+    Features,
+    GlobalFusion,
+    ImplicitDecoder,
+    ResBlock3d,
+)
+from synthesis.nets.config import RTFSynConfig
+from synthesis.text import TextCondition
+
+__all__ = ["RTFSyn", "RTFSynConfig", "Features"]
+
+logger = logging.getLogger(__name__)
+
+
+def _stage(channels: int, blocks: int, norm: bool) -> nn.Sequential:
+    return nn.Sequential(*(ResBlock3d(channels, norm=norm) for _ in range(blocks)))
+
+
+class RTFSyn(nn.Module):
+    """The RTFSyn network; see the module docstring and :class:`RTFSynConfig`."""
+
+    def __init__(self, config: RTFSynConfig | None = None) -> None:
+        super().__init__()
+        cfg = self.config = config if config is not None else RTFSynConfig()
+        if not isinstance(cfg, RTFSynConfig):
+            raise TypeError(f"config must be an RTFSynConfig. Found {type(cfg).__name__}.")
+        ch = cfg.channels
+        self.stem = nn.Conv3d(1, ch[0], 3, padding=1)
+        self.encoder = nn.ModuleList(_stage(c, cfg.blocks, norm=s > 0) for s, c in enumerate(ch))
+        self.down = nn.ModuleList(nn.Conv3d(ch[s], ch[s + 1], 2, stride=2) for s in range(len(ch) - 1))
+        self.up = nn.ModuleList(nn.ConvTranspose3d(ch[s + 1], ch[s], 2, stride=2) for s in range(len(ch) - 1))
+        self.decoder = nn.ModuleList(_stage(ch[s], cfg.blocks, norm=s > 0) for s in range(len(ch) - 1))
+        self.refine = nn.ModuleDict()
+        self.fuse = nn.ModuleDict()
+        for s in cfg.fusion_scales:
+            if cfg.refinement == "axis":
+                self.refine[str(s)] = AxisRefinement(ch[s], kernel=cfg.axis_kernel, dilations=cfg.axis_dilations)
+            if cfg.fusion == "rtf":
+                self.fuse[str(s)] = CrossModalFusion(
+                    ch[s], text_dim=cfg.text_dim, feature_dim=cfg.feature_dim, cond_dim=cfg.cond_dim,
+                    attn_dim=cfg.attn_dim, heads=cfg.heads, pack=cfg.pack, bank=cfg.kernel_bank,
+                    conv_groups=cfg.conv_groups,
+                )
+            elif cfg.fusion == "global":
+                self.fuse[str(s)] = GlobalFusion(ch[s], cond_dim=cfg.cond_dim)
+        uses_text = cfg.fusion != "none"
+        self.condition = ConditionEmbedding(cfg.text_dim, cfg.feature_dim, cfg.cond_dim) if uses_text else None
+        cond_dim = cfg.cond_dim if uses_text else None
+        if cfg.decoder == "implicit":
+            self.head: ImplicitDecoder | ConvDecoder = ImplicitDecoder(
+                ch[0], hidden=cfg.head_hidden, layers=cfg.head_layers, cond_dim=cond_dim,
+                chunk=cfg.query_chunk, render_voxels=cfg.render_voxels,
+            )
+        else:
+            self.head = ConvDecoder(ch[0], hidden=cfg.head_hidden, cond_dim=cond_dim, render_voxels=cfg.render_voxels)
+
+    @property
+    def uses_text(self) -> bool:
+        """False for the ``fusion="none"`` ablation (prompt and features ignored)."""
+        return self.condition is not None
+
+    def _check_inputs(self, x: torch.Tensor, text: TextCondition | None, features: torch.Tensor) -> None:
+        if x.ndim != 5 or x.shape[1] != 1:
+            raise ValueError(f"x must have shape (B, 1, D, H, W). Found {tuple(x.shape)}.")
+        if not self.uses_text:
+            return
+        batch = x.shape[0]
+        if text is None:
+            raise ValueError(f"text is required when fusion={self.config.fusion!r}. Found None.")
+        if text.tokens.shape[0] != batch or text.tokens.shape[2] != self.config.text_dim:
+            raise ValueError(
+                f"text.tokens must have shape ({batch}, L, {self.config.text_dim}). Found {tuple(text.tokens.shape)}."
+            )
+        if features is None or tuple(features.shape) != (batch, self.config.feature_dim):
+            found = None if features is None else tuple(features.shape)
+            raise ValueError(f"features must have shape ({batch}, {self.config.feature_dim}). Found {found}.")
+
+    def encode(self, x: torch.Tensor, text: TextCondition | None, features: torch.Tensor | None) -> Features:
+        """Source volume + condition -> :class:`Features`.
+
+        x: (B, 1, D, H, W) normalized intensities; text: encoded prompts (B rows);
+        features: (B, PAIR_FEATURE_DIM) numeric protocol features.
+        Returns features (B, channels[0], D, H, W) on the same grid and cond (B, cond_dim) or None.
+        """
+        self._check_inputs(x, text, features)
+        depth, height, width = x.shape[2:]
+        m = self.config.size_multiple
+        pads = [(-n) % m for n in (depth, height, width)]
+        if any(pads):  # replicate-pad the far side of each axis, cropped back below
+            x = F.pad(x, (0, pads[2], 0, pads[1], 0, pads[0]), mode="replicate")
+        cond = None
+        if self.condition is not None:
+            cond = self.condition(text.pooled.to(x.device), features.to(x.device))
+        h = self.stem(x)
+        skips: list[torch.Tensor] = []
+        for s, stage in enumerate(self.encoder):  # 1. encoder: refine then fuse at low resolution
+            if s > 0:
+                h = self.down[s - 1](h)
+            h = stage(h)
+            if str(s) in self.refine:
+                h = self.refine[str(s)](h)
+            if str(s) in self.fuse:
+                h = self._fuse(s, h, text, features, cond)
+            skips.append(h)
+        h = skips.pop()
+        for s in reversed(range(len(self.decoder))):  # 2. decoder with additive skips
+            h = self.up[s](h)
+            h = h.add_(skips.pop())
+            h = self.decoder[s](h)
+        if any(pads):
+            h = h[:, :, :depth, :height, :width].contiguous()
+        return Features(h, cond)
+
+    def _fuse(self, scale: int, h: torch.Tensor, text: TextCondition, features: torch.Tensor,
+              cond: torch.Tensor) -> torch.Tensor:
+        block = self.fuse[str(scale)]
+        if isinstance(block, CrossModalFusion):
+            device = h.device
+            return block(h, text.tokens.to(device), text.mask.to(device), features.to(device), cond)
+        return block(h, cond)
+
+    def query(self, feats: Features, coords: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+        """Intensities at continuous voxel coordinates ``(z, y, x)`` of the input grid.
+
+        coords: (B, N, 3); cell: (B, 3) output voxel size in input voxels. Returns (B, N).
+        """
+        return self.head.query(feats, coords, cell)
+
+    def render_grid(self, feats: Features) -> torch.Tensor:
+        """Output at the input voxel centres, (B, 1, D, H, W)."""
+        return self.head.render_grid(feats)
+
+    def forward(self, x: torch.Tensor, text: TextCondition | None, features: torch.Tensor | None) -> torch.Tensor:
+        """``render_grid(encode(x, text, features))``: (B, 1, D, H, W) -> (B, 1, D, H, W)."""
+        return self.render_grid(self.encode(x, text, features))
+
+    def num_parameters(self, trainable_only: bool = True) -> int:
+        """Number of (trainable) parameters; the frozen text encoder is not part of this module."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def summary(self) -> dict[str, object]:
+        """Architecture summary for provenance (``Synthesizer.info``)."""
+        cfg = self.config
+        return {
+            "channels": list(cfg.channels), "refinement": cfg.refinement, "fusion": cfg.fusion,
+            "decoder": cfg.decoder, "fusion_scales": list(cfg.fusion_scales),
+            "trainable_parameters": self.num_parameters(),
+        }

@@ -181,6 +181,12 @@ def _check_one_mr_series(datasets: Sequence[Dataset]) -> None:
                              "synthesizing from synthetic images is refused")
 
 
+def _label(ds: Dataset, what: str) -> str:
+    """How an error names one input: its file name (spool names are UIDs) and its role."""
+    name = Path(str(ds.filename)).name if getattr(ds, "filename", None) else None
+    return f"{name} ({what})" if name else what
+
+
 def _decode(ds: Dataset, label: str) -> None:
     """Decode the pixel data now so a missing decoder is reported by transfer syntax."""
     if "PixelData" not in ds:
@@ -251,15 +257,18 @@ def _assemble_classic(datasets: list[Dataset]) -> AssembledVolume:
     """Classic MR: one instance per slice, sorted along the slice normal."""
     _check_classic_geometry(datasets)
     orientation = [float(v) for v in datasets[0].ImageOrientationPatient]
-    _, indices = get_series_volume_positions(
-        datasets, rtol=SLICE_SPACING_RTOL, orientation_tol=ORIENTATION_TOL,
-        handedness=hd.AxisHandedness.LEFT_HANDED)
+    try:
+        _, indices = get_series_volume_positions(
+            datasets, rtol=SLICE_SPACING_RTOL, orientation_tol=ORIENTATION_TOL,
+            handedness=hd.AxisHandedness.LEFT_HANDED)
+    except ValueError as exc:
+        raise RejectedSeries(f"slices do not form a volume: {exc}") from exc
     if indices is None:
         positions = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in datasets])
         raise RejectedSeries(_irregular_reason(positions, orientation))
     ordered = [datasets[indices.index(k)] for k in range(len(datasets))]
     for k, ds in enumerate(ordered):
-        _decode(ds, f"slice {k + 1}")
+        _decode(ds, _label(ds, f"slice {k + 1}"))
     try:
         volume = hd.get_volume_from_series(ordered, dtype=np.float32, rtol=SLICE_SPACING_RTOL,
                                            orientation_tol=ORIENTATION_TOL)
@@ -307,8 +316,11 @@ def _enhanced_frame_order(ds: Dataset, orientation: Sequence[float]) -> list[int
     except (AttributeError, IndexError) as exc:
         raise RejectedSeries("missing ImagePositionPatient (Plane Position Sequence) in the "
                              "per-frame functional groups") from exc
-    _, indices = get_volume_positions(positions, orientation, rtol=SLICE_SPACING_RTOL,
-                                      handedness=hd.AxisHandedness.LEFT_HANDED)
+    try:
+        _, indices = get_volume_positions(positions, orientation, rtol=SLICE_SPACING_RTOL,
+                                          handedness=hd.AxisHandedness.LEFT_HANDED)
+    except ValueError as exc:
+        raise RejectedSeries(f"Enhanced MR frames do not form a volume: {exc}") from exc
     if indices is None:
         raise RejectedSeries(_irregular_reason(np.array(positions), orientation))
     return [indices.index(k) + 1 for k in range(len(positions))]
@@ -338,7 +350,7 @@ def _assemble_enhanced(ds: Dataset) -> AssembledVolume:
         raise RejectedSeries(f"series has {frames} frame; a volume needs at least {MIN_SLICES}")
     orientation = _enhanced_orientation(ds)
     order = _enhanced_frame_order(ds, orientation)
-    _decode(ds, "Enhanced MR instance")
+    _decode(ds, _label(ds, "Enhanced MR instance"))
     try:
         volume = hd.Image.from_dataset(ds, copy=True).get_volume(
             dtype=np.float32, rtol=SLICE_SPACING_RTOL)

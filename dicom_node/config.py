@@ -428,7 +428,12 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
     names = [r.name for r in routes]
     if len(set(names)) != len(names):
         raise ConfigError(f"route names must be unique. Found {names!r}.")
-    return Config(node=_parse_node(_table("node", data.get("node", {}))),
+    node = _parse_node(_table("node", data.get("node", {})))
+    for dest in destinations.values():
+        if dest.tls and (node.tls is None or node.tls.ca_certificates is None):
+            raise ConfigError(f"destinations.{dest.name}.tls = true needs [node.tls] with "
+                              "ca_certificates to verify the destination. Found none.")
+    return Config(node=node,
                   model=_parse_model(_table("model", data.get("model", {}))),
                   export=_parse_export(_table("export", data.get("export", {}))),
                   destinations=destinations,

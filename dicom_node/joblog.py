@@ -13,7 +13,7 @@ import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping, Sequence
 
 from pydicom.uid import generate_uid
 from sqlalchemy import func, select
@@ -24,7 +24,7 @@ from dicom_node.db import (Association, AssociationState, Delivery, DeliveryInst
                            check_transition, session_factory, utcnow)
 
 __all__ = ["InstanceRecord", "PlannedJob", "JobSpec", "DeliveryOutcome", "JobLog",
-           "UnknownJob", "REOPENABLE"]
+           "UnknownJob", "REOPENABLE", "job_spec"]
 
 logger = logging.getLogger(__name__)
 REOPENABLE = (SeriesState.ROUTED, SeriesState.IGNORED, SeriesState.NOT_ELIGIBLE)
@@ -100,7 +100,7 @@ class DeliveryOutcome:
     instances: tuple[tuple[str, int | None, str], ...] = ()
 
 
-def _spec(job: Job) -> JobSpec:
+def job_spec(job: Job) -> JobSpec:
     return JobSpec(job.id, job.series_uid, job.generation, job.route, job.target,
                    job.destination, job.dest_ae_title, job.dest_host, job.dest_port,
                    job.output_format, job.series_number_offset, job.derived_series_uid,
@@ -273,21 +273,25 @@ class JobLog:
             return s.scalar(select(func.count(Job.id)).where(
                 Job.derived_series_uid == series_uid)) > 0
 
-    def apply_routing(self, series_uid: str, generation: int, jobs: list[PlannedJob],
-                      state: SeriesState, reason: str | None, routes_applied: list[str]) -> int:
+    def apply_routing(self, series_uid: str, generation: int, jobs: Sequence[PlannedJob],
+                      state: SeriesState, reason: str | None, routes_applied: Sequence[str],
+                      failed: Mapping[int, str] | None = None) -> int:
         """Atomically create ``jobs`` and set the series state; returns the jobs created.
 
-        Does nothing if the series changed meanwhile (re-opened or already routed);
-        a job that exists for the same (series, generation, target, destination)
-        is not created twice.
+        ``failed`` maps a job's index to the reason it cannot run (created
+        ``failed``, visible and re-sendable once the configuration is fixed).
+        Does nothing if the series changed meanwhile (re-opened or already
+        routed); a job that exists for the same (series, generation, target,
+        destination) is not created twice.
         """
+        failed = failed or {}
         created = 0
         with self.transaction() as s:
             series = s.scalar(select(Series).where(Series.series_uid == series_uid))
             if series is None or series.state != SeriesState.COMPLETE \
                     or series.generation != generation:
                 return 0
-            for plan in jobs:
+            for index, plan in enumerate(jobs):
                 exists = s.scalar(select(func.count(Job.id)).where(
                     Job.series_uid == series_uid, Job.generation == generation,
                     Job.target == plan.target, Job.destination == plan.destination))
@@ -298,7 +302,8 @@ class JobLog:
                           dest_ae_title=plan.dest_ae_title, dest_host=plan.dest_host,
                           dest_port=plan.dest_port, output_format=plan.output_format,
                           series_number_offset=plan.series_number_offset,
-                          state=JobState.QUEUED, derived_series_uid=generate_uid()))
+                          state=JobState.FAILED if index in failed else JobState.QUEUED,
+                          reason=failed.get(index), derived_series_uid=generate_uid()))
                 created += 1
             _set(series, state, reason)
             series.routes_applied = ",".join(routes_applied) or None

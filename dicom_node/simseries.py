@@ -130,7 +130,8 @@ def _scale_to_uint(volume: np.ndarray, bits: int) -> tuple[np.ndarray, float, fl
 def _check_inputs(volume: np.ndarray, spacing: Sequence[float], bits: int) -> np.ndarray:
     vol = np.asarray(volume)
     if vol.ndim != 3 or min(vol.shape) < 1:
-        raise ValueError(f"volume must be a non-empty 3-D array (z, y, x). Found shape {vol.shape}.")
+        raise ValueError(f"volume must be a non-empty 3-D array (z, y, x). "
+                         f"Found shape {vol.shape}.")
     if not np.issubdtype(vol.dtype, np.number) or not np.all(np.isfinite(vol)):
         raise ValueError("volume must hold finite numbers. Found non-finite or non-numeric values.")
     if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
@@ -266,15 +267,16 @@ def write_series(volume: np.ndarray, spacing: tuple[float, float, float], protoc
                              description=description)
     pixels, slope, intercept = _scale_to_uint(vol, bits)
     thickness = float(protocol.slice_thickness_mm or spacing[0])
+    window = _window(vol)
     if enhanced:
         from dicom_node.simseries_enhanced import write_enhanced
 
         path = write_enhanced(common, pixels, spacing, protocol, out_dir,
-                              slope=slope, intercept=intercept, window=_window(vol),
+                              slope=slope, intercept=intercept, window=window,
                               thickness=thickness, origin_mm=origin_mm, bits=bits, seed=seed)
         return [path]
     return _write_classic(common, pixels, spacing, protocol, out_dir, slope=slope,
-                          intercept=intercept, window=_window(vol), thickness=thickness,
+                          intercept=intercept, window=window, thickness=thickness,
                           origin_mm=origin_mm, bits=bits, seed=seed)
 
 
@@ -312,6 +314,8 @@ def _write_classic(common: Dataset, pixels: np.ndarray, spacing: Sequence[float]
         ds.RescaleSlope = _ds(slope)
         ds.WindowCenter = _ds(window[0])
         ds.WindowWidth = _ds(window[1])
+        if window[1] < 1.0:  # plain LINEAR windows must be at least 1 wide
+            ds.VOILUTFunction = "LINEAR_EXACT"
         ds.PixelData = np.ascontiguousarray(pixels[k]).tobytes()
         path = out_dir / f"IM{k + 1:05d}.dcm"
         ds.save_as(path, enforce_file_format=True)

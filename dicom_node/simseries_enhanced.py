@@ -51,7 +51,47 @@ def _shared_groups(protocol: MRProtocol, spacing: Sequence[float], thickness: fl
     dz, dy, dx = (float(s) for s in spacing)
     three_d = seq["MRAcquisitionType"] == "3D"
     inversion = bool(seq["inversion"])
-    frame_type = ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
+    fov = _item(InPlanePhaseEncodingDirection="ROW",
+                MRAcquisitionFrequencyEncodingSteps=int(shape[2]),
+                MRAcquisitionPhaseEncodingStepsInPlane=int(shape[1]),
+                PercentSampling=100.0, PercentPhaseFieldOfView=100.0)
+    if three_d:
+        fov.MRAcquisitionPhaseEncodingStepsOutOfPlane = int(shape[0])
+    modifier = _item(InversionRecovery="YES" if inversion else "NO", FlowCompensation="NONE",
+                     T2Preparation="NO", SpatialPresaturation="NONE", PartialFourier="NO",
+                     SpectrallySelectedExcitation="NONE", ParallelAcquisition="NO")
+    if inversion:
+        modifier.InversionTimes = [float(protocol.ti_ms or 0.0)]
+    groups = _item(
+        PixelMeasuresSequence=DicomSequence([_item(
+            PixelSpacing=[_ds(dy), _ds(dx)], SliceThickness=_ds(thickness),
+            SpacingBetweenSlices=_ds(dz))]),
+        PlaneOrientationSequence=DicomSequence([_item(
+            ImageOrientationPatient=["1", "0", "0", "0", "1", "0"])]),
+        PixelValueTransformationSequence=DicomSequence([_item(
+            RescaleIntercept=_ds(intercept), RescaleSlope=_ds(slope), RescaleType="US")]),
+        FrameVOILUTSequence=DicomSequence([_item(
+            WindowCenter=_ds(window[0]), WindowWidth=_ds(window[1]),
+            VOILUTFunction="LINEAR_EXACT" if window[1] < 1.0 else "LINEAR")]),
+        FrameAnatomySequence=DicomSequence([_item(
+            AnatomicRegionSequence=DicomSequence([_code("12738006", "SCT", "Brain")]),
+            FrameLaterality="U")]),
+        MRImageFrameTypeSequence=DicomSequence([_item(
+            FrameType=["ORIGINAL", "PRIMARY", "VOLUME", "NONE"], PixelPresentation="MONOCHROME",
+            VolumetricProperties="VOLUME", VolumeBasedCalculationTechnique="NONE",
+            ComplexImageComponent="MAGNITUDE",
+            AcquisitionContrast=_ACQUISITION_CONTRAST[protocol.contrast])]),
+        MRFOVGeometrySequence=DicomSequence([fov]),
+        MREchoSequence=DicomSequence([_item(EffectiveEchoTime=protocol.te_ms or 0.0)]),
+        MRModifierSequence=DicomSequence([modifier]),
+    )
+    groups.update(_hardware_groups(protocol, seq, coil))
+    return groups
+
+
+def _hardware_groups(protocol: MRProtocol, seq: dict, coil: tuple[str, str]) -> Dataset:
+    """Timing, imaging modifier, coil and averages functional groups."""
+    field_t = protocol.field_t or 3.0
     timing = _item(RepetitionTime=protocol.tr_ms or 0.0, FlipAngle=protocol.flip_deg or 90.0,
                    EchoTrainLength=int(seq["EchoTrainLength"]),
                    RFEchoTrainLength=int(seq["EchoTrainLength"]),
@@ -63,40 +103,8 @@ def _shared_groups(protocol: MRProtocol, spacing: Sequence[float], thickness: fl
                    OperatingModeSequence=DicomSequence([
                        _item(OperatingModeType=kind, OperatingMode="IEC_NORMAL")
                        for kind in ("STATIC FIELD", "RF", "GRADIENT")]))
-    fov = _item(InPlanePhaseEncodingDirection="ROW",
-                MRAcquisitionFrequencyEncodingSteps=int(shape[2]),
-                MRAcquisitionPhaseEncodingStepsInPlane=int(shape[1]),
-                PercentSampling=100.0, PercentPhaseFieldOfView=100.0)
-    if three_d:
-        fov.MRAcquisitionPhaseEncodingStepsOutOfPlane = int(shape[0])
-    modifier = _item(InversionRecovery="YES" if inversion else "NO", FlowCompensation="NONE",
-                     T2Preparation="NO", SpatialPresaturation="NONE", PartialFourier="NO",
-                     SpectrallySelectedExcitation="NONE",
-                     ParallelAcquisition="NO")
-    if inversion:
-        modifier.InversionTimes = [float(protocol.ti_ms or 0.0)]
-    field_t = protocol.field_t or 3.0
     return _item(
-        PixelMeasuresSequence=DicomSequence([_item(
-            PixelSpacing=[_ds(dy), _ds(dx)], SliceThickness=_ds(thickness),
-            SpacingBetweenSlices=_ds(dz))]),
-        PlaneOrientationSequence=DicomSequence([_item(
-            ImageOrientationPatient=["1", "0", "0", "0", "1", "0"])]),
-        PixelValueTransformationSequence=DicomSequence([_item(
-            RescaleIntercept=_ds(intercept), RescaleSlope=_ds(slope), RescaleType="US")]),
-        FrameVOILUTSequence=DicomSequence([_item(
-            WindowCenter=_ds(window[0]), WindowWidth=_ds(window[1]))]),
-        FrameAnatomySequence=DicomSequence([_item(
-            AnatomicRegionSequence=DicomSequence([_code("12738006", "SCT", "Brain")]),
-            FrameLaterality="U")]),
-        MRImageFrameTypeSequence=DicomSequence([_item(
-            FrameType=frame_type, PixelPresentation="MONOCHROME", VolumetricProperties="VOLUME",
-            VolumeBasedCalculationTechnique="NONE", ComplexImageComponent="MAGNITUDE",
-            AcquisitionContrast=_ACQUISITION_CONTRAST[protocol.contrast])]),
         MRTimingAndRelatedParametersSequence=DicomSequence([timing]),
-        MRFOVGeometrySequence=DicomSequence([fov]),
-        MREchoSequence=DicomSequence([_item(EffectiveEchoTime=protocol.te_ms or 0.0)]),
-        MRModifierSequence=DicomSequence([modifier]),
         MRImagingModifierSequence=DicomSequence([_item(
             MagnetizationTransfer="NONE", BloodSignalNulling="NO", Tagging="NONE",
             TransmitterFrequency=[round(42.577478 * field_t, 6)], PixelBandwidth=200.0)]),
@@ -198,7 +206,8 @@ def write_enhanced(common: Dataset, pixels: np.ndarray, spacing: Sequence[float]
     ds.BurnedInAnnotation = "NO"
     ds.LossyImageCompression = "00"
     dimension_uid = _uid(seed, "dimension", common.SeriesInstanceUID)
-    ds.DimensionOrganizationSequence = DicomSequence([_item(DimensionOrganizationUID=dimension_uid)])
+    ds.DimensionOrganizationSequence = DicomSequence([
+        _item(DimensionOrganizationUID=dimension_uid)])
     ds.DimensionOrganizationType = "3D"
     ds.DimensionIndexSequence = DicomSequence([
         _item(DimensionOrganizationUID=dimension_uid, DimensionIndexPointer=0x00209056,

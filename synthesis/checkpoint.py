@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +51,26 @@ def state_digest(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def _plain(value: Any, where: str) -> Any:
+    """``value`` as plain Python types (what ``weights_only`` loading accepts), or TypeError."""
+    if value is None or type(value) in (bool, int, float, str) or isinstance(value, torch.Tensor):
+        return value
+    for base in (bool, int, float, str):  # subclasses, e.g. torch.__version__ or an IntEnum
+        if isinstance(value, base):
+            return base(value)
+    if hasattr(value, "item") and getattr(value, "shape", None) == ():  # numpy scalars
+        return value.item()
+    if isinstance(value, dict):
+        return {str(k): _plain(v, f"{where}[{k!r}]") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        items = [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return items if isinstance(value, list) else tuple(items)
+    raise TypeError(
+        f"Checkpoint extra values must be plain (str, numbers, bool, None, lists, dicts, tensors). "
+        f"Found {type(value).__name__} at {where}."
+    )
+
+
 def save(model: RTFSyn, path: str | Path, *, extra: dict[str, Any] | None = None,
          model_version: str | None = None) -> Path:
     """Write ``model`` with its config to ``path`` (atomic rename); returns the path.
@@ -71,7 +89,7 @@ def save(model: RTFSyn, path: str | Path, *, extra: dict[str, Any] | None = None
         "model_version": model_version or f"{__version__}+{state_digest(model)[:12]}",
         "config": model.config.to_dict(),
         "state_dict": {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()},
-        "extra": dict(extra or {}),
+        "extra": _plain(dict(extra or {}), "extra"),
     }
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
@@ -85,7 +103,7 @@ def _read(path: Path, map_location: str | torch.device) -> dict[str, Any]:
         raise FileNotFoundError(f"Checkpoint file not found: {path}")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, AttributeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - torch.load raises many types on foreign bytes; re-raised below
         raise ValueError(
             f"Cannot read checkpoint {path}: not a valid torch checkpoint or not loadable with "
             f"weights_only=True ({type(exc).__name__}: {exc})."

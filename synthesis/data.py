@@ -41,16 +41,19 @@ def volume_scale(subject: Subject, protocol: MRProtocol) -> tuple[float, float]:
 
 
 def fit_to_shape(volume: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """Crop (centred) or edge-pad ``volume`` to ``shape``."""
+    """Crop or edge-pad ``volume`` at the far end of each axis to ``shape``.
+
+    Grids here share their first voxel edge (see :func:`synthesis.grid.resample`),
+    so trimming the far end keeps them aligned.
+    """
     out = volume
     for axis, n in enumerate(shape):
         have = out.shape[axis]
         if have > n:
-            start = (have - n) // 2
-            out = np.take(out, range(start, start + n), axis=axis)
+            out = np.take(out, range(n), axis=axis)
         elif have < n:
             pad = [(0, 0)] * out.ndim
-            pad[axis] = ((n - have) // 2, n - have - (n - have) // 2)
+            pad[axis] = (0, n - have)
             out = np.pad(out, pad, mode="edge")
     return out
 

@@ -23,6 +23,8 @@ __all__ = [
     "origin_offset_mm",
     "resample",
     "percentile_normalize",
+    "plan_tiles",
+    "blend_weights",
 ]
 
 logger = logging.getLogger(__name__)
@@ -51,7 +53,8 @@ def output_shape(in_shape: Sequence[int], in_spacing: Sequence[float],
                  out_spacing: Sequence[float]) -> tuple[int, int, int]:
     """``round(n_in * sp_in / sp_out)`` per axis (at least 1)."""
     sp_in, sp_out = _spacing("in_spacing", in_spacing), _spacing("out_spacing", out_spacing)
-    return tuple(max(1, int(round(n * a / b))) for n, a, b in zip(in_shape, sp_in, sp_out))  # type: ignore[return-value]
+    shape = tuple(max(1, int(round(n * a / b))) for n, a, b in zip(in_shape, sp_in, sp_out))
+    return shape  # type: ignore[return-value]
 
 
 def axis_coords(n_out: int, sp_in: float, sp_out: float) -> np.ndarray:
@@ -134,3 +137,67 @@ def percentile_normalize(volume: np.ndarray, mask: np.ndarray | None = None, lo:
         logger.warning("Constant intensities within the percentile range; the volume maps to zeros.")
         out[...] = 0.0
     return out, (p_lo, p_hi)
+
+
+# -- tiles ----------------------------------------------------------------
+def plan_tiles(shape: Sequence[int], max_voxels: int, multiple: int,
+               overlap: int) -> list[tuple[tuple[int, int, int], tuple[int, int, int]]]:
+    """Overlapping tiles covering ``shape``: a list of ``(start, size)`` per tile, ``(z, y, x)``.
+
+    Tile sizes are multiples of ``multiple`` (or the whole axis) and their
+    padded volume stays within ``max_voxels`` where possible; neighbouring
+    tiles share at least ``overlap`` voxels.
+    """
+    if max_voxels < 1 or multiple < 1 or overlap < 0:
+        raise ValueError(
+            f"plan_tiles needs max_voxels >= 1, multiple >= 1, overlap >= 0. "
+            f"Found {max_voxels}, {multiple}, {overlap}."
+        )
+    padded = [math.ceil(n / multiple) * multiple for n in shape]
+    size = list(padded)
+    smallest = max(multiple, math.ceil((2 * overlap + 1) / multiple) * multiple)
+    while math.prod(size) > max_voxels:
+        shrinkable = [a for a in range(3) if size[a] - multiple >= smallest]
+        if not shrinkable:
+            logger.warning("Tile budget %d voxels too small; using tiles of %s.", max_voxels, size)
+            break
+        axis = max(shrinkable, key=lambda a: size[a])
+        size[axis] -= multiple
+    starts_per_axis = []
+    for n, t in zip(shape, size):
+        t = min(t, n)
+        if t >= n:
+            starts_per_axis.append([(0, n)])
+            continue
+        count = math.ceil((n - overlap) / max(1, t - overlap))
+        starts = np.round(np.linspace(0, n - t, max(count, 2))).astype(int)
+        starts_per_axis.append([(int(s), t) for s in starts])
+    return [
+        ((z[0], y[0], x[0]), (z[1], y[1], x[1]))
+        for z in starts_per_axis[0] for y in starts_per_axis[1] for x in starts_per_axis[2]
+    ]
+
+
+def _ramp(start: int, size: int, total: int, overlap: int) -> np.ndarray:
+    """1-D weights of one tile: raised-cosine ramps on the sides shared with a neighbour."""
+    w = np.ones(size, dtype=np.float32)
+    width = min(overlap, size // 2)
+    if width < 1:
+        return w
+    ramp = 0.5 - 0.5 * np.cos(np.pi * (np.arange(width, dtype=np.float32) + 0.5) / width)
+    if start > 0:
+        w[:width] = ramp
+    if start + size < total:
+        w[size - width:] = np.minimum(w[size - width:], ramp[::-1])
+    return w
+
+
+def blend_weights(start: Sequence[int], size: Sequence[int], shape: Sequence[int],
+                  overlap: int) -> np.ndarray:
+    """Smooth blending weights ``(z, y, x)`` float32 of a tile; positive everywhere.
+
+    Weights fall towards the faces shared with another tile (raised cosine over
+    ``overlap`` voxels) and stay 1 at the volume's own faces.
+    """
+    wz, wy, wx = (_ramp(s, n, t, overlap) for s, n, t in zip(start, size, shape))
+    return wz[:, None, None] * wy[None, :, None] * wx[None, None, :]

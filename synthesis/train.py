@@ -235,13 +235,14 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
             opt.step()
             now = time.monotonic()
             elapsed, t0 = elapsed + (now - t0), now
-            record = {"step": step + 1, "loss": round(float(loss), 5), "lr": learning_rate(cfg, step),
+            loss_value = float(loss.detach())
+            record = {"step": step + 1, "loss": round(loss_value, 5), "lr": learning_rate(cfg, step),
                       "elapsed_s": round(elapsed, 1)}
             if (step + 1) % cfg.validate_every == 0 or step + 1 == cfg.steps:
                 record["val_psnr"] = round(validate(model, val_pairs, device), 3)
                 history.append(record)
             log_file.write(json.dumps(record) + "\n")
-            bar.set_postfix(loss=f"{float(loss):.4f}", psnr=history[-1].get("val_psnr") if history else None)
+            bar.set_postfix(loss=f"{loss_value:.4f}", psnr=history[-1].get("val_psnr") if history else None)
             if (step + 1) % cfg.checkpoint_every == 0:
                 save_state(step + 1)
                 log_file.flush()

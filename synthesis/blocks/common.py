@@ -36,11 +36,14 @@ class ChannelNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()  # statistics in float32, also under bf16 autocast
         mean = x.mean(1, keepdim=True)
         centred = x - mean
         var = centred.pow(2).mean(1, keepdim=True)
         shape = (1, -1) + (1,) * (x.ndim - 2)
-        return centred * torch.rsqrt(var + self.eps) * self.weight.view(shape) + self.bias.view(shape)
+        out = centred * torch.rsqrt(var + self.eps) * self.weight.view(shape) + self.bias.view(shape)
+        return out.to(dtype)
 
 
 class LayerScale(nn.Module):

@@ -28,6 +28,7 @@ from synthesis.blocks.common import check_positive_int
 
 __all__ = ["Features", "ImplicitDecoder", "ConvDecoder", "slabs"]
 
+OUTPUT_INIT = 0.5  # initial output bias: mid-range of the normalized [0, 1] intensities
 _CORNERS = torch.tensor([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)])  # (8, 3)
 
 
@@ -88,6 +89,7 @@ class ImplicitDecoder(nn.Module):
         self.film = nn.Linear(cond_dim, 2 * hidden) if cond_dim else None
         self.hidden = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(layers - 1))
         self.out = nn.Linear(hidden, 1)
+        nn.init.constant_(self.out.bias, OUTPUT_INIT)
 
     # -- per-sample terms of the first layer --------------------------------
     def _sample_terms(self, feats: Features, cell: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -171,6 +173,7 @@ class ConvDecoder(nn.Module):
         self.conv = nn.Conv3d(in_channels, hidden, 3, padding=(0, 1, 1))  # D padded per slab
         self.film = nn.Linear(cond_dim, 2 * hidden) if cond_dim else None
         self.out = nn.Conv3d(hidden, 1, 1)
+        nn.init.constant_(self.out.bias, OUTPUT_INIT)
 
     def render_grid(self, feats: Features) -> torch.Tensor:
         """``(B, C, D, H, W) -> (B, 1, D, H, W)``, computed slab by slab with a one-plane halo."""

@@ -12,20 +12,11 @@ from typing import Callable, Iterator, Sequence
 
 import pytest
 
-from e2e_harness import (DcmtkStoreSCP, NodeProcess, OrthancServer, free_port,
-                         write_node_config)
+from e2e_harness import (ORTHANC_BIN, STORESCP_BIN, DcmtkStoreSCP, NodeProcess, OrthancServer,
+                         free_port, require, write_node_config)
 
 # Calling AEs the test node accepts: Orthanc, dcmtk's defaults, the workstation.
 ALLOWED_CALLERS = ("ORTHANC", "ECHOSCU", "STORESCU", "WORKSTATION", "E2E_ECHO")
-
-
-def require(*binaries: Path) -> None:
-    """Skip the calling test unless every binary exists and is executable."""
-    packages = {"Orthanc": "orthanc", "dciodvfy": "dicom3tools"}
-    for binary in binaries:
-        if not binary.is_file():
-            package = packages.get(binary.name, "dcmtk")
-            pytest.skip(f"{binary} is not installed (Debian package {package})")
 
 
 NodeFactory = Callable[..., NodeProcess]
@@ -66,13 +57,11 @@ def node_factory(tmp_path_factory: pytest.TempPathFactory,
 @pytest.fixture(scope="module")
 def orthanc_factory(tmp_path_factory: pytest.TempPathFactory
                     ) -> Iterator[Callable[..., OrthancServer]]:
-    """Start Orthanc instances (``orthanc_factory(node_ae=..., node_port=...)``); stopped at teardown.
+    """Start Orthanc instances: ``orthanc_factory(node_ae=..., node_port=...)``.
 
     Each has its own storage, test-chosen DICOM and HTTP ports, StableAge 2 s
     and the deployed auto-routing Lua rule pointed at the node.
     """
-    from e2e_harness import ORTHANC_BIN
-
     require(ORTHANC_BIN)
     started: list[OrthancServer] = []
 
@@ -91,8 +80,6 @@ def orthanc_factory(tmp_path_factory: pytest.TempPathFactory
 @pytest.fixture(scope="module")
 def storescp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DcmtkStoreSCP]:
     """A running dcmtk ``storescp`` (AE ``STORESCP``) on a free port; stopped at teardown."""
-    from e2e_harness import STORESCP_BIN
-
     require(STORESCP_BIN)
     server = DcmtkStoreSCP(tmp_path_factory.mktemp("storescp"))
     server.start()

@@ -11,6 +11,7 @@ from e2e_harness import DCIODVFY_BIN
 # Small enough that a test takes seconds on two shared cores.
 TINY_SHAPE = (16, 32, 32)          # (z, y, x)
 TINY_SPACING = (3.0, 2.0, 2.0)     # (dz, dy, dx) mm
+SOURCE_DESCRIPTION = "E2E T1 phantom"
 
 
 def phantom(shape: tuple[int, int, int] = TINY_SHAPE) -> np.ndarray:
@@ -40,13 +41,24 @@ def write_t1_series(out_dir: Path, *, seed: int = 7,
     from dicom_node.simseries import write_series
     from synthesis.protocol import preset
 
-    return write_series(phantom(shape), TINY_SPACING, preset("T1"), out_dir,
-                        series_description="E2E T1 phantom", seed=seed)
+    # Arbitrary units in [0, 1000] so the stored window is a sensible number (>= 1).
+    return write_series(1000.0 * phantom(shape), TINY_SPACING, preset("T1"), out_dir,
+                        series_description=SOURCE_DESCRIPTION, seed=seed)
+
+
+# dicom3tools 2022-06 (Debian 12) predates Synthetic Data (0008,001C) in its dictionary and
+# reports the attribute as unrecognized. That one message is a gap of the validator, not of
+# the file; the attribute itself is checked by the tests with pydicom.
+_VALIDATOR_GAP = ("(0x0008,0x001c)", "not a recognized standard attribute")
 
 
 def dciodvfy_errors(path: Path) -> list[str]:
-    """The ``Error`` lines that ``/usr/bin/dciodvfy`` reports for one file (empty: valid)."""
+    """The ``Error`` lines that ``/usr/bin/dciodvfy`` reports for one file (empty: valid).
+
+    Only the validator's dictionary gap for Synthetic Data is left out.
+    """
     done = subprocess.run([str(DCIODVFY_BIN), str(path)], capture_output=True, text=True,
                           timeout=60, check=False)
     lines = (done.stdout + done.stderr).splitlines()
-    return [line for line in lines if line.startswith("Error")]
+    return [line for line in lines if line.startswith("Error")
+            and not all(part in line for part in _VALIDATOR_GAP)]

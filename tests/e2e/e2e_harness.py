@@ -40,6 +40,17 @@ LOOPBACK = "127.0.0.1"
 T = TypeVar("T")
 
 
+def require(*binaries: Path) -> None:
+    """Skip the calling test unless every binary exists (CI installs them all)."""
+    import pytest
+
+    packages = {"Orthanc": "orthanc", "dciodvfy": "dicom3tools"}
+    for binary in binaries:
+        if not binary.is_file():
+            pytest.skip(f"{binary} is not installed (Debian package "
+                        f"{packages.get(binary.name, 'dcmtk')})")
+
+
 def free_port() -> int:
     """A TCP port on loopback that is free right now (the OS picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -134,7 +145,7 @@ class ManagedProcess:
             return "(no log)"
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
-        """Send ``stop_signal`` to the PID, wait up to ``timeout_s``, then kill; return the exit code."""
+        """Signal the PID, wait up to ``timeout_s``, then kill; the exit code."""
         if self.proc is None or self.proc.poll() is not None:
             return None if self.proc is None else self.proc.returncode
         os.kill(self.proc.pid, self.stop_signal)
@@ -168,7 +179,12 @@ def autoroute_script(modality: str, source: Path = AUTOROUTE_LUA) -> str:
 
 @dataclass
 class OrthancServer:
-    """Orthanc with a generated configuration in ``workdir``; REST on loopback."""
+    """Orthanc with a generated configuration in ``workdir``.
+
+    REST is loopback-only (``RemoteAccessAllowed`` false, no authentication).
+    Orthanc 1.10 has no DICOM bind address, so its DICOM port (chosen by the
+    test, like the HTTP port) listens on every interface while the test runs.
+    """
 
     workdir: Path
     node_ae: str
@@ -352,3 +368,22 @@ class NodeProcess:
             raise RuntimeError(f"rtfsyn status must exit 0. Found {done.returncode}; "
                                f"stderr:\n{done.stderr[-2000:]}")
         return json.loads(done.stdout)
+
+
+FINAL_JOB_STATES = frozenset({"done", "failed", "rejected"})
+
+
+def wait_for_jobs(node: NodeProcess, *, timeout_s: float, expected: int = 1,
+                  alive: Callable[[], str | None] | None = None) -> list[dict[str, Any]]:
+    """Poll ``rtfsyn status --json`` until ``expected`` jobs reached a final state; the jobs."""
+
+    def finished() -> list[dict[str, Any]] | None:
+        jobs = node.status()["jobs"]
+        final = [job for job in jobs if job["state"] in FINAL_JOB_STATES]
+        return jobs if len(final) >= expected else None
+
+    def gave_up() -> str | None:
+        return (node.process.exited() if node.process else None) or (alive() if alive else None)
+
+    return wait_until(finished, timeout_s=timeout_s, interval_s=1.0,
+                      what=f"{expected} finished job(s) in rtfsyn status", alive=gave_up)

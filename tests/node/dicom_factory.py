@@ -155,6 +155,36 @@ def make_series(out_dir: Path, volume: np.ndarray | None = None, *,
     return paths
 
 
+def _enhanced_shared(spacing: Sequence[float], orientation: Sequence[float], slope: float,
+                     intercept: float, repetition_time: float, flip_angle: float,
+                     inversion_time: float | None) -> Dataset:
+    """The shared functional group item of :func:`make_enhanced`."""
+    dz, dy, dx = spacing
+    shared = Dataset()
+    measures = Dataset()
+    measures.PixelSpacing = [_ds(dy), _ds(dx)]
+    measures.SliceThickness = _ds(dz)
+    shared.PixelMeasuresSequence = DicomSequence([measures])
+    plane = Dataset()
+    plane.ImageOrientationPatient = [_ds(v) for v in orientation]
+    shared.PlaneOrientationSequence = DicomSequence([plane])
+    timing = Dataset()
+    timing.RepetitionTime = repetition_time
+    timing.FlipAngle = flip_angle
+    timing.EchoTrainLength = 1
+    shared.MRTimingAndRelatedParametersSequence = DicomSequence([timing])
+    modifier = Dataset()
+    modifier.InversionRecovery = "YES" if inversion_time else "NO"
+    if inversion_time:
+        modifier.InversionTimes = [inversion_time]
+    shared.MRModifierSequence = DicomSequence([modifier])
+    transform = Dataset()
+    transform.RescaleSlope, transform.RescaleIntercept = _ds(slope), _ds(intercept)
+    transform.RescaleType = "US"
+    shared.PixelValueTransformationSequence = DicomSequence([transform])
+    return shared
+
+
 def make_enhanced(out_dir: Path, volume: np.ndarray | None = None, *,
                   spacing: Sequence[float] = (2.0, 1.0, 1.5),
                   orientation: Sequence[float] = AXIAL,
@@ -182,29 +212,9 @@ def make_enhanced(out_dir: Path, volume: np.ndarray | None = None, *,
     ds.PulseSequenceName = "tfl3d1"
     dz, dy, dx = (float(s) for s in spacing)
     _, _, normal = axes(orientation)
-    shared = Dataset()
-    measures = Dataset()
-    measures.PixelSpacing = [_ds(dy), _ds(dx)]
-    measures.SliceThickness = _ds(dz)
-    shared.PixelMeasuresSequence = DicomSequence([measures])
-    plane = Dataset()
-    plane.ImageOrientationPatient = [_ds(v) for v in orientation]
-    shared.PlaneOrientationSequence = DicomSequence([plane])
-    timing = Dataset()
-    timing.RepetitionTime = repetition_time
-    timing.FlipAngle = flip_angle
-    timing.EchoTrainLength = 1
-    shared.MRTimingAndRelatedParametersSequence = DicomSequence([timing])
-    modifier = Dataset()
-    modifier.InversionRecovery = "YES" if inversion_time else "NO"
-    if inversion_time:
-        modifier.InversionTimes = [inversion_time]
-    shared.MRModifierSequence = DicomSequence([modifier])
-    transform = Dataset()
-    transform.RescaleSlope, transform.RescaleIntercept = _ds(slope), _ds(intercept)
-    transform.RescaleType = "US"
-    shared.PixelValueTransformationSequence = DicomSequence([transform])
-    ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
+    ds.SharedFunctionalGroupsSequence = DicomSequence([_enhanced_shared(
+        (dz, dy, dx), orientation, slope, intercept, repetition_time, flip_angle,
+        inversion_time)])
     order = list(range(vol.shape[0]))[::-1] if reverse_frames else list(range(vol.shape[0]))
     per_frame = []
     for k in order:
@@ -226,3 +236,20 @@ def make_enhanced(out_dir: Path, volume: np.ndarray | None = None, *,
     path = out_dir / "enhanced.dcm"
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+DCIODVFY = "/usr/bin/dciodvfy"
+# dicom3tools 2022-06 (Debian) predates Synthetic Data (0008,001C) in its dictionary and calls the
+# attribute unrecognized; that one line is a gap of the validator, not of the file.
+_KNOWN_VALIDATOR_GAPS = ("(0x0008,0x001c)",)
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """The "Error" lines ``dciodvfy`` reports for ``path`` (known dictionary gaps removed)."""
+    import subprocess
+
+    done = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, timeout=60,
+                          check=False)
+    lines = (done.stdout + done.stderr).splitlines()
+    return [line for line in lines if "Error" in line
+            and not any(gap in line for gap in _KNOWN_VALIDATOR_GAPS)]

@@ -1,0 +1,53 @@
+"""``rtfsyn resend JOB_ID|--failed --config PATH``: deliver a job's derived series again.
+
+A failed or done job with output goes back to ``sending`` (a fresh round of
+``[export] max_attempts``); a failed job without output is queued for
+processing again. A running node picks the change up within a second; a
+stopped one at its next start.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_ERROR = 2
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "resend", help="re-send a job's derived series (or every failed job)",
+        description="Requeue deliveries from the job log; the running node sends them.")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("job_id", nargs="?", type=int, metavar="JOB_ID", help="the job to re-send")
+    which.add_argument("--failed", action="store_true", help="re-send every failed job")
+    p.add_argument("--config", required=True, type=Path, help="node.toml")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dicom_node.config import ConfigError, load_config
+    from dicom_node.jobqueue import JobQueue
+    from dicom_node.joblog import JobLog, UnknownJob
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"rtfsyn resend: configuration error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    queue = JobQueue(JobLog(config.database_path))
+    ids = queue.failed_jobs() if args.failed else [args.job_id]
+    if not ids:
+        print("no failed jobs")
+        return 0
+    status = 0
+    for job_id in ids:
+        try:
+            state = queue.requeue(job_id)
+        except (UnknownJob, ValueError) as exc:
+            print(f"rtfsyn resend: job {job_id}: {exc}", file=sys.stderr)
+            status = EXIT_ERROR
+            continue
+        print(f"job {job_id}: {state.value}")
+    return status

@@ -1,0 +1,138 @@
+"""``rtfsyn synthesize SRC_DIR OUT_DIR --target T2``: one series folder → derived series folder.
+
+The same assemble → condition → synthesize → encode path as the node
+(:func:`dicom_node.pipeline.process_series`), without networking. The
+derived files are written to a hidden temporary folder beside ``OUT_DIR``
+and moved into place only when every file has been written and read back,
+so a failure leaves nothing behind.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+TARGETS = ("T1", "T1SE", "T2", "PD", "FLAIR")
+FORMATS = ("mr", "enhanced-mr", "parametric-map")
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "synthesize",
+        help="synthesize a contrast from a folder holding one DICOM MR series",
+        description="Read one MR series from SRC_DIR, synthesize the target contrast with "
+                    "RTFSyn and write a derived DICOM series (Synthetic Data YES) to OUT_DIR.",
+    )
+    p.add_argument("src_dir", metavar="SRC_DIR", type=Path, help="folder with one DICOM series")
+    p.add_argument("out_dir", metavar="OUT_DIR", type=Path,
+                   help="folder for the derived series (created; must be empty if it exists)")
+    p.add_argument("--target", required=True, type=str.upper, choices=TARGETS,
+                   help="contrast to synthesize")
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA when available), cpu or cuda[:N] (default: auto)")
+    p.add_argument("--checkpoint", default="default",
+                   help="model checkpoint file, or 'default' for the bundled weights")
+    p.add_argument("--format", dest="output_format", default="mr", choices=FORMATS,
+                   help="mr: one MR image per slice (default); enhanced-mr: one multi-frame "
+                        "instance; parametric-map: float32 values")
+    p.add_argument("--series-number-offset", type=int, default=1000,
+                   help="derived Series Number = offset + source Series Number (default 1000)")
+    p.set_defaults(func=run)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"rtfsyn synthesize: error: {message}", file=sys.stderr)
+    return code
+
+
+def find_series_files(src_dir: Path) -> dict[str, list[Path]]:
+    """DICOM files under ``src_dir`` grouped by Series Instance UID (DICOMDIRs skipped)."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    series: dict[str, list[Path]] = {}
+    skipped = 0
+    for path in sorted(p for p in src_dir.rglob("*") if p.is_file()):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True,
+                                 specific_tags=["SeriesInstanceUID", "SOPClassUID"])
+        except (InvalidDicomError, OSError, EOFError, ValueError):
+            skipped += 1
+            continue
+        if str(ds.get("SOPClassUID", "")) == "1.2.840.10008.1.3.10":  # Media Storage Directory
+            continue
+        series.setdefault(str(ds.get("SeriesInstanceUID", "(no Series Instance UID)")),
+                          []).append(path)
+    if skipped:
+        logger.info("Skipped %d files under %s that are not DICOM", skipped, src_dir)
+    return series
+
+
+def _check_out_dir(out_dir: Path) -> str | None:
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        return f"{out_dir} exists and is not an empty folder; choose a new or empty OUT_DIR"
+    return None
+
+
+def _publish(staging: Path, out_dir: Path) -> list[Path]:
+    """Move the finished files from ``staging`` into ``out_dir``."""
+    if out_dir.exists():
+        out_dir.rmdir()  # empty, checked before synthesis
+    staging.rename(out_dir)
+    return sorted(out_dir.iterdir())
+
+
+def run(args: argparse.Namespace) -> int:
+    src_dir, out_dir = Path(args.src_dir), Path(args.out_dir)
+    if not src_dir.is_dir():
+        return _fail(f"{src_dir} is not a folder", EXIT_BAD_INPUT)
+    problem = _check_out_dir(out_dir)
+    if problem:
+        return _fail(problem, EXIT_BAD_INPUT)
+    series = find_series_files(src_dir)
+    if not series:
+        return _fail(f"no DICOM files found under {src_dir}", EXIT_BAD_INPUT)
+    if len(series) > 1:
+        listing = "; ".join(f"{uid}: {len(found)} files" for uid, found in series.items())
+        return _fail(f"{src_dir} holds {len(series)} series, one is expected ({listing})",
+                     EXIT_BAD_INPUT)
+    (files,) = series.values()
+
+    from dicom_node.errors import DerivedSeriesError, RejectedSeries
+    from dicom_node.pipeline import process_series
+    from synthesis.inference import Synthesizer
+
+    try:
+        synthesizer = Synthesizer(args.checkpoint, device=args.device)
+    except (FileNotFoundError, ValueError, RuntimeError, OSError) as exc:
+        return _fail(f"cannot load the model (checkpoint {args.checkpoint}): {exc}",
+                     EXIT_BAD_INPUT)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        derived = process_series(files, args.target, staging, synthesizer,
+                                 output_format=args.output_format,
+                                 series_number_offset=args.series_number_offset)
+        written = _publish(staging, out_dir)
+    except RejectedSeries as exc:
+        return _fail(f"cannot process the series in {src_dir}: {exc.reason}", EXIT_BAD_INPUT)
+    except ValueError as exc:  # e.g. a volume too small for the network
+        return _fail(f"cannot synthesize from the series in {src_dir}: {exc}", EXIT_BAD_INPUT)
+    except DerivedSeriesError as exc:
+        return _fail(f"writing the derived series failed: {exc}", EXIT_FAILED)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    print(f"Synthesized {derived.target_protocol.contrast.value} from a "
+          f"{derived.source_protocol.contrast.value} series ({len(files)} source files).")
+    print(f"Wrote {len(written)} files (series {derived.series_instance_uid}) to {out_dir}")
+    print("Timings: " + ", ".join(f"{k} {v:.2f} s" for k, v in derived.timings.items()))
+    return 0

@@ -1,0 +1,265 @@
+"""``Synthesizer``: the inference API the DICOM node calls.
+
+Steps of one call (see ``docs/ARCHITECTURE.md``):
+
+1. validate the volume ``(z, y, x)`` and spacing ``(dz, dy, dx)`` mm;
+2. percentile-normalize (0.5-99.5 % -> [0, 1], no mask);
+3. resample to the working grid (:func:`synthesis.grid.working_spacing`);
+4. encode the prompt (cached) and the numeric protocol features;
+5. encode the volume whole, or in overlapping tiles blended smoothly in feature space;
+6. decode the output grid (``render_grid`` when it equals the working grid, else chunked ``query``);
+7. clip to ``[0, 1.5]`` and return float32.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from synthesis import grid
+from synthesis.nets.rtfsyn import Features, RTFSyn
+from synthesis.protocol import MRProtocol, pair_features, prompt
+from synthesis.text import TextCondition
+
+__all__ = ["Synthesizer", "SynthesisResult", "OUTPUT_MAX"]
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_MAX = 1.5            # outputs are clipped to [0, OUTPUT_MAX]
+_CPU_TILE_VOXELS = 12_000_000   # whole-volume inference up to ~230^3 voxels on CPU (~4.3 GB peak RSS)
+_BYTES_PER_VOXEL_CUDA = 400     # measured peak of the default model, with margin
+_QUERY_BUDGET = 1 << 21         # output voxels decoded per slab on the query path
+_TEXT_CACHE_SIZE = 256          # encoded prompts kept on the device
+
+
+@dataclass(frozen=True)
+class SynthesisResult:
+    """One synthesized volume.
+
+    volume: float32 (z, y, x) on the normalized [0, 1]-ish scale.
+    spacing: (dz, dy, dx) mm of the output grid.
+    origin_offset_mm: output voxel (0,0,0) centre minus input voxel (0,0,0) centre, mm per axis.
+    prompt: the sentence that conditioned the synthesis.
+    """
+
+    volume: np.ndarray
+    spacing: tuple[float, float, float]
+    origin_offset_mm: tuple[float, float, float]
+    prompt: str
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]'. Found {device!r}.") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {str(device)!r} was requested but CUDA is not available here.")
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]'. Found {device!r}.")
+    return resolved
+
+
+def _resolve_checkpoint(checkpoint: str | Path | None) -> Path:
+    from synthesis.checkpoint import default_checkpoint_path
+
+    if checkpoint is None or str(checkpoint) == "default":
+        path = default_checkpoint_path()
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"No default RTFSyn checkpoint at {path}. Train one with `rtfsyn train` "
+                "(it writes synthesis/weights/default.pt) or pass checkpoint=<path to a .pt file>."
+            )
+        return path
+    return Path(checkpoint)
+
+
+def _validate(volume: np.ndarray, spacing: Sequence[float], source: MRProtocol, target: MRProtocol,
+              output_spacing: Sequence[float] | None) -> np.ndarray:
+    """Checks of one call; returns the volume as an array."""
+    volume = np.asarray(volume)
+    if volume.ndim != 3:
+        raise ValueError(f"volume must be 3-D (z, y, x). Found {volume.ndim} dimensions, shape {volume.shape}.")
+    if min(volume.shape) < 2:
+        raise ValueError(f"volume needs at least 2 voxels along every axis. Found shape {volume.shape}.")
+    if not (np.issubdtype(volume.dtype, np.number) and not np.iscomplexobj(volume)) or volume.dtype == bool:
+        raise ValueError(f"volume must hold real numbers. Found dtype {volume.dtype}.")
+    if np.issubdtype(volume.dtype, np.floating):
+        bad = int(volume.size - np.count_nonzero(np.isfinite(volume)))
+        if bad:
+            raise ValueError(f"volume must be finite. Found {bad} NaN or infinite voxels.")
+    grid.working_spacing(spacing)  # validates spacing
+    if output_spacing is not None:
+        grid.output_shape(volume.shape, spacing, output_spacing)  # validates output_spacing
+    for name, value in (("source", source), ("target", target)):
+        if not isinstance(value, MRProtocol):
+            raise TypeError(f"{name} must be an MRProtocol. Found {type(value).__name__}.")
+    return volume
+
+
+class Synthesizer:
+    """A loaded RTFSyn model, kept resident; call it on volumes.
+
+    ``checkpoint``: path, or ``"default"``/None for ``synthesis/weights/default.pt``.
+    ``device``: ``"auto"`` (CUDA when available, else CPU), ``"cpu"`` or ``"cuda[:N]"``.
+    ``max_tile_voxels``: the largest (padded) working-grid block encoded at once;
+    larger volumes are split into overlapping tiles. ``tile_overlap``: voxels shared
+    by neighbouring tiles.
+    """
+
+    def __init__(self, checkpoint: str | Path | None = "default", device: str = "auto", *,
+                 max_tile_voxels: int | None = None, tile_overlap: int = 32) -> None:
+        from synthesis.checkpoint import load
+
+        path = _resolve_checkpoint(checkpoint)
+        model, meta = load(path, map_location="cpu")
+        self._setup(model, device, meta["model_version"], meta["sha256"], max_tile_voxels, tile_overlap)
+        logger.info("Loaded RTFSyn %s from %s on %s", self._model_version, path, self.device)
+
+    @classmethod
+    def from_model(cls, model: RTFSyn, device: str = "cpu", *, max_tile_voxels: int | None = None,
+                   tile_overlap: int = 32, model_version: str = "unsaved") -> "Synthesizer":
+        """Wrap an in-memory model (e.g. during training); ``info['checkpoint_sha256']`` is None.
+
+        The model is moved to ``device`` and put in eval mode (in place).
+        """
+        if not isinstance(model, RTFSyn):
+            raise TypeError(f"model must be an RTFSyn. Found {type(model).__name__}.")
+        self = cls.__new__(cls)
+        self._setup(model, device, model_version, None, max_tile_voxels, tile_overlap)
+        return self
+
+    def _setup(self, model: RTFSyn, device: str, version: str, digest: str | None,
+               max_tile_voxels: int | None, tile_overlap: int) -> None:
+        if max_tile_voxels is not None and (isinstance(max_tile_voxels, bool) or int(max_tile_voxels) < 8):
+            raise ValueError(f"max_tile_voxels must be an integer >= 8. Found {max_tile_voxels!r}.")
+        if isinstance(tile_overlap, bool) or int(tile_overlap) < 0:
+            raise ValueError(f"tile_overlap must be an integer >= 0. Found {tile_overlap!r}.")
+        self.device = _resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self._model_version, self._sha256 = version, digest
+        self.max_tile_voxels = int(max_tile_voxels) if max_tile_voxels is not None else self._default_budget()
+        self.tile_overlap = int(tile_overlap)
+        self._lock = threading.Lock()
+        self._text_cache: dict[str, TextCondition] = {}
+
+    def _default_budget(self) -> int:
+        if self.device.type == "cuda":
+            total = torch.cuda.get_device_properties(self.device).total_memory
+            return max(64**3, int(0.6 * total / _BYTES_PER_VOXEL_CUDA))
+        return _CPU_TILE_VOXELS
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """Provenance: model_name, model_version, checkpoint_sha256, architecture, device."""
+        return {
+            "model_name": "RTFSyn",
+            "model_version": self._model_version,
+            "checkpoint_sha256": self._sha256,
+            "architecture": self.model.summary(),
+            "device": str(self.device),
+        }
+
+    # -- the call --------------------------------------------------------
+    def __call__(self, volume: np.ndarray, spacing: Sequence[float], source: MRProtocol, target: MRProtocol,
+                 output_spacing: Sequence[float] | None = None) -> SynthesisResult:
+        """Synthesize ``target`` from a ``source`` volume; see the module docstring."""
+        volume = _validate(volume, spacing, source, target, output_spacing)
+        spacing = tuple(float(s) for s in spacing)
+        with self._lock, torch.inference_mode():
+            start = time.perf_counter()
+            normalized, _ = grid.percentile_normalize(volume)                       # 2
+            work_spacing = grid.working_spacing(spacing)                            # 3
+            work = grid.resample(normalized, spacing, work_spacing, order=1)
+            del normalized
+            text_prompt = prompt(source, target)                                    # 4
+            text, features = self._condition(text_prompt, source, target)
+            feats = self._encode(work, text, features)                              # 5
+            out_spacing = tuple(float(s) for s in (output_spacing or work_spacing))
+            out = self._decode(feats, volume.shape, spacing, work_spacing, out_spacing)  # 6
+            del feats, work
+            np.clip(out, 0.0, OUTPUT_MAX, out=out)                                  # 7
+            logger.info("Synthesized %s -> %s grid in %.1f s", volume.shape, out.shape, time.perf_counter() - start)
+        return SynthesisResult(out, out_spacing, grid.origin_offset_mm(spacing, out_spacing), text_prompt)
+
+    def _condition(self, text_prompt: str, source: MRProtocol,
+                   target: MRProtocol) -> tuple[TextCondition | None, torch.Tensor]:
+        features = torch.from_numpy(pair_features(source, target))[None].to(self.device)
+        if not self.model.uses_text:
+            return None, features
+        text = self._text_cache.get(text_prompt)
+        if text is None:
+            from synthesis.text import get_text_encoder
+
+            text = get_text_encoder().encode([text_prompt]).to(self.device)
+            if len(self._text_cache) >= _TEXT_CACHE_SIZE:  # drop the oldest prompt
+                self._text_cache.pop(next(iter(self._text_cache)))
+            self._text_cache[text_prompt] = text
+        return text, features
+
+    def _autocast(self) -> Any:
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+
+    def _encode(self, work: np.ndarray, text: TextCondition | None, features: torch.Tensor) -> Features:
+        """Features of the whole working volume, tiled when it exceeds the voxel budget."""
+        m = self.model.config.size_multiple
+        padded = [math.ceil(n / m) * m for n in work.shape]
+        x = torch.from_numpy(work)[None, None]
+        if math.prod(padded) <= self.max_tile_voxels:
+            with self._autocast():
+                feats = self.model.encode(x.to(self.device), text, features)
+            return Features(feats.volume.float(), feats.cond)
+        tiles = grid.plan_tiles(work.shape, self.max_tile_voxels, m, self.tile_overlap)
+        logger.info("Encoding %s in %d tiles of %s", work.shape, len(tiles), tiles[0][1])
+        accum = weight_sum = cond = None
+        for start, size in tiles:
+            region = tuple(slice(s, s + n) for s, n in zip(start, size))
+            with self._autocast():
+                feats = self.model.encode(x[(..., *region)].to(self.device), text, features)
+            weights = torch.from_numpy(grid.blend_weights(start, size, work.shape, self.tile_overlap)).to(self.device)
+            if accum is None:
+                accum = torch.zeros(feats.volume.shape[1], *work.shape, device=self.device)
+                weight_sum = torch.zeros(work.shape, device=self.device)
+            accum[(slice(None), *region)] += feats.volume[0].float() * weights
+            weight_sum[region] += weights
+            cond = feats.cond
+        accum /= weight_sum
+        return Features(accum[None], cond)
+
+    def _decode(self, feats: Features, in_shape: Sequence[int], spacing: tuple[float, float, float],
+                work_spacing: tuple[float, float, float], out_spacing: tuple[float, ...]) -> np.ndarray:
+        """Output grid ``(z, y, x)`` float32 from the working-grid features."""
+        work_shape = tuple(feats.volume.shape[2:])
+        out_shape = grid.output_shape(in_shape, spacing, out_spacing)
+        if out_shape == work_shape and np.allclose(out_spacing, work_spacing):
+            with self._autocast():
+                out = self.model.render_grid(feats)
+            return out[0, 0].float().cpu().numpy()
+        # continuous coordinates of the output centres in working-grid voxels
+        axes = []
+        for n, sp_in, sp_w, sp_o in zip(out_shape, spacing, work_spacing, out_spacing):
+            mm = grid.axis_coords(n, sp_in, sp_o) * sp_in           # mm from input centre 0
+            axes.append(torch.from_numpy((mm - 0.5 * (sp_w - sp_in)) / sp_w).float())
+        cell = torch.tensor([[o / w for o, w in zip(out_spacing, work_spacing)]], device=self.device)
+        out = np.empty(out_shape, dtype=np.float32)
+        planes = max(1, _QUERY_BUDGET // (out_shape[1] * out_shape[2]))
+        for j0 in range(0, out_shape[0], planes):
+            zc = axes[0][j0: j0 + planes]
+            lo = max(0, int(math.floor(float(zc.min()))))
+            hi = min(work_shape[0], int(math.floor(float(zc.max()))) + 2)
+            sub = Features(feats.volume[:, :, lo:hi], feats.cond)
+            zz, yy, xx = torch.meshgrid(zc - lo, axes[1], axes[2], indexing="ij")
+            coords = torch.stack([zz, yy, xx], dim=-1).reshape(1, -1, 3).to(self.device)
+            with self._autocast():
+                values = self.model.query(sub, coords, cell)
+            out[j0: j0 + len(zc)] = values.float().reshape(len(zc), out_shape[1], out_shape[2]).cpu().numpy()
+        return out

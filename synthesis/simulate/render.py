@@ -1,0 +1,34 @@
+"""Clean magnitude images of a :class:`~synthesis.simulate.phantom.Subject` for a protocol."""
+from __future__ import annotations
+
+import numpy as np
+
+from synthesis.protocol import MRProtocol
+from synthesis.simulate.phantom import Subject
+from synthesis.simulate.tissues import nearest_field, tissue_signal
+
+__all__ = ["render", "tissue_weights"]
+
+
+def tissue_weights(subject: Subject, protocol: MRProtocol) -> np.ndarray:
+    """Signal of each pure tissue of ``subject`` under ``protocol``, shape ``(T,)`` float32."""
+    return tissue_signal(subject.params[nearest_field(protocol.field_t)], protocol)
+
+
+def render(subject: Subject, protocol: MRProtocol, *,
+           region: tuple[slice, slice, slice] | None = None) -> np.ndarray:
+    """The clean magnitude image, float32 ``(D, H, W)`` (of ``region`` when given).
+
+    Each tissue's signal (see :mod:`synthesis.simulate.tissues`) at the field
+    nearest ``protocol.field_t`` (1.5 or 3 T), weighted by its fraction and
+    summed; air gives 0. Values are on the physical scale (PD of CSF = 1).
+    """
+    weights = tissue_weights(subject, protocol)
+    fractions = subject.fractions
+    if region is not None:
+        fractions = fractions[(slice(None),) + tuple(region)]
+    out = np.zeros(fractions.shape[1:], dtype=np.float32)
+    for weight, fraction in zip(weights, fractions):
+        if weight != 0.0:
+            out += np.float32(weight) * fraction  # float16 fraction promotes to float32
+    return out

@@ -1,0 +1,227 @@
+"""The storage SCP over loopback: echo, store, eligibility, refusals, duplicates, aborts,
+the disk watermark and TLS."""
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+from conftest import fake_processor, make_tls_material, node_config, send_files, wait_for
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RLELossless, generate_uid
+from pynetdicom import AE
+from pynetdicom.sop_class import MRImageStorage, Verification
+from sqlalchemy import select
+
+from dicom_node import db
+from dicom_node.config import Config
+from dicom_node.db import AssociationState, SeriesState
+from dicom_node.joblog import JobLog
+from dicom_node.scheduler import Scheduler
+from dicom_node.scp import (CANNOT_UNDERSTAND, NOT_ELIGIBLE_REASON, OUT_OF_RESOURCES, SUCCESS,
+                            DiskGuard, Receiver, StorageSCP, handle_store)
+from dicom_node.spool import Spool
+
+
+class Running:
+    """A storage SCP with its job log, stopped by the fixture."""
+
+    def __init__(self, config: Config, disk: DiskGuard | None = None) -> None:
+        self.config = config
+        self.log = JobLog(config.database_path)
+        self.scp = StorageSCP(config, self.log, Spool(config.spool_dir), disk=disk)
+        self.scp.start()
+        self.port = self.scp.address[1]
+
+    def rows(self, model: Any) -> list[Any]:
+        with self.log.session() as s:
+            return list(s.scalars(select(model).order_by(model.id)))
+
+    def closed_associations(self) -> list[Any]:
+        return [a for a in self.rows(db.Association) if a.state != AssociationState.OPEN]
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[Running]:
+    running = Running(node_config(tmp_path, node={"allowed_calling_aets": ["SCU", "OTHER"]}))
+    yield running
+    running.scp.stop(grace_seconds=1)
+
+
+def _ct_file(folder: Path) -> Path:
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality, ds.PatientName, ds.PatientID = "CT", "CT^PATIENT", "CT123"
+    ds.Rows = ds.Columns = 4
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelData = np.zeros((4, 4), np.uint16).tobytes()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "ct.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_c_echo(node: Running) -> None:
+    ae = AE(ae_title="SCU")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="RTFSYN")
+    assert assoc.is_established
+    assert assoc.send_c_echo().Status == SUCCESS
+    assoc.release()
+    assert wait_for(lambda: node.closed_associations(), what="released association")[0].state \
+        == AssociationState.RELEASED
+
+
+def test_store_mr_and_ct(node: Running, mr_series: list[Path], tmp_path: Path) -> None:
+    ct = _ct_file(tmp_path / "ct")
+    assert send_files([*mr_series, ct], node.port) == [SUCCESS] * (len(mr_series) + 1)
+    instances = node.rows(db.Instance)
+    assert len(instances) == len(mr_series) + 1
+    mr = [i for i in instances if i.eligible]
+    ct_row = [i for i in instances if not i.eligible]
+    assert len(mr) == len(mr_series) and ct_row[0].reason == NOT_ELIGIBLE_REASON
+    for row in instances:  # spooled as sent, under study/series/sop
+        path = Path(row.path)
+        assert path.parent.name == row.series_uid and path.name == f"{row.sop_instance_uid}.dcm"
+        assert path.stat().st_size == row.size_bytes
+    original = dcmread(mr_series[0])
+    stored = dcmread(next(Path(r.path) for r in mr if r.sop_instance_uid
+                          == original.SOPInstanceUID))
+    np.testing.assert_array_equal(stored.pixel_array, original.pixel_array)
+    assert wait_for(node.closed_associations)[0].n_instances == len(mr_series) + 1
+    series = {s.modality: s for s in node.rows(db.Series)}
+    assert series["MR"].n_instances == len(mr_series) and series["CT"].n_instances == 1
+
+
+def test_compressed_transfer_syntax_is_stored_as_sent(node: Running, mr_series: list[Path],
+                                                      tmp_path: Path) -> None:
+    ds = dcmread(mr_series[0])
+    ds.compress(RLELossless)
+    path = tmp_path / "rle.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    ae = AE(ae_title="SCU")
+    ae.add_requested_context(MRImageStorage, [RLELossless])
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="RTFSYN")
+    assert assoc.send_c_store(path).Status == SUCCESS
+    assoc.release()
+    row = node.rows(db.Instance)[0]
+    assert row.transfer_syntax_uid == RLELossless
+    np.testing.assert_array_equal(dcmread(row.path).pixel_array, ds.pixel_array)
+
+
+def test_unknown_calling_ae_is_refused(node: Running, mr_series: list[Path]) -> None:
+    with pytest.raises(ConnectionRefusedError, match="rejected=True"):
+        send_files(mr_series, node.port, calling="STRANGER")
+    row = wait_for(node.closed_associations)[0]
+    assert row.state == AssociationState.REJECTED
+    assert row.reason == "calling AE title not recognized: calling 'STRANGER', called 'RTFSYN'"
+    assert node.rows(db.Instance) == []
+
+
+def test_wrong_called_ae_is_refused(node: Running, mr_series: list[Path]) -> None:
+    with pytest.raises(ConnectionRefusedError, match="rejected=True"):
+        send_files(mr_series, node.port, called="NOTRTFSYN")
+    row = wait_for(node.closed_associations)[0]
+    assert row.state == AssociationState.REJECTED and "called AE title not recognized" in row.reason
+
+
+def test_duplicates_are_idempotent(node: Running, mr_series: list[Path]) -> None:
+    assert send_files(mr_series[:2], node.port) == [SUCCESS, SUCCESS]
+    assert send_files(mr_series[:2], node.port, calling="OTHER") == [SUCCESS, SUCCESS]
+    instances = node.rows(db.Instance)
+    assert len(instances) == 2 and all(i.n_received == 2 for i in instances)
+    assert node.rows(db.Series)[0].n_instances == 2
+
+
+def test_aborted_association_is_recorded_and_triggers_nothing(node: Running,
+                                                               mr_series: list[Path]) -> None:
+    send_files(mr_series, node.port, abort=True)
+    row = wait_for(node.closed_associations)[0]
+    assert row.state == AssociationState.ABORTED and row.n_instances == len(mr_series)
+    calls: list = []
+    scheduler = Scheduler(node.config, node.log, fake_processor(calls))
+    wait_for(lambda: (scheduler.tick(), node.rows(db.Series)[0].state)[1] == SeriesState.PARTIAL,
+             what="series marked partial")
+    assert node.rows(db.Job) == [] and calls == []
+    assert all(Path(i.path).exists() for i in node.rows(db.Instance))  # kept on disk
+
+
+def test_disk_above_watermark_refuses_associations_and_stores(tmp_path: Path,
+                                                              mr_series: list[Path]) -> None:
+    usage = {"used": 10}
+    config = node_config(tmp_path, node={"disk_watermark_percent": 75})
+    disk = DiskGuard(config.node.data_dir, 75, usage=lambda _p: (100, usage["used"], 0),
+                     cache_seconds=0)
+    running = Running(config, disk)
+    try:
+        usage["used"] = 80
+        with pytest.raises(ConnectionRefusedError):
+            send_files(mr_series, running.port)
+        row = wait_for(running.closed_associations)[0]
+        assert row.state == AssociationState.REJECTED and "watermark 75%" in row.reason
+        usage["used"] = 10
+        ae = AE(ae_title="SCU")
+        ae.add_requested_context(MRImageStorage, [ExplicitVRLittleEndian])
+        assoc = ae.associate("127.0.0.1", running.port, ae_title="RTFSYN")
+        assert assoc.send_c_store(mr_series[0]).Status == SUCCESS
+        usage["used"] = 90  # fills up mid-association
+        assert assoc.send_c_store(mr_series[1]).Status == OUT_OF_RESOURCES
+        assoc.release()
+        assert len(running.rows(db.Instance)) == 1
+    finally:
+        running.scp.stop(grace_seconds=1)
+
+
+def test_store_handler_answers_cannot_understand_for_garbage(tmp_path: Path) -> None:
+    log = JobLog(tmp_path / "joblog.sqlite")
+    rx = Receiver(log=log, spool=Spool(tmp_path / "spool"),
+                  disk=DiskGuard(tmp_path, 100.0, usage=lambda _p: (1, 0, 1)))
+
+    class GarbageEvent:
+        """A C-STORE event whose data set is not DICOM (received in memory, not chunked)."""
+
+        request = SimpleNamespace(AffectedSOPClassUID=MRImageStorage,
+                                  AffectedSOPInstanceUID="1.2")
+        context = SimpleNamespace(transfer_syntax=ExplicitVRLittleEndian)
+        assoc = object()
+
+        @property
+        def dataset_path(self) -> Path:
+            raise AttributeError("not received in chunks")
+
+        def encoded_dataset(self, include_meta: bool = True) -> bytes:
+            return b"\x00" * 10 + b"not dicom at all"
+
+    event = GarbageEvent()
+    assert handle_store(event, rx) == CANNOT_UNDERSTAND
+    assert list((tmp_path / "spool").rglob("*.dcm")) == []
+
+
+def test_tls_round_trip_with_client_certificates(tmp_path: Path, mr_series: list[Path]) -> None:
+    pki = make_tls_material(tmp_path / "pki")
+    config = node_config(tmp_path, node={"tls": {
+        "certificate": str(pki["server_cert"]), "private_key": str(pki["server_key"]),
+        "ca_certificates": str(pki["ca"]), "require_client_certificate": True}})
+    running = Running(config)
+    try:
+        client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki["ca"]))
+        client.load_cert_chain(str(pki["client_cert"]), str(pki["client_key"]))
+        statuses = send_files(mr_series, running.port, tls_args=(client, "127.0.0.1"))
+        assert statuses == [SUCCESS] * len(mr_series)
+        anonymous = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki["ca"]))
+        with pytest.raises((ConnectionRefusedError, ssl.SSLError, OSError)):
+            send_files(mr_series, running.port, tls_args=(anonymous, "127.0.0.1"))
+        plain_ae = AE(ae_title="SCU")
+        plain_ae.add_requested_context(Verification)
+        assert not plain_ae.associate("127.0.0.1", running.port, ae_title="RTFSYN").is_established
+        assert len(running.rows(db.Instance)) == len(mr_series)
+    finally:
+        running.scp.stop(grace_seconds=1)

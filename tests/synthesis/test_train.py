@@ -1,0 +1,86 @@
+"""Training: the loss falls, runs resume, the result loads; metrics behave."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from synthesis import checkpoint as ckpt
+from synthesis.metrics import score, ssim3d
+from synthesis.nets.rtfsyn import RTFSyn, RTFSynConfig
+from synthesis.train import TrainConfig, learning_rate, loss_on_batch, make_batch, train
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def sampler(tmp_path_factory):
+    from synthesis.data import PairSampler
+    from synthesis.simulate import SPLIT_SEEDS, load_or_make_subject
+
+    cache = tmp_path_factory.mktemp("sim-cache")
+    subject = load_or_make_subject(list(SPLIT_SEEDS["train"])[0], cache)
+    return PairSampler([subject], patch=16), cache
+
+
+def test_loss_falls_on_a_fixed_batch(sampler):
+    pair_sampler, _ = sampler
+    rng = np.random.default_rng(0)
+    batch = make_batch([pair_sampler.sample(rng) for _ in range(2)], torch.device("cpu"))
+    torch.manual_seed(0)
+    model = RTFSyn(RTFSynConfig.tiny())
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    cfg = TrainConfig(queries=256)
+    losses = []
+    for step in range(30):
+        loss = loss_on_batch(model, batch, cfg, step)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5]), losses
+
+
+def test_train_runs_resumes_and_writes_a_loadable_checkpoint(sampler, tmp_path):
+    _, cache = sampler
+    base = dict(out_dir=str(tmp_path / "run"), cache_dir=str(cache), train_subjects=1, validation_subjects=1,
+                patch=16, batch=1, queries=64, warmup=2, checkpoint_every=2, validate_every=3,
+                validation_patches=2, model=RTFSynConfig.tiny().to_dict(), threads=1)
+    # the validation subject differs from the training one; both are cached in `cache`
+    train(TrainConfig.from_dict({**base, "steps": 3}), progress=False)
+    first = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in first] == [1, 2, 3]
+    final = train(TrainConfig.from_dict({**base, "steps": 5}), progress=False)
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5]  # resumed at step 4, not restarted
+    model, meta = ckpt.load(final)
+    record = meta["extra"]["training"]
+    assert record["steps_done"] == 5 and record["train_subject_seeds"]
+    assert isinstance(model, RTFSyn)
+
+
+def test_learning_rate_is_a_function_of_the_step():
+    cfg = TrainConfig(steps=100, warmup=10, lr=1e-3, min_lr=1e-5)
+    assert learning_rate(cfg, 0) == pytest.approx(1e-4)
+    assert learning_rate(cfg, 9) == pytest.approx(1e-3)
+    assert learning_rate(cfg, 99) == pytest.approx(1e-5, rel=0.05)
+    assert learning_rate(cfg, 50) == learning_rate(cfg, 50)
+
+
+def test_unknown_training_option_is_named():
+    with pytest.raises(ValueError, match="pach"):
+        TrainConfig.from_dict({"pach": 3})
+
+
+def test_metrics_perfect_and_degraded():
+    rng = np.random.default_rng(0)
+    truth = rng.random((20, 20, 20)).astype(np.float32)
+    mask = np.zeros_like(truth, dtype=bool)
+    mask[4:16, 4:16, 4:16] = True
+    perfect = score(truth, truth, mask)
+    assert perfect.psnr > 100 and perfect.ssim == pytest.approx(1.0) and perfect.mae == 0
+    noisy = score(truth + rng.normal(0, 0.1, truth.shape).astype(np.float32), truth, mask)
+    assert 10 < noisy.psnr < 30 and noisy.ssim < 0.95 and noisy.mae > 0
+    assert ssim3d(truth, 1 - truth, mask) < 0

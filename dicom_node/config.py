@@ -298,8 +298,14 @@ def _parse_model(raw: Mapping[str, Any]) -> ModelConfig:
     device = _string("model.device", raw.get("device", "auto"))
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
         raise ConfigError(f"model.device must be auto, cpu, cuda or cuda:N. Found {device!r}.")
-    return ModelConfig(checkpoint=_string("model.checkpoint", raw.get("checkpoint", "default")),
-                       device=device)
+    checkpoint = _string("model.checkpoint", raw.get("checkpoint", "default"))
+    if checkpoint != "default":
+        path = _path(checkpoint)
+        if not path.is_file():
+            raise ConfigError(f"model.checkpoint must be 'default' or an existing checkpoint "
+                              f"file. Found {checkpoint!r} (no file at {str(path)!r}).")
+        checkpoint = str(path)
+    return ModelConfig(checkpoint=checkpoint, device=device)
 
 
 def _parse_export(raw: Mapping[str, Any]) -> ExportConfig:

@@ -269,7 +269,8 @@ def get_engine(path: str | Path) -> Engine:
         engine = _ENGINES.get(path)
         if engine is None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            engine = create_engine(f"sqlite:///{path}",
+            # Many threads (one per association, scheduler, workers, sender) share it.
+            engine = create_engine(f"sqlite:///{path}", pool_size=8, max_overflow=56,
                                    connect_args={"check_same_thread": False, "timeout": 30})
             event.listen(engine, "connect", _on_connect)
             event.listen(engine, "begin", _on_begin)

@@ -51,6 +51,18 @@ class SynthesisProcessor:
                 self._synthesizer = Synthesizer(model.checkpoint, model.device)
             return self._synthesizer
 
+    def preflight(self) -> None:
+        """Log an error at start-up when the default checkpoint is missing (receiving still
+        works; jobs fail with the reason and can be re-sent once it is installed)."""
+        if self._synthesizer is not None or self.config.model.checkpoint != "default":
+            return
+        from synthesis.checkpoint import default_checkpoint_path
+
+        path = default_checkpoint_path()
+        if not path.is_file():
+            logger.error("no default model checkpoint at %s: synthesis jobs will fail until one "
+                         "is installed ([model] checkpoint, or `rtfsyn train`)", path)
+
     def __call__(self, job: JobSpec, files: list[Path], out_dir: Path) -> ProcessResult:
         from dicom_node.pipeline import NodeInfo, process_series
 
@@ -95,6 +107,8 @@ class Node:
         """Recover, start the scheduler, then listen (returns at once)."""
         if self._running:
             raise RuntimeError("the node is already running")
+        if isinstance(self.processor, SynthesisProcessor):
+            self.processor.preflight()
         self.spool.remove_stale_parts()
         self.recovery = self.scheduler.queue.recover()
         self.scheduler.start()

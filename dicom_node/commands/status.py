@@ -96,12 +96,15 @@ def build_report(database: Path, limit: int | None = None) -> dict[str, Any]:
 
 def _table(rows: list[dict[str, Any]], columns: tuple[tuple[str, str, int], ...]) -> str:
     """Fixed-width text table: columns are (key, heading, width)."""
-    def cell(value: Any, width: int) -> str:
+    def cell(value: Any, width: int, tail: bool = False) -> str:
         text = "" if value is None else str(value)
-        return (text if len(text) <= width else text[: width - 1] + "~").ljust(width)
+        if len(text) > width:  # UIDs differ at the end: keep their tail
+            text = "~" + text[1 - width:] if tail else text[: width - 1] + "~"
+        return text.ljust(width)
 
     lines = ["  ".join(cell(h, w) for _k, h, w in columns)]
-    lines += ["  ".join(cell(r.get(k), w) for k, _h, w in columns) for r in rows]
+    lines += ["  ".join(cell(r.get(k), w, k.endswith("uid")) for k, _h, w in columns)
+              for r in rows]
     return "\n".join(lines)
 
 

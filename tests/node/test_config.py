@@ -145,3 +145,12 @@ def test_tls_section_requires_ca_for_client_certificates(tmp_path: Path) -> None
     del tls["require_client_certificate"]
     parsed = parse_config({"node": {"tls": tls}}).node.tls
     assert parsed is not None and parsed.certificate == cert and parsed.ca_certificates is None
+
+
+def test_model_checkpoint_must_exist_unless_default(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="model.checkpoint must be 'default' or an existing "
+                                          "checkpoint file. Found 'missing.pt'"):
+        parse_config({"model": {"checkpoint": "missing.pt"}})
+    weights = tmp_path / "tiny.pt"
+    weights.write_bytes(b"weights")
+    assert parse_config({"model": {"checkpoint": str(weights)}}).model.checkpoint == str(weights)

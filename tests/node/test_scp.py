@@ -24,7 +24,7 @@ from dicom_node.joblog import JobLog
 from dicom_node.scheduler import Scheduler
 from dicom_node.scp import (CANNOT_UNDERSTAND, NOT_ELIGIBLE_REASON, OUT_OF_RESOURCES, SUCCESS,
                             DiskGuard, Receiver, StorageSCP, handle_store)
-from dicom_node.spool import Spool
+from dicom_node.spool import Spool, SpoolError
 
 
 class Running:
@@ -225,3 +225,23 @@ def test_tls_round_trip_with_client_certificates(tmp_path: Path, mr_series: list
         assert len(running.rows(db.Instance)) == len(mr_series)
     finally:
         running.scp.stop(grace_seconds=1)
+
+
+def test_spool_places_files_atomically_and_refuses_bad_uids(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    path, size = spool.store_bytes(b"DICM-bytes", "1.2", "1.2.3", "1.2.3.4")
+    assert path == tmp_path / "spool" / "1.2" / "1.2.3" / "1.2.3.4.dcm"
+    assert path.read_bytes() == b"DICM-bytes" and size == 10
+    source = tmp_path / "incoming.dcm"
+    source.write_bytes(b"x" * 3_000_000)
+    copied, size = spool.store_file(source, "1.2", "1.2.3", "1.2.3.5", move=False)
+    assert size == 3_000_000 and copied.read_bytes() == source.read_bytes()
+    moved, _ = spool.store_file(source, "1.2", "1.2.3", "1.2.3.6")
+    assert moved.exists() and not source.exists()
+    (path.parent / ".incoming-x.part").write_bytes(b"half")  # left by a crash
+    assert spool.remove_stale_parts() == 1
+    assert sorted(p.name for p in path.parent.iterdir()) == [
+        "1.2.3.4.dcm", "1.2.3.5.dcm", "1.2.3.6.dcm"]
+    for bad in ("../../etc", "1.2.x", "", "1." * 40):
+        with pytest.raises(SpoolError, match="must be a DICOM UID"):
+            spool.path_for("1.2", "1.2.3", bad)

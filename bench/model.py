@@ -46,6 +46,7 @@ logger = logging.getLogger("bench.model")
 
 FULL_SHAPE = (182, 218, 182)
 QUICK_SHAPE = (96, 112, 96)
+PROMPT_TOKENS = 100  # the preset prompts encode to 96-99 tokens
 PUBLIC_RELEASE = {  # the paper's public code, as reported in the project's DESIGN.md
     "parameters": 184.4e6,
     "flops_per_60cube_patch": 48e12,
@@ -80,8 +81,10 @@ def count_flops(model: RTFSyn, shape: Sequence[int]) -> int:
     from synthesis.text import TEXT_DIM, TextCondition
 
     meta = RTFSyn(model.config).to("meta").eval()
-    text = TextCondition(torch.zeros(1, 48, TEXT_DIM, device="meta"),
-                         torch.ones(1, 48, dtype=torch.bool, device="meta"), torch.zeros(1, TEXT_DIM, device="meta"))
+    tokens = PROMPT_TOKENS
+    text = TextCondition(torch.zeros(1, tokens, TEXT_DIM, device="meta"),
+                         torch.ones(1, tokens, dtype=torch.bool, device="meta"),
+                         torch.zeros(1, TEXT_DIM, device="meta"))
     x = torch.zeros(1, 1, *shape, device="meta")
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         meta(x, text, torch.zeros(1, PAIR_FEATURE_DIM, device="meta"))
@@ -94,19 +97,20 @@ def text_encoder_parameters() -> int:
     return sum(p.numel() for p in get_text_encoder().model.parameters())
 
 
-def train_step_seconds(model: RTFSyn, steps: int = 4, patch: int = 48) -> list[float]:
-    """Seconds per training step on 2 patches (encode + render_grid + 4096 queries, backward, AdamW)."""
+def train_step_seconds(model: RTFSyn, steps: int = 4, patch: int = 48) -> tuple[list[float], list[float]]:
+    """Wall and CPU seconds per training step on 2 patches (encode + render_grid + 4096 queries, backward, AdamW)."""
     from synthesis.text import TEXT_DIM, TextCondition
 
     model = RTFSyn(model.config).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     gen = torch.Generator().manual_seed(0)
     x, target = torch.rand(2, 1, patch, patch, patch, generator=gen), torch.rand(2, 1, patch, patch, patch)
-    text = TextCondition(torch.randn(2, 40, TEXT_DIM), torch.ones(2, 40, dtype=torch.bool), torch.randn(2, TEXT_DIM))
+    text = TextCondition(torch.randn(2, PROMPT_TOKENS, TEXT_DIM), torch.ones(2, PROMPT_TOKENS, dtype=torch.bool),
+                         torch.randn(2, TEXT_DIM))
     features = torch.rand(2, PAIR_FEATURE_DIM)
-    times = []
+    times, cpu = [], []
     for _ in range(steps + 1):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         feats = model.encode(x, text, features)
         coords = torch.rand(2, 4096, 3, generator=gen) * (patch - 1)
         loss = (model.render_grid(feats) - target).abs().mean()
@@ -115,7 +119,8 @@ def train_step_seconds(model: RTFSyn, steps: int = 4, patch: int = 48) -> list[f
         loss.backward()
         opt.step()
         times.append(time.perf_counter() - start)
-    return times[1:]
+        cpu.append(time.process_time() - cpu_start)
+    return times[1:], cpu[1:]
 
 
 def child(args: argparse.Namespace) -> None:
@@ -129,16 +134,17 @@ def child(args: argparse.Namespace) -> None:
     syn = Synthesizer.from_model(build_model(args.checkpoint), device=device)
     volume = phantom(args.shape)
     source, target = preset("T1", 3.0), preset("T2", 3.0)
-    times = []
+    times, cpu = [], []
     for _ in tqdm(range(args.runs + 1), desc=f"Synthesizer {tuple(args.shape)} on {device}", file=sys.stderr):
         if device == "cuda":
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         syn(volume, (1.0, 1.0, 1.0), source, target)
         if device == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    out: dict[str, Any] = {"times_s": times, "peak_rss_bytes": _vm_hwm()}
+        cpu.append(time.process_time() - cpu_start)
+    out: dict[str, Any] = {"times_s": times, "cpu_s_runs": cpu[1:], "peak_rss_bytes": _vm_hwm()}
     if device == "cuda":
         out["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated()
         out["gpu"] = torch.cuda.get_device_name()
@@ -194,7 +200,8 @@ def measure(args: argparse.Namespace, device: str) -> dict[str, Any]:
         "flops_forward_60cube_patch": count_flops(model, (60, 60, 60)),
         "flops_forward_160x192x160": count_flops(model, (160, 192, 160)),
         "flops_method": "torch.utils.flop_counter.FlopCounterMode, encode + render_grid, exact shapes on the "
-                        "meta device (matmul/conv/attention FLOPs, 2 per multiply-add)",
+                        f"meta device, {PROMPT_TOKENS} prompt tokens (matmul/conv/attention FLOPs, 2 per "
+                        "multiply-add)",
         "public_release": PUBLIC_RELEASE,
     }
     logger.info("Timing the Synthesizer in a child process")
@@ -203,12 +210,14 @@ def measure(args: argparse.Namespace, device: str) -> dict[str, Any]:
     result["host"]["load_average_1m_after_timing"] = round(os.getloadavg()[0], 2)
     result.update(
         runs=args.runs, warmup_s=times[0], wall_s_runs=times[1:], wall_s_median=statistics.median(times[1:]),
+        cpu_s_median=statistics.median(timing["cpu_s_runs"]),
         **timing,
     )
     if device == "cpu" and not args.no_train_step:
         logger.info("Timing training steps")
-        steps = train_step_seconds(model)
+        steps, cpu = train_step_seconds(model)
         result.update(train_step_s_runs=steps, train_step_s_median=statistics.median(steps),
+                      train_step_cpu_s_median=statistics.median(cpu),
                       train_step_setup="2 x 48^3 patches, encode + render_grid + 4096 queries, backward, AdamW")
     return result
 
@@ -231,8 +240,15 @@ def table(result: dict[str, Any]) -> str:
          f"{result['wall_s_median']:.1f} s", "-"),
         (f"Peak memory ({mem_kind})", f"{mem:.2f} GiB", "-"),
     ]
+    if result["device"] == "cpu":
+        rows.insert(-1, ("CPU time of that call (all threads)", f"{result['cpu_s_median']:.1f} s", "-"))
     if "train_step_s_median" in result:
-        rows.append(("Training step, 2 x 48^3 (CPU)", f"{result['train_step_s_median']:.2f} s", "-"))
+        rows.append(("Training step, 2 x 48^3 (CPU), wall / CPU time",
+                     f"{result['train_step_s_median']:.2f} s / {result['train_step_cpu_s_median']:.2f} s", "-"))
+    host = result["host"]
+    rows.append(("Threads; 1-min load average at start / after timing",
+                 f"{host['torch_threads']}; {host['load_average_1m_at_start']} / "
+                 f"{host.get('load_average_1m_after_timing', '-')}", "-"))
     lines = ["| | this model | public release |", "| --- | --- | --- |"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     return "\n".join(lines)

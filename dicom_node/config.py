@@ -11,12 +11,15 @@ Example::
 """
 from __future__ import annotations
 
-import math
 import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+
+from dicom_node.config_checks import (ConfigError, check_ae_title, check_bool, check_integer,
+                                      check_no_unknown, check_number, check_path, check_port,
+                                      check_string, check_table)
 
 if sys.version_info >= (3, 11):  # pragma: no cover - version dependent
     import tomllib
@@ -30,77 +33,6 @@ __all__ = [
 
 OUTPUT_FORMATS = ("mr", "enhanced-mr", "parametric-map")
 CALLER = "caller"  # route destination meaning "the AE that sent the series"
-_AE_CHARS = re.compile(r"^[\x20-\x5b\x5d-\x7e]+$")  # DICOM AE: printable, no backslash
-
-
-class ConfigError(ValueError):
-    """The configuration breaks a rule; the message names the key and the value found."""
-
-
-# -- small checkers ----------------------------------------------------------------------
-def _ae_title(key: str, value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{key} must be a non-empty string. Found {value!r}.")
-    title = value.strip()
-    if len(title) > 16:
-        raise ConfigError(f"{key} must be at most 16 characters. Found {value!r} ({len(title)}).")
-    if not _AE_CHARS.match(title):
-        raise ConfigError(f"{key} must be printable ASCII without backslash. Found {value!r}.")
-    return title
-
-
-def _port(key: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-        raise ConfigError(f"{key} must be an integer port in 1..65535. Found {value!r}.")
-    return value
-
-
-def _number(key: str, value: Any, *, low: float, high: float = math.inf,
-            low_open: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if ok:
-        value = float(value)
-        ok = math.isfinite(value) and (value > low if low_open else value >= low) and value <= high
-    if not ok:
-        bracket = "(" if low_open else "["
-        raise ConfigError(f"{key} must be a number in {bracket}{low}, {high}]. Found {value!r}.")
-    return float(value)
-
-
-def _integer(key: str, value: Any, *, low: int, high: int = 2**31) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ConfigError(f"{key} must be an integer in [{low}, {high}]. Found {value!r}.")
-    return value
-
-
-def _string(key: str, value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{key} must be a non-empty string. Found {value!r}.")
-    return value
-
-
-def _bool(key: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{key} must be true or false. Found {value!r}.")
-    return value
-
-
-def _table(key: str, value: Any) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{key} must be a table. Found {type(value).__name__} {value!r}.")
-    return value
-
-
-def _no_unknown(key: str, table: Mapping[str, Any], known: set[str]) -> None:
-    unknown = sorted(set(table) - known)
-    if unknown:
-        raise ConfigError(f"{key} has unknown key(s) {', '.join(unknown)}; "
-                          f"known keys: {', '.join(sorted(known))}.")
-
-
-def _path(value: str) -> Path:
-    """A path; relative ones resolve against the current working directory."""
-    return Path(value).expanduser().resolve()
 
 
 # -- the dataclasses ---------------------------------------------------------------------
@@ -121,7 +53,7 @@ class NodeConfig:
     ae_title: str = "RTFSYN"
     host: str = "0.0.0.0"
     port: int = 11112
-    data_dir: Path = field(default_factory=lambda: _path("var"))
+    data_dir: Path = field(default_factory=lambda: check_path("var"))
     stable_seconds: float = 5.0
     allowed_calling_aets: tuple[str, ...] = ()
     called_aet_check: bool = True
@@ -235,19 +167,19 @@ _NODE_KEYS = {"ae_title", "host", "port", "data_dir", "stable_seconds", "allowed
 
 
 def _parse_tls(raw: Any) -> TLSConfig:
-    t = _table("node.tls", raw)
-    _no_unknown("node.tls", t, {"certificate", "private_key", "ca_certificates",
-                                "require_client_certificate"})
+    t = check_table("node.tls", raw)
+    check_no_unknown("node.tls", t, {"certificate", "private_key", "ca_certificates",
+                                     "require_client_certificate"})
     for key in ("certificate", "private_key"):
         if key not in t:
             raise ConfigError(f"node.tls.{key} is required when [node.tls] is given. Found none.")
-    paths = {k: _path(_string(f"node.tls.{k}", t[k]))
+    paths = {k: check_path(check_string(f"node.tls.{k}", t[k]))
              for k in ("certificate", "private_key", "ca_certificates") if k in t}
     for key, path in paths.items():
         if not path.is_file():
             raise ConfigError(f"node.tls.{key} must name an existing file. Found {str(path)!r}.")
-    require = _bool("node.tls.require_client_certificate",
-                    t.get("require_client_certificate", False))
+    require = check_bool("node.tls.require_client_certificate",
+                         t.get("require_client_certificate", False))
     if require and "ca_certificates" not in paths:
         raise ConfigError("node.tls.require_client_certificate = true needs "
                           "node.tls.ca_certificates to verify clients. Found none.")
@@ -256,33 +188,36 @@ def _parse_tls(raw: Any) -> TLSConfig:
 
 
 def _parse_node(raw: Mapping[str, Any]) -> NodeConfig:
-    _no_unknown("node", raw, _NODE_KEYS)
+    check_no_unknown("node", raw, _NODE_KEYS)
     d = NodeConfig()
+
+    def get(key: str) -> Any:
+        return raw.get(key, getattr(d, key))
+
     aets = raw.get("allowed_calling_aets", [])
     if not isinstance(aets, list):
         raise ConfigError(f"node.allowed_calling_aets must be a list of AE titles. Found {aets!r}.")
+    day = 86400.0
     return NodeConfig(
-        ae_title=_ae_title("node.ae_title", raw.get("ae_title", d.ae_title)),
-        host=_string("node.host", raw.get("host", d.host)),
-        port=_port("node.port", raw.get("port", d.port)),
-        data_dir=_path(_string("node.data_dir", raw.get("data_dir", "var"))),
-        stable_seconds=_number("node.stable_seconds", raw.get("stable_seconds", d.stable_seconds),
-                               low=0.0, high=86400.0, low_open=True),
-        allowed_calling_aets=tuple(_ae_title(f"node.allowed_calling_aets[{i}]", a)
+        ae_title=check_ae_title("node.ae_title", get("ae_title")),
+        host=check_string("node.host", get("host")),
+        port=check_port("node.port", get("port")),
+        data_dir=check_path(check_string("node.data_dir", raw.get("data_dir", "var"))),
+        stable_seconds=check_number("node.stable_seconds", get("stable_seconds"), low=0.0,
+                                    high=day, low_open=True),
+        allowed_calling_aets=tuple(check_ae_title(f"node.allowed_calling_aets[{i}]", a)
                                    for i, a in enumerate(aets)),
-        called_aet_check=_bool("node.called_aet_check",
-                               raw.get("called_aet_check", d.called_aet_check)),
-        max_pdu=_max_pdu(raw.get("max_pdu", d.max_pdu)),
-        disk_watermark_percent=_number("node.disk_watermark_percent",
-                                       raw.get("disk_watermark_percent", d.disk_watermark_percent),
-                                       low=0.0, high=100.0, low_open=True),
-        workers=_integer("node.workers", raw.get("workers", d.workers), low=1, high=64),
-        max_associations=_integer("node.max_associations",
-                                  raw.get("max_associations", d.max_associations), low=1, high=1000),
-        network_timeout_seconds=_number(
-            "node.network_timeout_seconds",
-            raw.get("network_timeout_seconds", d.network_timeout_seconds),
-            low=0.0, high=86400.0, low_open=True),
+        called_aet_check=check_bool("node.called_aet_check", get("called_aet_check")),
+        max_pdu=_max_pdu(get("max_pdu")),
+        disk_watermark_percent=check_number("node.disk_watermark_percent",
+                                            get("disk_watermark_percent"), low=0.0, high=100.0,
+                                            low_open=True),
+        workers=check_integer("node.workers", get("workers"), low=1, high=64),
+        max_associations=check_integer("node.max_associations", get("max_associations"),
+                                       low=1, high=1000),
+        network_timeout_seconds=check_number("node.network_timeout_seconds",
+                                             get("network_timeout_seconds"), low=0.0, high=day,
+                                             low_open=True),
         tls=_parse_tls(raw["tls"]) if "tls" in raw else None,
     )
 
@@ -290,17 +225,17 @@ def _parse_node(raw: Mapping[str, Any]) -> NodeConfig:
 def _max_pdu(value: Any) -> int:
     if value == 0:
         return 0
-    return _integer("node.max_pdu", value, low=4096, high=2**32 - 1)
+    return check_integer("node.max_pdu", value, low=4096, high=2**32 - 1)
 
 
 def _parse_model(raw: Mapping[str, Any]) -> ModelConfig:
-    _no_unknown("model", raw, {"checkpoint", "device"})
-    device = _string("model.device", raw.get("device", "auto"))
+    check_no_unknown("model", raw, {"checkpoint", "device"})
+    device = check_string("model.device", raw.get("device", "auto"))
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
         raise ConfigError(f"model.device must be auto, cpu, cuda or cuda:N. Found {device!r}.")
-    checkpoint = _string("model.checkpoint", raw.get("checkpoint", "default"))
+    checkpoint = check_string("model.checkpoint", raw.get("checkpoint", "default"))
     if checkpoint != "default":
-        path = _path(checkpoint)
+        path = check_path(checkpoint)
         if not path.is_file():
             raise ConfigError(f"model.checkpoint must be 'default' or an existing checkpoint "
                               f"file. Found {checkpoint!r} (no file at {str(path)!r}).")
@@ -309,55 +244,59 @@ def _parse_model(raw: Mapping[str, Any]) -> ModelConfig:
 
 
 def _parse_export(raw: Mapping[str, Any]) -> ExportConfig:
-    _no_unknown("export", raw, {"max_attempts", "backoff_seconds", "backoff_max_seconds",
-                                "timeout_seconds"})
+    check_no_unknown("export", raw, {"max_attempts", "backoff_seconds", "backoff_max_seconds",
+                                     "timeout_seconds"})
     d = ExportConfig()
-    backoff = _number("export.backoff_seconds", raw.get("backoff_seconds", d.backoff_seconds),
-                      low=0.0, high=86400.0)
-    cap = _number("export.backoff_max_seconds",
-                  raw.get("backoff_max_seconds", d.backoff_max_seconds), low=0.0, high=86400.0)
+
+    def get(key: str) -> Any:
+        return raw.get(key, getattr(d, key))
+
+    backoff = check_number("export.backoff_seconds", get("backoff_seconds"), low=0.0,
+                           high=86400.0)
+    cap = check_number("export.backoff_max_seconds", get("backoff_max_seconds"), low=0.0,
+                       high=86400.0)
     if cap < backoff:
         raise ConfigError(f"export.backoff_max_seconds must be >= export.backoff_seconds "
                           f"({backoff}). Found {cap}.")
     return ExportConfig(
-        max_attempts=_integer("export.max_attempts", raw.get("max_attempts", d.max_attempts),
-                              low=1, high=1000),
+        max_attempts=check_integer("export.max_attempts", get("max_attempts"), low=1,
+                                   high=1000),
         backoff_seconds=backoff, backoff_max_seconds=cap,
-        timeout_seconds=_number("export.timeout_seconds",
-                                raw.get("timeout_seconds", d.timeout_seconds),
-                                low=0.0, high=3600.0, low_open=True))
+        timeout_seconds=check_number("export.timeout_seconds", get("timeout_seconds"), low=0.0,
+                                     high=3600.0, low_open=True))
 
 
 def _parse_destinations(raw: Any) -> dict[str, Destination]:
     out: dict[str, Destination] = {}
-    for name, value in _table("destinations", raw).items():
+    for name, value in check_table("destinations", raw).items():
         key = f"destinations.{name}"
         if name == CALLER:
             raise ConfigError(f"{key}: {CALLER!r} is reserved for the calling AE; "
                               "choose another destination name.")
-        t = _table(key, value)
-        _no_unknown(key, t, {"ae_title", "host", "port", "tls"})
+        t = check_table(key, value)
+        check_no_unknown(key, t, {"ae_title", "host", "port", "tls"})
         for required in ("ae_title", "host", "port"):
             if required not in t:
                 raise ConfigError(f"{key}.{required} is required. Found none.")
-        out[name] = Destination(name=name, ae_title=_ae_title(f"{key}.ae_title", t["ae_title"]),
-                                host=_string(f"{key}.host", t["host"]),
-                                port=_port(f"{key}.port", t["port"]),
-                                tls=_bool(f"{key}.tls", t.get("tls", False)))
+        out[name] = Destination(name=name,
+                                ae_title=check_ae_title(f"{key}.ae_title", t["ae_title"]),
+                                host=check_string(f"{key}.host", t["host"]),
+                                port=check_port(f"{key}.port", t["port"]),
+                                tls=check_bool(f"{key}.tls", t.get("tls", False)))
     return out
 
 
 def _parse_callers(raw: Any) -> dict[str, Caller]:
     out: dict[str, Caller] = {}
-    for name, value in _table("callers", raw).items():
+    for name, value in check_table("callers", raw).items():
         key = f"callers.{name}"
-        title = _ae_title(f"{key} (the AE title)", name)
-        t = _table(key, value)
-        _no_unknown(key, t, {"port", "host"})
+        title = check_ae_title(f"{key} (the AE title)", name)
+        t = check_table(key, value)
+        check_no_unknown(key, t, {"port", "host"})
         if "port" not in t:
             raise ConfigError(f"{key}.port is required. Found none.")
-        host = _string(f"{key}.host", t["host"]) if "host" in t else None
-        out[title] = Caller(ae_title=title, port=_port(f"{key}.port", t["port"]), host=host)
+        host = check_string(f"{key}.host", t["host"]) if "host" in t else None
+        out[title] = Caller(ae_title=title, port=check_port(f"{key}.port", t["port"]), host=host)
     return out
 
 
@@ -365,7 +304,7 @@ def _patterns(key: str, raw: Any) -> tuple[tuple[str, re.Pattern[str]], ...]:
     from pydicom.datadict import dictionary_VR, tag_for_keyword
 
     out = []
-    for keyword, pattern in _table(key, raw).items():
+    for keyword, pattern in check_table(key, raw).items():
         tag = tag_for_keyword(keyword)
         if tag is None:
             raise ConfigError(f"{key}: {keyword!r} is not a DICOM attribute keyword "
@@ -387,9 +326,9 @@ def _parse_route(i: int, raw: Any, destinations: Mapping[str, Destination]) -> R
     from synthesis.protocol import PRESETS
 
     key = f"routes[{i}]"
-    t = _table(key, raw)
-    _no_unknown(key, t, {"name", "match", "exclude", "targets", "destination", "output_format",
-                         "series_number_offset"})
+    t = check_table(key, raw)
+    check_no_unknown(key, t, {"name", "match", "exclude", "targets", "destination",
+                              "output_format", "series_number_offset"})
     targets = t.get("targets")
     if not isinstance(targets, list) or not targets:
         raise ConfigError(f"{key}.targets must be a non-empty list of presets "
@@ -412,20 +351,21 @@ def _parse_route(i: int, raw: Any, destinations: Mapping[str, Destination]) -> R
         raise ConfigError(f"{key}.output_format must be one of {', '.join(OUTPUT_FORMATS)}. "
                           f"Found {fmt!r}.")
     return Route(
-        name=_string(f"{key}.name", t.get("name", f"route-{i + 1}")),
+        name=check_string(f"{key}.name", t.get("name", f"route-{i + 1}")),
         targets=tuple(clean), destination=str(destination),
         match=_patterns(f"{key}.match", t.get("match", {})),
         exclude=_patterns(f"{key}.exclude", t.get("exclude", {})),
         output_format=fmt,
-        series_number_offset=_integer(f"{key}.series_number_offset",
-                                      t.get("series_number_offset", 1000), low=0, high=2**31 - 1),
+        series_number_offset=check_integer(f"{key}.series_number_offset",
+                                           t.get("series_number_offset", 1000), low=0,
+                                           high=2**31 - 1),
     )
 
 
 def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
     """Validate a parsed TOML document (a dict) into a :class:`Config`."""
-    _no_unknown("the top level", data, {"node", "model", "export", "destinations", "callers",
-                                        "routes"})
+    check_no_unknown("the top level", data, {"node", "model", "export", "destinations",
+                                             "callers", "routes"})
     destinations = _parse_destinations(data.get("destinations", {}))
     raw_routes = data.get("routes", [])
     if not isinstance(raw_routes, list):
@@ -434,14 +374,14 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
     names = [r.name for r in routes]
     if len(set(names)) != len(names):
         raise ConfigError(f"route names must be unique. Found {names!r}.")
-    node = _parse_node(_table("node", data.get("node", {})))
+    node = _parse_node(check_table("node", data.get("node", {})))
     for dest in destinations.values():
         if dest.tls and (node.tls is None or node.tls.ca_certificates is None):
             raise ConfigError(f"destinations.{dest.name}.tls = true needs [node.tls] with "
                               "ca_certificates to verify the destination. Found none.")
     return Config(node=node,
-                  model=_parse_model(_table("model", data.get("model", {}))),
-                  export=_parse_export(_table("export", data.get("export", {}))),
+                  model=_parse_model(check_table("model", data.get("model", {}))),
+                  export=_parse_export(check_table("export", data.get("export", {}))),
                   destinations=destinations,
                   callers=_parse_callers(data.get("callers", {})),
                   routes=routes, source=source)

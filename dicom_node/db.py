@@ -24,17 +24,19 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sqlalchemy import (Boolean, DateTime, Enum, Float, ForeignKey, Integer, String, Text,
-                        UniqueConstraint, create_engine, event)
+                        UniqueConstraint, create_engine, event, inspect)
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 __all__ = [
     "AssociationState", "SeriesState", "JobState", "DeliveryStatus", "TRANSITIONS",
     "IllegalTransition", "check_transition", "Base", "Association", "Instance", "Series", "Job",
-    "Delivery", "DeliveryInstance", "get_engine", "session_factory", "utcnow",
+    "Delivery", "DeliveryInstance", "get_engine", "session_factory", "utcnow", "SCHEMA_VERSION",
+    "SchemaMismatch",
 ]
 
 logger = logging.getLogger(__name__)
+SCHEMA_VERSION = 1  # PRAGMA user_version of the job log; bump on any table change
 
 
 def utcnow() -> dt.datetime:
@@ -212,6 +214,7 @@ class Job(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     process_seconds: Mapped[float | None] = mapped_column(Float)
     send_seconds: Mapped[float | None] = mapped_column(Float)  # all attempts together
+    stage_seconds: Mapped[str | None] = mapped_column(Text)  # JSON {stage: s}, from the pipeline
 
 
 class Delivery(Base):
@@ -261,6 +264,24 @@ def _on_begin(connection: Any) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+class SchemaMismatch(RuntimeError):
+    """The job log was written by a node with another schema version."""
+
+
+def _create_or_check_schema(engine: Engine, path: Path) -> None:
+    """Create the tables of a new job log, or refuse one of another schema version."""
+    with engine.begin() as conn:
+        existing = inspect(conn).has_table("jobs")
+        version = conn.exec_driver_sql("PRAGMA user_version").scalar()
+        if existing and version != SCHEMA_VERSION:
+            raise SchemaMismatch(f"the job log {str(path)!r} has schema version {version}; this "
+                                 f"node writes version {SCHEMA_VERSION}. Move it aside (keep it "
+                                 "for the record) and start again.")
+        Base.metadata.create_all(conn)
+        if not existing:
+            conn.exec_driver_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
 def get_engine(path: str | Path) -> Engine:
     """The process-wide engine for the SQLite file at ``path`` (created, with its tables,
     on first use)."""
@@ -274,7 +295,7 @@ def get_engine(path: str | Path) -> Engine:
                                    connect_args={"check_same_thread": False, "timeout": 30})
             event.listen(engine, "connect", _on_connect)
             event.listen(engine, "begin", _on_begin)
-            Base.metadata.create_all(engine)
+            _create_or_check_schema(engine, path)
             _ENGINES[path] = engine
             logger.debug("job log opened at %s", path)
         return engine

@@ -8,6 +8,7 @@ snapshots, never live ORM rows.
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import json
 import logging
 from contextlib import contextmanager
@@ -19,9 +20,9 @@ from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from dicom_node.db import (Association, AssociationState, Delivery, DeliveryInstance,
-                           DeliveryStatus, Instance, Job, JobState, Series, SeriesState,
-                           check_transition, session_factory, utcnow)
+from dicom_node.db import (Association, AssociationState, DeliveryStatus, Instance, Job,
+                           JobState, Series, SeriesState, check_transition, session_factory,
+                           utcnow)
 
 __all__ = ["InstanceRecord", "PlannedJob", "JobSpec", "DeliveryOutcome", "JobLog",
            "UnknownJob", "REOPENABLE", "job_spec"]
@@ -101,19 +102,18 @@ class DeliveryOutcome:
 
 
 def job_spec(job: Job) -> JobSpec:
+    """A frozen snapshot of a job row."""
     return JobSpec(job.id, job.series_uid, job.generation, job.route, job.target,
                    job.destination, job.dest_ae_title, job.dest_host, job.dest_port,
                    job.output_format, job.series_number_offset, job.derived_series_uid,
                    job.attempts, job.send_attempts, tuple(json.loads(job.derived_files or "[]")))
 
 
-def _set(row: Series | Job | Association | Delivery, new: object, reason: str | None = None,
-         *, field: str = "state") -> None:
-    old = getattr(row, field)
-    check_transition(old, new)  # type: ignore[arg-type]
-    setattr(row, field, new)
-    if hasattr(row, "reason"):
-        row.reason = reason
+def _set(row: Series | Job | Association, new: enum.Enum, reason: str | None = None) -> None:
+    """Change ``row.state`` (checked against the transition table) and its reason."""
+    check_transition(row.state, new)
+    row.state = new
+    row.reason = reason
 
 
 class JobLog:

@@ -63,9 +63,10 @@ class JobQueue:
             job.started_at = utcnow()
             return job_spec(job)
 
-    def processed(self, job_id: int, files: list[str], prompt: str | None,
-                  seconds: float) -> None:
-        """Synthesis done: ``files`` (relative to the job folder) wait for delivery."""
+    def processed(self, job_id: int, files: list[str], prompt: str | None, seconds: float,
+                  stage_seconds: dict[str, float] | None = None) -> None:
+        """Synthesis done: ``files`` (relative to the job folder) wait for delivery;
+        ``stage_seconds`` maps pipeline stages (assembly, synthesis, ...) to seconds."""
         with self.log.transaction() as s:
             job = self._get(s, job_id)
             _move(job, JobState.SENDING, None)
@@ -73,6 +74,7 @@ class JobQueue:
             job.prompt = prompt
             job.processed_at = job.next_attempt_at = utcnow()
             job.process_seconds = seconds
+            job.stage_seconds = json.dumps(stage_seconds) if stage_seconds else None
             job.send_attempts = 0
 
     def rejected(self, job_id: int, reason: str) -> None:
@@ -128,7 +130,8 @@ class JobQueue:
                       for uid, code, result in outcome.instances)
             job = self._get(s, delivery.job_id)
             job.send_attempts += 1
-            job.send_seconds = (job.send_seconds or 0.0) + (now - delivery.started_at).total_seconds()
+            spent = (now - delivery.started_at).total_seconds()
+            job.send_seconds = (job.send_seconds or 0.0) + spent
             if outcome.status == DeliveryStatus.OK:
                 _move(job, JobState.DONE, None)
                 job.finished_at, job.next_attempt_at = now, None

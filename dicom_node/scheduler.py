@@ -189,7 +189,8 @@ class Scheduler:
                     if Path(f).resolve().is_relative_to(out_dir.resolve()) else str(f)
                     for f in result.files]
         seconds = time.monotonic() - started
-        self.queue.processed(job.id, relative, result.prompt, seconds)
+        self.queue.processed(job.id, relative, result.prompt, seconds,
+                             result.extra.get("timings"))
         logger.info("job %d: %d derived instance(s) in %.1f s", job.id, len(relative), seconds)
         return True
 

@@ -114,6 +114,7 @@ class Receiver:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def assoc_id(self, assoc: Any) -> int | None:
+        """The job-log id of a live association (None if unknown)."""
         with self.lock:
             return self.assoc_ids.get(assoc)
 
@@ -160,14 +161,17 @@ def _end(event: Any, rx: Receiver, state: AssociationState, reason: str | None) 
 
 
 def handle_released(event: Any, rx: Receiver) -> None:
+    """A-RELEASE: the association's instances now count towards series completion."""
     _end(event, rx, AssociationState.RELEASED, None)
 
 
 def handle_aborted(event: Any, rx: Receiver) -> None:
+    """A-ABORT / A-P-ABORT: recorded; the association's instances trigger nothing."""
     _end(event, rx, AssociationState.ABORTED, "A-ABORT (or the connection was lost)")
 
 
 def handle_rejected(event: Any, rx: Receiver) -> None:
+    """A-ASSOCIATE-RJ sent by pynetdicom (AE title checks, association limit)."""
     rsp = event.assoc.acceptor.primitive
     key = (getattr(rsp, "result", None), getattr(rsp, "result_source", None),
            getattr(rsp, "diagnostic", None))
@@ -194,6 +198,7 @@ def handle_conn_close(event: Any, rx: Receiver) -> None:
 
 
 def handle_echo(event: Any, rx: Receiver) -> int:
+    """C-ECHO: always success."""
     return SUCCESS
 
 

@@ -109,7 +109,7 @@ class Node:
             raise RuntimeError("the node is already running")
         if isinstance(self.processor, SynthesisProcessor):
             self.processor.preflight()
-        self.spool.remove_stale_parts()
+        self.spool.remove_stale_parts(self.config.node.data_dir / "tmp")
         self.recovery = self.scheduler.queue.recover()
         self.scheduler.start()
         try:

@@ -113,12 +113,16 @@ class Spool:
             source.unlink(missing_ok=True)
         return final, size
 
-    def remove_stale_parts(self) -> int:
-        """Delete temporary ``.part`` files left by a crash; returns how many."""
-        count = 0
-        for part in self.root.rglob(".incoming-*.part"):
+    def remove_stale_parts(self, temp_dir: Path | None = None) -> int:
+        """Delete temporary files left by a crash (``.part`` files in the spool, and every
+        file in ``temp_dir``, where incoming data sets are streamed); returns how many.
+        Call it before the node listens."""
+        stale = list(self.root.rglob(".incoming-*.part"))
+        if temp_dir is not None and Path(temp_dir).is_dir():
+            stale += [p for p in Path(temp_dir).iterdir() if p.is_file()]
+        for part in stale:
             part.unlink(missing_ok=True)
-            count += 1
+        count = len(stale)
         if count:
             logger.info("removed %d unfinished spool file(s) left by an earlier run", count)
         return count

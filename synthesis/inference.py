@@ -254,8 +254,9 @@ class Synthesizer:
         planes = max(1, _QUERY_BUDGET // (out_shape[1] * out_shape[2]))
         for j0 in range(0, out_shape[0], planes):
             zc = axes[0][j0: j0 + planes]
-            lo = max(0, int(math.floor(float(zc.min()))))
-            hi = min(work_shape[0], int(math.floor(float(zc.max()))) + 2)
+            # the working planes these queries touch, plus one halo plane each side (conv head)
+            lo = max(0, int(math.floor(float(zc.min()))) - 1)
+            hi = min(work_shape[0], int(math.floor(float(zc.max()))) + 3)
             sub = Features(feats.volume[:, :, lo:hi], feats.cond)
             zz, yy, xx = torch.meshgrid(zc - lo, axes[1], axes[2], indexing="ij")
             coords = torch.stack([zz, yy, xx], dim=-1).reshape(1, -1, 3).to(self.device)

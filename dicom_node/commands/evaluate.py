@@ -89,10 +89,14 @@ def run(args: argparse.Namespace) -> int:
 
     cases = ev.evaluation_cases(ev.test_seeds(args.subjects), cache_dir=cache, crop=crop, conditions=conditions)
     evaluation = ev.evaluate(predictors, cases, on_case=on_case, progress=not args.no_progress)
+    from synthesis import checkpoint as ckpt
+
+    ckpt_path = ckpt.default_checkpoint_path() if args.checkpoint == "default" else Path(args.checkpoint)
+    training = ckpt.load(ckpt_path)[1].get("extra", {}).get("training")
     meta = {k: syn.info.get(k) for k in ("model_name", "model_version", "checkpoint_sha256", "architecture", "device")}
     meta["checkpoint"] = str(args.checkpoint)
     result = {
-        "model": meta, "training": syn.info.get("training"), "subjects": ev.test_seeds(args.subjects),
+        "model": meta, "training": training, "subjects": ev.test_seeds(args.subjects),
         "crop": args.crop, "targets": list(ev.TARGETS), "conditions": conditions,
         "severities": {k: repr(v) for k, v in SEVERITIES.items()},
         "zero_shot_band": (in_zero_shot_band.__doc__ or "").strip().splitlines()[0] if in_zero_shot_band.__doc__ else "",

@@ -1,7 +1,9 @@
 """``rtfsyn serve --config PATH``: run the node in the foreground until SIGINT/SIGTERM.
 
 On a signal the node stops accepting associations, lets open ones finish
-(``--grace`` seconds), stops its threads and exits 0. Work left unfinished
+(``--grace`` seconds), stops its threads and exits 0. The process's temporary
+folder is ``data_dir/tmp``, so data sets streamed to disk while they arrive
+lie on the spool's file system. Work left unfinished
 (a job being synthesized) stays in the job log and resumes at the next start.
 """
 from __future__ import annotations
@@ -10,12 +12,14 @@ import argparse
 import logging
 import signal
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
 EXIT_CONFIG = 2
+EXIT_START = 3
 
 
 def add_parser(subparsers: Any) -> None:
@@ -29,8 +33,24 @@ def add_parser(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
+def _prepare_process(data_dir: Path) -> None:
+    """Process-wide settings of a node process."""
+    import pydicom.config
+
+    # pydicom's warnings about invalid values quote the value (which may be patient data).
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    # pynetdicom streams each received data set to a temporary file: keep those on the
+    # spool's file system (an atomic rename into the spool, covered by the disk watermark).
+    temp_dir = data_dir / "tmp"
+    temp_dir.mkdir(parents=True, exist_ok=True)
+    tempfile.tempdir = str(temp_dir)
+
+
 def run(args: argparse.Namespace) -> int:
+    """Serve until SIGINT/SIGTERM; exit 0, 2 (bad configuration) or 3 (cannot start)."""
     from dicom_node.config import ConfigError, load_config
+    from dicom_node.db import SchemaMismatch
+    from dicom_node.security import TLSConfigError
     from dicom_node.service import Node
 
     try:
@@ -44,10 +64,19 @@ def run(args: argparse.Namespace) -> int:
         logger.info("received %s; shutting down", signal.Signals(signum).name)
         stop.set()
 
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    node = Node(config)
     try:
-        node.start()
+        _prepare_process(config.node.data_dir)
+        node = Node(config)
+    except (SchemaMismatch, OSError) as exc:  # job log of another version, data_dir unusable
+        print(f"rtfsyn serve: cannot open the node's data: {exc}", file=sys.stderr)
+        return EXIT_START
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            node.start()
+        except (TLSConfigError, OSError) as exc:  # TLS files, port in use, permissions
+            print(f"rtfsyn serve: cannot start the node: {exc}", file=sys.stderr)
+            return EXIT_START
         host, port = node.address
         print(f"rtfsyn node {config.node.ae_title} listening on {host}:{port}", flush=True)
         while not stop.wait(0.5):

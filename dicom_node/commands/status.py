@@ -78,6 +78,7 @@ def build_report(database: Path, limit: int | None = None) -> dict[str, Any]:
         for job in newest(s, db.Job, db.Job.id):
             item = _row(job, _JOBS)
             item["n_derived"] = len(json.loads(job.derived_files or "[]"))
+            item["stage_seconds"] = json.loads(job.stage_seconds or "{}")
             jobs.append(item)
         return {
             "database": str(database),

@@ -215,3 +215,18 @@ def test_rejected_jobs_are_not_resent(log: JobLog) -> None:
     queue.rejected(job.id, "single slice")
     with pytest.raises(ValueError, match="rejected"):
         queue.requeue(job.id)
+
+
+def test_a_job_log_of_another_schema_version_is_refused(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE jobs (id INTEGER PRIMARY KEY)")
+        conn.execute("PRAGMA user_version = 0")
+    with pytest.raises(db.SchemaMismatch, match="has schema version 0; this node writes "
+                                                f"version {db.SCHEMA_VERSION}"):
+        db.get_engine(path)
+    fresh = db.get_engine(tmp_path / "new.sqlite")
+    with fresh.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA user_version").scalar() == db.SCHEMA_VERSION

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import (NODE_AET, TestStorageSCP, node_settings, send_files, wait_for,
+from node_helpers import (NODE_AET, TestStorageSCP, node_settings, send_files, wait_for,
                       write_config)
 from pydicom import dcmread
 from pynetdicom import AE
@@ -116,6 +116,7 @@ def test_node_in_process_synthesizes_and_delivers(
     job = report["jobs"][0]
     assert (job["state"], job["target"], job["destination"]) == ("done", "T2", "PACS")
     assert job["derived_series_uid"] == str(pacs.datasets[0].SeriesInstanceUID)
+    assert set(job["stage_seconds"]) >= {"assembly", "synthesis", "encoding"}
     assert report["associations"]["by_state"] == {"rejected": 1, "released": 1}
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert not [p for p in PHI if p in logged or p in json.dumps(report)]

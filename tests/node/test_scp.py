@@ -9,10 +9,10 @@ from typing import Any, Iterator
 
 import numpy as np
 import pytest
-from conftest import fake_processor, make_tls_material, node_config, send_files, wait_for
+from node_helpers import (fake_processor, make_ct_file, make_tls_material, node_config, send_files,
+                      wait_for)
 from pydicom import dcmread
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RLELossless, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage, Verification
 from sqlalchemy import select
@@ -52,23 +52,6 @@ def node(tmp_path: Path) -> Iterator[Running]:
     running.scp.stop(grace_seconds=1)
 
 
-def _ct_file(folder: Path) -> Path:
-    ds = Dataset()
-    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, generate_uid()
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.Modality, ds.PatientName, ds.PatientID = "CT", "CT^PATIENT", "CT123"
-    ds.Rows = ds.Columns = 4
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.PixelData = np.zeros((4, 4), np.uint16).tobytes()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "ct.dcm"
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
 def test_c_echo(node: Running) -> None:
     ae = AE(ae_title="SCU")
     ae.add_requested_context(Verification)
@@ -81,7 +64,7 @@ def test_c_echo(node: Running) -> None:
 
 
 def test_store_mr_and_ct(node: Running, mr_series: list[Path], tmp_path: Path) -> None:
-    ct = _ct_file(tmp_path / "ct")
+    ct = make_ct_file(tmp_path / "ct")
     assert send_files([*mr_series, ct], node.port) == [SUCCESS] * (len(mr_series) + 1)
     instances = node.rows(db.Instance)
     assert len(instances) == len(mr_series) + 1

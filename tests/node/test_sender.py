@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from conftest import (TestStorageSCP, fake_processor, free_port, node_settings, send_files,
+from node_helpers import (TestStorageSCP, fake_processor, free_port, node_settings, send_files,
                       wait_for, write_config)
 from pydicom import dcmread
 from sqlalchemy import select
@@ -136,3 +136,32 @@ def test_max_attempts_fail_the_job_and_resend_delivers_it(tmp_path: Path,
         assert "no job with id 999" in capsys.readouterr().err
     finally:
         setup.close()
+
+
+def test_tls_destination_with_mutual_authentication(tmp_path: Path,
+                                                    mr_series: list[Path]) -> None:
+    import ssl
+
+    from node_helpers import make_tls_material
+
+    from dicom_node.config import TLSConfig
+    from dicom_node.security import TLSConfigError, client_context, server_context
+
+    pki = make_tls_material(tmp_path / "pki")
+    tls = TLSConfig(pki["server_cert"], pki["server_key"], pki["ca"],
+                    require_client_certificate=True)
+    scp = TestStorageSCP(ssl_context=server_context(tls)).start()
+    try:
+        # the node verifies the destination against the CA and presents its own certificate
+        client = TLSConfig(pki["client_cert"], pki["client_key"], pki["ca"])
+        outcome = export(mr_series, Endpoint("TESTPACS", "127.0.0.1", scp.port,
+                                             client_context(client)), calling_aet="RTFSYN")
+        assert outcome.status == DeliveryStatus.OK and scp.count == len(mr_series)
+        untrusted = ssl.create_default_context()  # does not trust the test CA
+        refused = export(mr_series, Endpoint("TESTPACS", "127.0.0.1", scp.port, untrusted),
+                         calling_aet="RTFSYN", timeout=5)
+        assert refused.status == DeliveryStatus.FAILED and scp.count == len(mr_series)
+    finally:
+        scp.stop()
+    with pytest.raises(TLSConfigError, match="needs \\[node.tls\\] with ca_certificates"):
+        client_context(None)

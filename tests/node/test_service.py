@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from conftest import (TestStorageSCP, fake_processor, node_settings, send_files, wait_for,
-                      write_config)
+from node_helpers import (TestStorageSCP, fake_processor, make_ct_file, node_settings, send_files,
+                      wait_for, write_config)
 from sqlalchemy import select
-from test_scp import _ct_file
 
 from dicom_node import db
 from dicom_node.cli import main
@@ -63,7 +62,7 @@ def _status(config_path: Path, capsys: pytest.CaptureFixture) -> dict[str, Any]:
 def test_series_is_synthesized_per_target_and_delivered(
         setup: Setup, pacs: TestStorageSCP, mr_series: list[Path], tmp_path: Path,
         capsys: pytest.CaptureFixture) -> None:
-    send_files([*mr_series, _ct_file(tmp_path / "ct")], setup.node.address[1])
+    send_files([*mr_series, make_ct_file(tmp_path / "ct")], setup.node.address[1])
     wait_for(lambda: setup.jobs_in(JobState.DONE), what="both jobs done")
     assert sorted(j.target for j in setup.calls) == ["FLAIR", "T2"]
     assert pacs.count == 2 * len(mr_series)
@@ -164,3 +163,15 @@ def test_stop_is_clean_and_idempotent(tmp_path: Path, pacs: TestStorageSCP) -> N
     with pytest.raises(ConnectionRefusedError):
         send_files([], port)
     assert not [t for t in s.node.scheduler._threads if t.is_alive()]
+
+
+def test_cli_reports_configuration_and_missing_job_log_errors(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[node]\nport = 0\n")
+    assert main(["serve", "--config", str(bad)]) == 2
+    assert "node.port must be an integer port in 1..65535. Found 0" in capsys.readouterr().err
+    fresh = write_config(node_settings(tmp_path / "fresh"), tmp_path / "fresh.toml")
+    assert main(["status", "--config", str(fresh)]) == 2
+    assert "no job log at" in capsys.readouterr().err
+    assert main(["resend", "--failed", "--config", str(bad)]) == 2

@@ -36,7 +36,7 @@ def configure_logging(verbosity: int) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    for noisy in ("pynetdicom", "transformers", "urllib3"):
+    for noisy in ("pynetdicom", "transformers", "urllib3", "pylibjpeg"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from synthesis.grid import percentile_normalize, resample
+from synthesis.grid import percentile_normalize, resample, scale_to_range
 from synthesis.protocol import Contrast, MRProtocol
 from synthesis.simulate import Effects, Subject, degrade, random_effects, random_protocol, render
 
@@ -56,11 +56,6 @@ def fit_to_shape(volume: np.ndarray, shape: Sequence[int]) -> np.ndarray:
             pad[axis] = (0, n - have)
             out = np.pad(out, pad, mode="edge")
     return out
-
-
-def _apply_scale(volume: np.ndarray, scale: tuple[float, float]) -> np.ndarray:
-    lo, hi = scale
-    return np.clip((volume - lo) / max(hi - lo, 1e-8), 0.0, 1.5).astype(np.float32)
 
 
 def acquire_source(clean: np.ndarray, effects: Effects, rng: np.random.Generator, axis: int) -> np.ndarray:
@@ -133,8 +128,8 @@ class PairSampler:
         tgt_p = random_protocol(tgt_c, rng, field_t=field, split=self.split)
         effects = random_effects(rng) if self.effects == "random" else self.effects
         region = self._region(i, rng)
-        src_clean = _apply_scale(render(subject, src_p, region=region), self._scale(i, src_p))
-        tgt = _apply_scale(render(subject, tgt_p, region=region), self._scale(i, tgt_p))
+        src_clean = scale_to_range(render(subject, src_p, region=region), *self._scale(i, src_p))
+        tgt = scale_to_range(render(subject, tgt_p, region=region), *self._scale(i, tgt_p))
         src = acquire_source(src_clean, effects, rng, axis=int(rng.integers(3)))
         shape = (self.patch,) * 3
         src_p = src_p.with_(slice_thickness_mm=max(effects.slice_thickness_mm, 1.0))

@@ -17,7 +17,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from synthesis.data import fit_to_shape
+from synthesis.data import fit_to_shape, volume_scale
 from synthesis.grid import percentile_normalize
 from synthesis.metrics import Scores, score
 from synthesis.protocol import Contrast, MRProtocol, preset
@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 __all__ = ["EvalCase", "Evaluation", "evaluation_cases", "evaluate", "LookupBaseline"]
 
 TARGETS = {"T2w": "T2", "PDw": "PD", "FLAIR": "FLAIR"}
-Predictor = Callable[[np.ndarray, tuple, MRProtocol, MRProtocol], np.ndarray]
+# (source crop, its spacing, source protocol, target protocol, whole-volume source range) -> prediction
+Predictor = Callable[[np.ndarray, tuple, MRProtocol, MRProtocol, tuple], np.ndarray]
 
 
 @dataclass
@@ -41,6 +42,7 @@ class EvalCase:
     source: np.ndarray  # acquired source (may be coarser along one axis)
     source_spacing: tuple[float, float, float]
     source_protocol: MRProtocol
+    source_range: tuple[float, float]  # whole-volume 0.5/99.5 percentiles of the clean source
     truth: np.ndarray  # clean target, 1 mm
     target_protocol: MRProtocol
     mask: np.ndarray
@@ -94,6 +96,7 @@ def evaluation_cases(subject_seeds: Iterable[int], *, cache_dir: Path | None, cr
         mask = subject.brain_mask[region]
         source_protocol = preset("T1", field_t)
         clean_source = render(subject, source_protocol, region=region)
+        source_range = volume_scale(subject, source_protocol)
         for target in targets:
             rng = np.random.default_rng([seed, list(TARGETS).index(target)])
             for condition in conditions:
@@ -107,13 +110,13 @@ def evaluation_cases(subject_seeds: Iterable[int], *, cache_dir: Path | None, cr
                 src_protocol = source_protocol
                 if effects.slice_thickness_mm > 1:
                     src_protocol = source_protocol.with_(slice_thickness_mm=effects.slice_thickness_mm)
-                yield EvalCase(seed, target, condition, src, tuple(spacing), src_protocol,
+                yield EvalCase(seed, target, condition, src, tuple(spacing), src_protocol, source_range,
                                render(subject, tgt_protocol, region=region), tgt_protocol, mask)
 
 
 def synthesizer_predictor(synthesizer) -> Predictor:
-    def predict(source: np.ndarray, spacing: tuple, src: MRProtocol, tgt: MRProtocol) -> np.ndarray:
-        return synthesizer(source, spacing, src, tgt, output_spacing=(1.0, 1.0, 1.0)).volume
+    def predict(source: np.ndarray, spacing: tuple, src: MRProtocol, tgt: MRProtocol, source_range: tuple) -> np.ndarray:
+        return synthesizer(source, spacing, src, tgt, output_spacing=(1.0, 1.0, 1.0), input_range=source_range).volume
     return predict
 
 
@@ -148,12 +151,12 @@ class LookupBaseline:
         return self
 
     def predictor(self) -> Predictor:
-        from synthesis.grid import resample
+        from synthesis.grid import resample, scale_to_range
 
-        def predict(source: np.ndarray, spacing: tuple, src: MRProtocol, tgt: MRProtocol) -> np.ndarray:
+        def predict(source: np.ndarray, spacing: tuple, src: MRProtocol, tgt: MRProtocol, source_range: tuple) -> np.ndarray:
             if tuple(spacing) != (1.0, 1.0, 1.0):
                 source = resample(source, spacing, (1.0, 1.0, 1.0))
-            norm, _ = percentile_normalize(source)
+            norm = scale_to_range(source, *source_range)
             idx = np.clip((norm * (self.bins - 1)).round().astype(int), 0, self.bins - 1)
             return self.tables[tgt.contrast.value][idx]
         return predict
@@ -173,7 +176,7 @@ def evaluate(predictors: dict[str, Predictor], cases: Iterable[EvalCase], *,
                 continue  # the LUT is fitted per preset; it has no notion of other protocols
             t0 = time.perf_counter()
             pred = fit_to_shape(predict(case.source, case.source_spacing, case.source_protocol,
-                                        case.target_protocol), case.truth.shape)
+                                        case.target_protocol, case.source_range), case.truth.shape)
             seconds = time.perf_counter() - t0
             preds[name] = pred
             result.add(name, case, score(pred, case.truth, case.mask), seconds)

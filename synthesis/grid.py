@@ -16,6 +16,7 @@ from scipy import ndimage
 
 __all__ = [
     "ANISOTROPY_LIMIT",
+    "scale_to_range",
     "working_spacing",
     "output_shape",
     "axis_coords",
@@ -105,6 +106,18 @@ def resample(volume: np.ndarray, spacing: Sequence[float], new_spacing: Sequence
     )
 
 
+def scale_to_range(volume: np.ndarray, p_lo: float, p_hi: float, *, margin: float = 0.5) -> np.ndarray:
+    """Map ``p_lo``/``p_hi`` to 0/1, clip to ``[0, 1 + margin]``; float32 copy (zeros if ``p_hi <= p_lo``)."""
+    out = np.asarray(volume).astype(np.float32)  # copy
+    if p_hi > p_lo:
+        out -= np.float32(p_lo)
+        out *= np.float32(1.0 / (p_hi - p_lo))
+        np.clip(out, 0.0, 1.0 + margin, out=out)
+    else:
+        out[...] = 0.0
+    return out
+
+
 def percentile_normalize(volume: np.ndarray, mask: np.ndarray | None = None, lo: float = 0.5,
                          hi: float = 99.5, *, margin: float = 0.5) -> tuple[np.ndarray, tuple[float, float]]:
     """Map the ``lo``/``hi`` percentiles (inside ``mask`` if given) to 0 and 1.
@@ -128,14 +141,9 @@ def percentile_normalize(volume: np.ndarray, mask: np.ndarray | None = None, lo:
     else:
         values = volume.ravel()
     p_lo, p_hi = (float(v) for v in np.percentile(values, [lo, hi]))
-    out = volume.astype(np.float32)  # copy
-    if p_hi > p_lo:
-        out -= np.float32(p_lo)
-        out *= np.float32(1.0 / (p_hi - p_lo))
-        np.clip(out, 0.0, 1.0 + margin, out=out)
-    else:
+    if p_hi <= p_lo:
         logger.warning("Constant intensities within the percentile range; the volume maps to zeros.")
-        out[...] = 0.0
+    out = scale_to_range(volume, p_lo, p_hi, margin=margin)
     return out, (p_lo, p_hi)
 
 

@@ -171,13 +171,22 @@ class Synthesizer:
 
     # -- the call --------------------------------------------------------
     def __call__(self, volume: np.ndarray, spacing: Sequence[float], source: MRProtocol, target: MRProtocol,
-                 output_spacing: Sequence[float] | None = None) -> SynthesisResult:
-        """Synthesize ``target`` from a ``source`` volume; see the module docstring."""
+                 output_spacing: Sequence[float] | None = None, *,
+                 input_range: tuple[float, float] | None = None) -> SynthesisResult:
+        """Synthesize ``target`` from a ``source`` volume; see the module docstring.
+
+        ``input_range``: (p_lo, p_hi) intensities to map to 0 and 1 instead of the
+        volume's own 0.5/99.5 percentiles, for a crop of a larger volume whose
+        whole-volume percentiles are known (evaluation on crops).
+        """
         volume = _validate(volume, spacing, source, target, output_spacing)
         spacing = tuple(float(s) for s in spacing)
         with self._lock, torch.inference_mode():
             start = time.perf_counter()
-            normalized, _ = grid.percentile_normalize(volume)                       # 2
+            if input_range is None:                                                 # 2
+                normalized, _ = grid.percentile_normalize(volume)
+            else:
+                normalized = grid.scale_to_range(volume, *input_range)
             work_spacing = grid.working_spacing(spacing)                            # 3
             work = grid.resample(normalized, spacing, work_spacing, order=1)
             del normalized

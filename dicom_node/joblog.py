@@ -25,7 +25,7 @@ from dicom_node.db import (Association, AssociationState, DeliveryStatus, Instan
                            utcnow)
 
 __all__ = ["InstanceRecord", "PlannedJob", "JobSpec", "DeliveryOutcome", "JobLog",
-           "UnknownJob", "REOPENABLE", "job_spec"]
+           "UnknownJob", "InstanceConflict", "REOPENABLE", "job_spec"]
 
 logger = logging.getLogger(__name__)
 REOPENABLE = (SeriesState.ROUTED, SeriesState.IGNORED, SeriesState.NOT_ELIGIBLE)
@@ -33,6 +33,11 @@ REOPENABLE = (SeriesState.ROUTED, SeriesState.IGNORED, SeriesState.NOT_ELIGIBLE)
 
 class UnknownJob(LookupError):
     """No job with the given id."""
+
+
+class InstanceConflict(ValueError):
+    """A SOP Instance UID that is already recorded under another series or study arrived
+    again: a UID collision, refused so that no series ever takes another's data."""
 
 
 @dataclass(frozen=True)
@@ -162,9 +167,19 @@ class JobLog:
         A duplicate updates the file and, unless the earlier copy came on a
         cleanly released association, the association it counts for. New
         instances re-open a routed series (next generation); duplicates do not.
+        Raises :class:`InstanceConflict` when the UID is recorded under another
+        series or study (nothing is changed).
         """
         now = utcnow()
         with self.transaction() as s:
+            inst = s.scalar(select(Instance).where(
+                Instance.sop_instance_uid == rec.sop_instance_uid))
+            if inst is not None and (inst.series_uid, inst.study_uid) != (rec.series_uid,
+                                                                          rec.study_uid):
+                raise InstanceConflict(
+                    f"SOP Instance UID {rec.sop_instance_uid} is already recorded in series "
+                    f"{inst.series_uid} (study {inst.study_uid}); a second instance with that "
+                    f"UID in series {rec.series_uid} (study {rec.study_uid}) is refused")
             series = s.scalar(select(Series).where(Series.series_uid == rec.series_uid))
             if series is None:
                 series = Series(series_uid=rec.series_uid, study_uid=rec.study_uid,
@@ -172,8 +187,6 @@ class JobLog:
                                 series_number=rec.series_number, n_instances=0, generation=1,
                                 state=SeriesState.RECEIVING, first_received_at=now)
                 s.add(series)
-            inst = s.scalar(select(Instance).where(
-                Instance.sop_instance_uid == rec.sop_instance_uid))
             if inst is None:
                 s.add(Instance(sop_instance_uid=rec.sop_instance_uid,
                                sop_class_uid=rec.sop_class_uid,

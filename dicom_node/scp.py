@@ -5,7 +5,16 @@
   instances are *eligible*, any other class is stored and recorded as not
   eligible (reason ``"SOP class not eligible"``).
 * Received data sets are streamed by pynetdicom to a temporary file (bounded
-  memory) and moved atomically into the spool as they were sent.
+  memory) and moved atomically into the spool as they were sent. Streaming is
+  switched on for this server's associations only (:func:`~dicom_node.dimse_tuning.stream_to_disk`);
+  other pynetdicom receivers in the process keep pynetdicom's setting.
+* The C-STORE success status is sent only once the instance is durable and
+  recorded: the data set is renamed into the spool, then the file fsync, the
+  folder fsync (group-committed across associations) and the job-log insert
+  run at the same time (two pool threads and the handler), and the status
+  waits for all three (docs/PERFORMANCE.md has the measurements).
+* Per association, pynetdicom's PDU/DIMSE debug-log handlers are unbound
+  unless ``pynetdicom`` logs at DEBUG (:mod:`dicom_node.dimse_tuning`).
 * Associations are recorded (open -> released | aborted | rejected). Callers
   outside ``allowed_calling_aets`` and requests for another called AE title
   are rejected by pynetdicom; when the data folder's file system is at or
@@ -22,6 +31,7 @@ import shutil
 import threading
 import time
 import weakref
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -32,15 +42,16 @@ from pydicom.uid import (MRImageStorage, UID, DeflatedExplicitVRLittleEndian,
                          JPEG2000, JPEG2000Lossless, JPEGBaseline8Bit, JPEGExtended12Bit,
                          JPEGLosslessSV1, JPEGLossless, JPEGLSLossless, JPEGLSNearLossless,
                          RLELossless)
-from pynetdicom import AE, _config, evt
+from pynetdicom import AE, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicom_node.config import Config
 from dicom_node.db import AssociationState
-from dicom_node.joblog import InstanceRecord, JobLog
-from dicom_node.spool import Spool, SpoolError
+from dicom_node.dimse_tuning import stream_to_disk, stop_streaming, tune_association
+from dicom_node.joblog import InstanceConflict, InstanceRecord, JobLog
+from dicom_node.spool import Placed, Spool, SpoolError
 
 __all__ = ["StorageSCP", "DiskGuard", "Receiver", "SUCCESS", "OUT_OF_RESOURCES",
            "DATASET_DOES_NOT_MATCH_SOP_CLASS", "CANNOT_UNDERSTAND", "PROCESSING_FAILURE",
@@ -54,6 +65,7 @@ OUT_OF_RESOURCES = 0xA700
 DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 PROCESSING_FAILURE = 0x0110
+DUPLICATE_SOP_INSTANCE = 0x0111  # the UID is already recorded under another series
 # A-ASSOCIATE-RJ: transient, service provider (presentation), local limit exceeded
 REJECT_TRANSIENT_LOCAL_LIMIT = (0x02, 0x03, 0x02)
 _REJECT_REASONS = {(0x01, 0x01, 0x03): "calling AE title not recognized",
@@ -110,6 +122,7 @@ class Receiver:
     log: JobLog
     spool: Spool
     disk: DiskGuard
+    syncer: Executor | None = None  # runs the spool fsyncs (None: in the handler thread)
     assoc_ids: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -129,6 +142,7 @@ def _peer(assoc: Any) -> tuple[str, str, str | None, int | None]:
 # -- association handlers ---------------------------------------------------------------
 def handle_requested(event: Any, rx: Receiver) -> None:
     """A-ASSOCIATE-RQ: record it; refuse it when the disk is above the watermark."""
+    tune_association(event.assoc)
     try:
         calling, called, host, port = _peer(event.assoc)
         assoc_id = rx.log.open_association(calling, called, host, port)
@@ -197,6 +211,14 @@ def handle_conn_close(event: Any, rx: Receiver) -> None:
     _end(event, rx, AssociationState.ABORTED, "connection closed without A-RELEASE")
 
 
+def handle_conn_open(event: Any, timeout: float) -> None:
+    """A new connection: bound every socket read by the network timeout, so a peer that
+    stalls inside a PDU cannot hold its reader thread and socket forever."""
+    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+    if sock is not None:
+        sock.settimeout(timeout)
+
+
 def handle_echo(event: Any, rx: Receiver) -> int:
     """C-ECHO: always success."""
     return SUCCESS
@@ -214,10 +236,12 @@ def handle_store(event: Any, rx: Receiver) -> int:
 
 
 def _chunked_path(event: Any) -> Path | None:
+    """The temporary file pynetdicom streamed the data set into (None: held in memory)."""
     try:
-        return Path(event.dataset_path)
+        path = event.dataset_path
     except AttributeError:
         return None
+    return Path(path) if path else None
 
 
 def _store(event: Any, rx: Receiver, sop_uid: str) -> int:
@@ -242,15 +266,31 @@ def _store(event: Any, rx: Receiver, sop_uid: str) -> int:
         return DATASET_DOES_NOT_MATCH_SOP_CLASS
     try:
         if temp_path:
-            path, size = rx.spool.store_file(temp_path, study_uid, series_uid, sop_uid)
+            placed = rx.spool.place_file(temp_path, study_uid, series_uid, sop_uid)
         else:
-            path, size = rx.spool.store_bytes(encoded, study_uid, series_uid, sop_uid)
+            placed = rx.spool.place_bytes(encoded, study_uid, series_uid, sop_uid)
     except SpoolError as exc:
         logger.warning("SOP instance %s: %s", sop_uid, exc)
         return CANNOT_UNDERSTAND
     except OSError as exc:
         logger.error("cannot spool SOP instance %s: %s", sop_uid, exc.strerror)
         return OUT_OF_RESOURCES
+    durable = placed.start_sync(rx.syncer)
+    status = _record(event, rx, header, placed, sop_uid, sop_class, transfer_syntax, series_uid,
+                     study_uid)
+    try:
+        for future in durable:
+            future.result()
+    except OSError as exc:
+        logger.error("cannot make SOP instance %s durable: %s", sop_uid, exc.strerror)
+        return OUT_OF_RESOURCES
+    return status
+
+
+def _record(event: Any, rx: Receiver, header: Any, placed: Placed, sop_uid: str,
+            sop_class: str, transfer_syntax: str, series_uid: str, study_uid: str) -> int:
+    """Record the spooled instance in the job log; the C-STORE status."""
+    path, size = placed.path, placed.size
     eligible = sop_class in ELIGIBLE_SOP_CLASSES
     number = header.get("SeriesNumber")
     record = InstanceRecord(
@@ -263,6 +303,9 @@ def _store(event: Any, rx: Receiver, sop_uid: str) -> int:
         series_number=int(number) if number not in (None, "") else None)
     try:
         new = rx.log.record_instance(record)
+    except InstanceConflict as exc:  # the UID belongs to another series: never mix them
+        logger.warning("refusing SOP instance: %s", exc)
+        return DUPLICATE_SOP_INSTANCE
     except SQLAlchemyError as exc:
         logger.error("cannot record SOP instance %s in the job log: %s", sop_uid,
                      type(exc).__name__)
@@ -301,8 +344,6 @@ class StorageSCP:
         """Listen on ``[node] host:port`` (TLS when ``[node.tls]`` is set); non-blocking."""
         if self._server is not None:
             raise RuntimeError("the storage SCP is already running")
-        # Stream received data sets to a temporary file instead of holding them in memory.
-        _config.STORE_RECV_CHUNKED_DATASET = True
         ssl_context = None
         if self.config.node.tls is not None:
             from dicom_node.security import server_context
@@ -314,11 +355,23 @@ class StorageSCP:
                     (evt.EVT_ABORTED, handle_aborted, [rx]),
                     (evt.EVT_REJECTED, handle_rejected, [rx]),
                     (evt.EVT_CONN_CLOSE, handle_conn_close, [rx]),
+                    (evt.EVT_CONN_OPEN, handle_conn_open,
+                     [self.config.node.network_timeout_seconds]),
                     (evt.EVT_C_ECHO, handle_echo, [rx]),
                     (evt.EVT_C_STORE, handle_store, [rx])]
         node = self.config.node
-        self._server = self._build_ae().start_server(
-            (node.host, node.port), block=False, evt_handlers=handlers, ssl_context=ssl_context)
+        rx.syncer = ThreadPoolExecutor(max_workers=2 * max(1, node.max_associations),
+                                       thread_name_prefix="spool-sync")
+        try:
+            self._server = self._build_ae().start_server(
+                (node.host, node.port), block=False, evt_handlers=handlers,
+                ssl_context=ssl_context)
+        except BaseException:
+            rx.syncer.shutdown(wait=False)
+            rx.syncer = None
+            raise
+        # Stream received data sets to a temporary file instead of holding them in memory.
+        stream_to_disk(self._server)
         logger.info("storage SCP %s listening on %s:%d%s", node.ae_title, *self.address,
                     " (TLS)" if ssl_context else "")
 
@@ -344,4 +397,8 @@ class StorageSCP:
             logger.warning("aborting association from %s at shutdown",
                            assoc.requestor.ae_title)
             assoc.abort()
+        stop_streaming(server)
+        syncer, self.receiver.syncer = self.receiver.syncer, None
+        if syncer is not None:
+            syncer.shutdown(wait=True)
         logger.info("storage SCP stopped")

@@ -14,16 +14,37 @@ from __future__ import annotations
 
 import logging
 import ssl
+from typing import Any
 
 from dicom_node.config import TLSConfig
 
-__all__ = ["server_context", "client_context", "TLSConfigError"]
+__all__ = ["server_context", "client_context", "TLSConfigError", "DeferredHandshakeContext"]
 
 logger = logging.getLogger(__name__)
 
 
 class TLSConfigError(ValueError):
     """The TLS files could not be loaded (the message names the file)."""
+
+
+class DeferredHandshakeContext(ssl.SSLContext):
+    """A server context whose sockets do their TLS handshake on first use.
+
+    pynetdicom wraps each accepted connection in the thread that accepts every
+    connection; with the default ``do_handshake_on_connect=True`` a peer that
+    connects and never sends its ClientHello would block that thread, and so
+    every other peer, for ever. Deferred, the handshake runs in the connection's
+    own thread on its first read, bounded by the network timeout.
+    """
+
+    def wrap_socket(self, sock: Any, server_side: bool = False,
+                    do_handshake_on_connect: bool = True, suppress_ragged_eofs: bool = True,
+                    server_hostname: str | None = None, session: Any = None) -> ssl.SSLSocket:
+        """Wrap ``sock``; the handshake is left to the first read or write."""
+        return super().wrap_socket(sock, server_side=server_side,
+                                   do_handshake_on_connect=False,
+                                   suppress_ragged_eofs=suppress_ragged_eofs,
+                                   server_hostname=server_hostname, session=session)
 
 
 def _load_chain(ctx: ssl.SSLContext, tls: TLSConfig) -> None:
@@ -44,7 +65,7 @@ def _load_ca(ctx: ssl.SSLContext, tls: TLSConfig) -> None:
 
 def server_context(tls: TLSConfig) -> ssl.SSLContext:
     """The SSL context the storage SCP listens with."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx = DeferredHandshakeContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     _load_chain(ctx, tls)
     if tls.ca_certificates is not None:

@@ -13,13 +13,14 @@ import logging
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
 from dicom_node.db import DeliveryStatus
+from dicom_node.dimse_tuning import guard_responses, send_from_file, tune_association
 from dicom_node.joblog import DeliveryOutcome
 
 __all__ = ["Endpoint", "send_files", "classify_status"]
@@ -103,6 +104,8 @@ def send_files(files: Sequence[Path], endpoint: Endpoint, *, calling_aet: str,
         why = "rejected" if assoc.is_rejected else "aborted or unreachable"
         return DeliveryOutcome(DeliveryStatus.FAILED, n_failed=len(headers),
                                error=f"association with {endpoint} {why}")
+    tune_association(assoc)
+    guard_responses(assoc)  # only this thread reads the responses (see dimse_tuning)
     results: list[tuple[str, int | None, str]] = []
     try:
         for path, _sop_class, sop_uid, _syntax in headers:
@@ -110,7 +113,7 @@ def send_files(files: Sequence[Path], endpoint: Endpoint, *, calling_aet: str,
                 results.append((sop_uid, None, "failure"))
                 continue
             try:
-                status = assoc.send_c_store(path)
+                status = _store_one(assoc, path)
             except (ValueError, RuntimeError) as exc:  # e.g. no accepted presentation context
                 logger.warning("cannot send SOP instance %s to %s: %s", sop_uid, endpoint, exc)
                 results.append((sop_uid, None, "failure"))
@@ -121,6 +124,16 @@ def send_files(files: Sequence[Path], endpoint: Endpoint, *, calling_aet: str,
         if assoc.is_established:
             assoc.release()
     return _outcome(results, endpoint)
+
+
+def _store_one(assoc: Any, path: Path) -> Any:
+    """C-STORE one file: its bytes as they are when the destination accepted the file's
+    transfer syntax, else decoded and converted by pynetdicom."""
+    try:
+        with send_from_file():
+            return assoc.send_c_store(path)
+    except ValueError:  # no context with the file's transfer syntax; nothing was sent
+        return assoc.send_c_store(path)
 
 
 def _outcome(results: list[tuple[str, int | None, str]], endpoint: Endpoint) -> DeliveryOutcome:

@@ -64,6 +64,7 @@ class TrainConfig:
     validate_every: int = 500
     validation_patches: int = 12
     max_minutes: float | None = None
+    init_checkpoint: str | None = None  # start from these weights ("default" or a path) when not resuming
     model: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -179,6 +180,16 @@ def validate(model: RTFSyn, pairs: list[Pair], device: torch.device) -> float:
     return float(np.mean(scores)) if scores else float("nan")
 
 
+def _initial_model(cfg: TrainConfig) -> RTFSyn:
+    """A fresh model of ``cfg.model``, or the weights of ``cfg.init_checkpoint`` (fine-tuning)."""
+    if not cfg.init_checkpoint:
+        return RTFSyn(RTFSynConfig.from_dict(cfg.model))
+    path = ckpt.default_checkpoint_path() if cfg.init_checkpoint == "default" else Path(cfg.init_checkpoint)
+    model, _ = ckpt.load(path)
+    log.info("Starting from the weights of %s", path)
+    return model
+
+
 def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
     """Run (or resume) training; returns the path of the final checkpoint."""
     from tqdm import tqdm
@@ -199,7 +210,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
     val_pairs = [val_sampler.sample(val_rng) for _ in range(cfg.validation_patches)]
 
     torch.manual_seed(cfg.seed)
-    model = RTFSyn(RTFSynConfig.from_dict(cfg.model)).to(device)
+    model = _initial_model(cfg).to(device)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                             weight_decay=cfg.weight_decay)
     state_path = out / "last.pt"

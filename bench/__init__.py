@@ -1,0 +1,1 @@
+"""Benchmarks of the RTFSyn node and model (see docs/PERFORMANCE.md)."""

@@ -1,0 +1,143 @@
+"""The node SIGKILLed while receiving, while synthesizing and while sending (an
+``rtfsyn serve`` child process killed by PID at the moment the job log or the destination
+shows it): after a restart every fully received series is processed exactly once and
+delivered (derived SOP Instance UIDs counted at the destination), and a partial
+association is recorded, not processed."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import MRImageStorage
+
+from node_helpers import TestStorageSCP, send_files
+from rel_figures import delivered, fault_survived, instances
+from rel_helpers import received_by, series_uid_of, small_series
+from rel_process import ProcNode, wait_fast
+
+
+@pytest.fixture
+def procs() -> Iterator[list[ProcNode]]:
+    """Node processes a test started; each is stopped (by PID) after it."""
+    started: list[ProcNode] = []
+    yield started
+    for node in started:
+        node.stop()
+
+
+def _check_delivered_once(node: ProcNode, pacs: TestStorageSCP, series_uids: list[str]) -> int:
+    """Each series has exactly one job, done, and its derived instances are all at the
+    destination, each SOP Instance UID once per derived series; returns instances."""
+    jobs = node.status()["jobs"]
+    total = 0
+    for uid in series_uids:
+        mine = [j for j in jobs if j["series_uid"] == uid]
+        assert [j["state"] for j in mine] == ["done"], mine
+        n = mine[0]["n_derived"]
+        _received, distinct = received_by(pacs, mine[0]["derived_series_uid"])
+        assert n > 0 and distinct == n, f"{distinct} distinct of {n} derived instances"
+        total += n
+    derived_series = {str(ds.SeriesInstanceUID) for ds in pacs.datasets}
+    assert len(derived_series) == len(series_uids), "one derived series per source series"
+    return total
+
+
+def test_killed_while_receiving(procs: list[ProcNode], tmp_path: Path, tiny_checkpoint: Path,
+                                pacs: TestStorageSCP) -> None:
+    node = ProcNode(tmp_path / "node", tiny_checkpoint, dest_port=pacs.port,
+                    node={"stable_seconds": 3.0})
+    procs.append(node.start())
+    complete = small_series(tmp_path / "complete", seed=1)
+    assert set(send_files(complete, node.port)) == {0}  # released; quiet period not over yet
+    big = small_series(tmp_path / "big", n_slices=60, seed=2)
+    ae = AE(ae_title="SCU")
+    ae.add_requested_context(MRImageStorage)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="RTFSYN")
+    assert assoc.is_established
+    sent: list[int] = []
+    sender = threading.Thread(target=lambda: sent.extend(
+        int(assoc.send_c_store(f).get("Status", 0xFFFF)) for f in big if assoc.is_established))
+    sender.start()
+    big_uid = series_uid_of(big[0])
+    wait_fast(lambda: node.query("SELECT n_instances FROM series WHERE series_uid = ?", big_uid)
+              and node.query("SELECT n_instances FROM series WHERE series_uid = ?",
+                             big_uid)[0][0] >= 10, 60, "10 instances of the big series")
+    assert node.job_states() == [], "the complete series must not be routed yet"
+    node.kill()
+    sender.join(timeout=60)
+    node.start()
+    jobs = node.wait_jobs_final(1)
+    assert len(jobs) == 1 and jobs[0]["series_uid"] == series_uid_of(complete[0])
+    big_row = next(s for s in node.status()["series"] if s["series_uid"] == big_uid)
+    assert big_row["state"] == "partial" and "aborted" in big_row["reason"], big_row
+    aborted = [a for a in node.status()["associations"]["recent"] if a["state"] == "aborted"]
+    assert any("node stopped" in (a["reason"] or "") for a in aborted), aborted
+    stored_before_kill = big_row["n_instances"]
+    assert set(send_files(big, node.port)) == {0}  # the clean re-send
+    node.wait_jobs_final(2)
+    count = _check_delivered_once(node, pacs, [series_uid_of(complete[0]), big_uid])
+    report = node.status()
+    instances(len(complete) + len(big), report["instances"]["total"])
+    delivered(2, count)
+    fault_survived("SIGKILL while receiving", f"partial association recorded "
+                   f"({stored_before_kill} instances), not processed; complete series "
+                   "processed once after restart")
+
+
+def test_killed_while_synthesizing(procs: list[ProcNode], tmp_path: Path,
+                                   tiny_checkpoint: Path, pacs: TestStorageSCP) -> None:
+    node = ProcNode(tmp_path / "node", tiny_checkpoint, dest_port=pacs.port)
+    procs.append(node.start())
+    files = small_series(tmp_path / "src", n_slices=16, size=48)
+    assert set(send_files(files, node.port)) == {0}
+    wait_fast(lambda: node.job_states() == ["running"], 60, "the job running")
+    node.kill()
+    assert node.job_states() == ["running"], "killed mid-synthesis"
+    node.start()
+    jobs = node.wait_jobs_final(1)
+    assert jobs[0]["state"] == "done" and jobs[0]["attempts"] == 2, jobs
+    count = _check_delivered_once(node, pacs, [series_uid_of(files[0])])
+    instances(len(files), node.status()["instances"]["total"])
+    delivered(1, count)
+    fault_survived("SIGKILL while synthesizing", "job re-queued at restart (attempt 2), "
+                   "delivered once")
+
+
+def test_killed_while_sending(procs: list[ProcNode], tmp_path: Path,
+                              tiny_checkpoint: Path) -> None:
+    gate = threading.Event()
+    arrived: list[str] = []
+
+    def status_for(ds: Any) -> int:
+        arrived.append(str(ds.SOPInstanceUID))
+        if len(arrived) >= 3 and not gate.is_set():
+            gate.wait(timeout=60)  # hold the node mid-delivery until it is killed
+        return 0x0000
+    pacs = TestStorageSCP(status_for=status_for).start()
+    try:
+        node = ProcNode(tmp_path / "node", tiny_checkpoint, dest_port=pacs.port,
+                        export={"timeout_seconds": 30})
+        procs.append(node.start())
+        files = small_series(tmp_path / "src")
+        assert set(send_files(files, node.port)) == {0}
+        wait_fast(lambda: len(arrived) >= 3, 120, "the delivery under way")
+        assert node.job_states() == ["sending"]
+        node.kill()
+        gate.set()
+        node.start()
+        jobs = node.wait_jobs_final(1)
+        deliveries = node.status()["deliveries"]
+        assert any("interrupted" in (d["error"] or "") for d in deliveries), deliveries
+        count = _check_delivered_once(node, pacs, [series_uid_of(files[0])])
+        instances(len(files), node.status()["instances"]["total"])
+        delivered(1, count)
+        fault_survived("SIGKILL while sending", f"delivery interrupted, retried at restart: "
+                       f"{count} distinct derived instances, one series "
+                       f"({len(arrived)} receptions)")
+        assert jobs[0]["state"] == "done"
+    finally:
+        gate.set()
+        pacs.stop()

@@ -59,20 +59,21 @@ def find_series_files(src_dir: Path) -> dict[str, list[Path]]:
     from pydicom.errors import InvalidDicomError
 
     series: dict[str, list[Path]] = {}
-    skipped = 0
+    skipped: list[Path] = []
     for path in sorted(p for p in src_dir.rglob("*") if p.is_file()):
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True,
                                  specific_tags=["SeriesInstanceUID", "SOPClassUID"])
-        except (InvalidDicomError, OSError, EOFError, ValueError):
-            skipped += 1
+        except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
+            skipped.append(path)
+            logger.warning("Skipped %s: not a readable DICOM file (%s)", path, type(exc).__name__)
             continue
         if str(ds.get("SOPClassUID", "")) == "1.2.840.10008.1.3.10":  # Media Storage Directory
             continue
         series.setdefault(str(ds.get("SeriesInstanceUID", "(no Series Instance UID)")),
                           []).append(path)
     if skipped:
-        logger.info("Skipped %d files under %s that are not DICOM", skipped, src_dir)
+        logger.info("Skipped %d files under %s that are not DICOM", len(skipped), src_dir)
     return series
 
 

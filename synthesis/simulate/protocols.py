@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-from synthesis.protocol import Contrast, MRProtocol, SequenceKind
+from synthesis.protocol import Contrast, MRProtocol, SequenceKind, preset
 from synthesis.simulate.tissues import NOMINAL_PARAMS, TISSUES, nearest_field
 
 __all__ = ["SPLIT_SEEDS", "ZERO_SHOT_BAND", "in_zero_shot_band", "random_protocol",
@@ -90,7 +90,7 @@ def _t1w(rng: np.random.Generator, field_t: float, split: str) -> dict:
     if kind == "MPRAGE":
         tr = rng.uniform(1900, 2200) if field_t == 1.5 else rng.uniform(2000, 2500)
         return dict(sequence=SequenceKind.MPRAGE, dimension="3D", tr_ms=tr,
-                    te_ms=rng.uniform(2.3, 4.5), ti_ms=rng.uniform(0.42, 0.5) * tr,
+                    te_ms=rng.uniform(2.3, 4.5), ti_ms=rng.uniform(0.36, 0.52) * tr,
                     flip_deg=rng.uniform(7, 12))
     if kind == "SPGR":
         return dict(sequence=SequenceKind.SPGR, dimension="3D", tr_ms=rng.uniform(8, 25),
@@ -112,7 +112,7 @@ def _t2w(rng: np.random.Generator, field_t: float, split: str) -> dict:
 
 def _pdw(rng: np.random.Generator, field_t: float, split: str) -> dict:
     dimension = "2D" if rng.random() < 0.6 else "3D"
-    tr = rng.uniform(5000, 8000) if field_t == 1.5 else rng.uniform(6000, 9000)
+    tr = rng.uniform(2800, 8000) if field_t == 1.5 else rng.uniform(2800, 9000)
     te = rng.uniform(32, 40) if split == "zeroshot" else rng.uniform(10, 30)
     return dict(sequence=SequenceKind.TSE, dimension=dimension, tr_ms=tr,
                 te_ms=te, flip_deg=90.0 if dimension == "2D" else 120.0)
@@ -131,12 +131,27 @@ def _flair(rng: np.random.Generator, field_t: float, split: str) -> dict:
                 flip_deg=flip)
 
 
+PRESET_SHARE = 0.3
+_PRESET_OF = {Contrast.T1w: "T1", Contrast.T2w: "T2", Contrast.PDw: "PD", Contrast.FLAIR: "FLAIR"}
+
+
+def _jittered_preset(name: str, field: float, rng: np.random.Generator) -> MRProtocol:
+    """A clinical preset with TR, TE and TI each scaled by a factor in [0.95, 1.05]."""
+    base = preset(name, field)
+    changes = {k: round(float(getattr(base, k)) * rng.uniform(0.95, 1.05), 2)
+               for k in ("tr_ms", "te_ms", "ti_ms") if getattr(base, k) is not None}
+    return base.with_(**changes)
+
+
 def random_protocol(contrast: str | Contrast, rng: np.random.Generator, *,
                     field_t: float | None = None, split: str = "train") -> MRProtocol:
     """A realistic random protocol of ``contrast`` (T1w, T2w, PDw or FLAIR).
 
+    With probability ``PRESET_SHARE`` (training splits only) the protocol is a
+    clinical preset of :mod:`synthesis.protocol` with TR/TE/TI jittered by ±5 %,
+    so the protocols the node actually asks for are well covered.
     T1w: MPRAGE (1/2), 3-D SPGR (1/4) or 2-D SE (1/4); T2w and PDw: 2-D or 3-D
-    TSE (PDw with TR 5–8 s at 1.5 T, 6–9 s at 3 T, so CSF ≳ GM); FLAIR: 2-D or
+    TSE (PDw with TR 2.8–8 s at 1.5 T, 2.8–9 s at 3 T); FLAIR: 2-D or
     3-D IR with a TI that nulls CSF (±3%). ``field_t`` 1.5 or 3 (random when None). 3-D protocols
     have 1 mm voxels; 2-D ones 2–5 mm slices (apply the same thickness with
     :class:`~synthesis.simulate.artifacts.Effects` for a consistent source, or
@@ -148,6 +163,8 @@ def random_protocol(contrast: str | Contrast, rng: np.random.Generator, *,
         raise ValueError(f"split must be one of {', '.join(SPLITS)}. Found {split!r}.")
     contrast = parse_contrast(contrast)
     field = nearest_field(field_t) if field_t is not None else float(rng.choice([1.5, 3.0]))
+    if split != "zeroshot" and contrast in _PRESET_OF and rng.random() < PRESET_SHARE:
+        return _jittered_preset(_PRESET_OF[contrast], field, rng)
     if contrast is Contrast.T1w:
         values = _t1w(rng, field, split)
     elif contrast is Contrast.T2w:

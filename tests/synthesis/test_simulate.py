@@ -100,7 +100,8 @@ def test_random_protocols_keep_contrast_order(contrast: str, split: str) -> None
         elif contrast == "T2":
             assert csf > gm > wm, protocol
         elif contrast == "PD":
-            assert csf >= 0.9 * gm and gm > wm, protocol  # CSF iso or brighter
+            # clinical TRs (2.8-9 s) leave CSF somewhat below GM at short TR, never dark as on T1w
+            assert csf >= 0.6 * gm and gm > wm, protocol
         else:
             assert csf < 0.5 * min(gm, wm) and lesion > max(gm, wm), protocol
 

@@ -306,7 +306,8 @@ def send_concurrently(files: Sequence[Path], port: int, called_ae: str, associat
             proc.kill()
             _out, err = proc.communicate()
         if proc.returncode != 0:
-            errors.append(f"storescu exited {proc.returncode}: {err.decode(errors='replace')[-800:]}")
+            tail = err.decode(errors="replace")[-800:]
+            errors.append(f"storescu exited {proc.returncode}: {tail}")
     elapsed = time.perf_counter() - start
     if errors:
         raise RuntimeError("; ".join(errors))

@@ -79,3 +79,28 @@ def summarize_send(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]
                        "best_instances_per_s": max(rates),
                        "median_mb_per_s": statistics.median(mbs), "n": len(rates)}
     return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Send only (e.g. to compare an older ``dicom_node`` put first on ``PYTHONPATH``)."""
+    import argparse
+    import json
+
+    import dicom_node
+
+    from bench.ingest import mr_series
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cache", type=Path,
+                        default=Path(__file__).resolve().parents[1] / "var" / "bench-cache")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    runs = run_send(mr_series(args.cache), repeats=args.repeats)
+    print(json.dumps({"dicom_node": str(Path(dicom_node.__file__).parent),
+                      "summary": summarize_send(runs), "runs": runs}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -57,9 +57,9 @@ class DemoOptions:
     target: str = "T2"
     checkpoint: str = "default"
     device: str = "auto"
-    seed: int = 0
-    voxel_mm: int = 2
-    slices: int = 32
+    seed: int = 2_000_000  # the first held-out test subject (never seen in training)
+    voxel_mm: int = 1
+    slices: int = 48
     stable_seconds: float = 1.0
     timeout_s: float = 900.0
 

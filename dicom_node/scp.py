@@ -6,8 +6,9 @@
   eligible (reason ``"SOP class not eligible"``).
 * Received data sets are streamed by pynetdicom to a temporary file (bounded
   memory) and moved atomically into the spool as they were sent. Streaming is
-  switched on for this server's associations only (:func:`~dicom_node.dimse_tuning.stream_to_disk`);
-  other pynetdicom receivers in the process keep pynetdicom's setting.
+  switched on for this server's associations only
+  (:func:`~dicom_node.dimse_tuning.stream_to_disk`); other pynetdicom receivers
+  in the process keep pynetdicom's setting.
 * The C-STORE success status is sent only once the instance is durable and
   recorded: the data set is renamed into the spool, then the file fsync, the
   folder fsync (group-committed across associations) and the job-log insert

@@ -13,9 +13,10 @@ place at once and returns a :class:`Placed` whose :meth:`Placed.sync_file` and
 The SCP runs both at the same time, while it records the instance in the job
 log, and answers the C-STORE only after all three: an acknowledged instance is
 on disk, and the waits overlap instead of adding up (on ext4 the two fsyncs
-then share one journal commit: about 2-3 ms instead of 7 ms here). Folder fsyncs are group-committed (:class:`DirSync`): one fsync that
-starts after a rename covers every rename made before it, so concurrent
-associations writing into the same series share it.
+then share one journal commit: 1.9-3.0 ms instead of 7-8 ms here while the
+disk was busy; see ``bench/fsync.py``). Folder fsyncs are group-committed
+(:class:`DirSync`): one fsync that starts after a rename covers every rename
+made before it, so concurrent associations writing into the same series share it.
 """
 from __future__ import annotations
 

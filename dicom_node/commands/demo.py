@@ -29,11 +29,12 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--checkpoint", default="default",
                    help="'default' (the packaged model) or the path to a .pt checkpoint")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--seed", type=int, default=0, help="which simulated head (default 0)")
-    p.add_argument("--voxel-mm", type=int, default=2,
-                   help="isotropic voxel size of the simulated series, mm (default 2)")
-    p.add_argument("--slices", type=int, default=32,
-                   help="axial slices of the simulated series (default 32)")
+    p.add_argument("--seed", type=int, default=2_000_000,
+                   help="which simulated head (default: the first held-out test subject, 2000000)")
+    p.add_argument("--voxel-mm", type=int, default=1,
+                   help="isotropic voxel size of the simulated series, mm (default 1)")
+    p.add_argument("--slices", type=int, default=48,
+                   help="axial slices of the simulated series (default 48)")
     p.add_argument("--timeout", type=float, default=900.0,
                    help="seconds to wait for the synthesized series (default 900)")
     p.add_argument("--keep-running", action="store_true",

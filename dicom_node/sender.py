@@ -108,12 +108,13 @@ def send_files(files: Sequence[Path], endpoint: Endpoint, *, calling_aet: str,
     guard_responses(assoc)  # only this thread reads the responses (see dimse_tuning)
     results: list[tuple[str, int | None, str]] = []
     try:
-        for path, _sop_class, sop_uid, _syntax in headers:
+        accepted = _accepted_syntaxes(assoc)
+        for path, sop_class, sop_uid, syntax in headers:
             if not assoc.is_established:
                 results.append((sop_uid, None, "failure"))
                 continue
             try:
-                status = _store_one(assoc, path)
+                status = _store_one(assoc, path, as_is=syntax in accepted.get(sop_class, ()))
             except (ValueError, RuntimeError) as exc:  # e.g. no accepted presentation context
                 logger.warning("cannot send SOP instance %s to %s: %s", sop_uid, endpoint, exc)
                 results.append((sop_uid, None, "failure"))
@@ -126,14 +127,21 @@ def send_files(files: Sequence[Path], endpoint: Endpoint, *, calling_aet: str,
     return _outcome(results, endpoint)
 
 
-def _store_one(assoc: Any, path: Path) -> Any:
+def _accepted_syntaxes(assoc: Any) -> dict[str, set[str]]:
+    """SOP class UID -> transfer syntaxes the destination accepted on this association."""
+    out: dict[str, set[str]] = {}
+    for context in assoc.accepted_contexts:
+        out.setdefault(str(context.abstract_syntax), set()).update(str(t) for t in context.transfer_syntax)
+    return out
+
+
+def _store_one(assoc: Any, path: Path, *, as_is: bool) -> Any:
     """C-STORE one file: its bytes as they are when the destination accepted the file's
-    transfer syntax, else decoded and converted by pynetdicom."""
-    try:
+    transfer syntax (``as_is``), else decoded and converted by pynetdicom."""
+    if as_is:
         with send_from_file():
             return assoc.send_c_store(path)
-    except ValueError:  # no context with the file's transfer syntax; nothing was sent
-        return assoc.send_c_store(path)
+    return assoc.send_c_store(path)
 
 
 def _outcome(results: list[tuple[str, int | None, str]], endpoint: Endpoint) -> DeliveryOutcome:

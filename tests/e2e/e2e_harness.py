@@ -81,15 +81,16 @@ def wait_until(probe: Callable[[], T | None], *, timeout_s: float, what: str,
 
 
 def dicom_echo(port: int, called_ae: str, calling_ae: str = "E2E_ECHO",
-               host: str = LOOPBACK, timeout_s: float = 5.0) -> bool:
-    """True when ``called_ae`` at ``host:port`` answers a C-ECHO with Success."""
+               host: str = LOOPBACK, timeout_s: float = 5.0, tls_args: Any = None) -> bool:
+    """True when ``called_ae`` at ``host:port`` answers a C-ECHO with Success
+    (``tls_args``: pynetdicom's ``(ssl_context, server_hostname)`` for TLS)."""
     from pynetdicom import AE
     from pynetdicom.sop_class import Verification
 
     ae = AE(ae_title=calling_ae)
     ae.add_requested_context(Verification)
     ae.acse_timeout = ae.network_timeout = ae.dimse_timeout = timeout_s
-    assoc = ae.associate(host, port, ae_title=called_ae)
+    assoc = ae.associate(host, port, ae_title=called_ae, tls_args=tls_args)
     if not assoc.is_established:
         return False
     try:

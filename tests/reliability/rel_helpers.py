@@ -14,10 +14,10 @@ from typing import Any, Callable
 
 import numpy as np
 from pydicom.uid import generate_uid
-from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 from dicom_factory import T2_TSE, make_series
+from e2e_harness import dicom_echo
 from dicom_node.commands.status import build_report
 from dicom_node.config import load_config
 from dicom_node.service import Node
@@ -43,17 +43,7 @@ def small_series(folder: Path, *, n_slices: int = SMALL_SHAPE[0], seed: int = 0,
 def echo_ok(port: int, called: str = NODE_AET, calling: str = "ECHOSCU",
             timeout: float = 10.0, tls_args: Any = None) -> bool:
     """True when the node at ``port`` answers a C-ECHO with Success."""
-    ae = AE(ae_title=calling)
-    ae.add_requested_context(Verification)
-    ae.acse_timeout = ae.network_timeout = ae.dimse_timeout = timeout
-    assoc = ae.associate("127.0.0.1", port, ae_title=called, tls_args=tls_args)
-    if not assoc.is_established:
-        return False
-    try:
-        status = assoc.send_c_echo()
-        return bool(status) and int(status.Status) == 0x0000
-    finally:
-        assoc.release()
+    return dicom_echo(port, called, calling_ae=calling, timeout_s=timeout, tls_args=tls_args)
 
 
 class RelNode:

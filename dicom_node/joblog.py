@@ -17,18 +17,31 @@ from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
 from pydicom.uid import generate_uid
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from dicom_node.db import (Association, AssociationState, DeliveryStatus, Instance, Job,
-                           JobState, Series, SeriesState, check_transition, session_factory,
-                           utcnow)
+                           JobState, Series, SeriesState, check_transition, get_engine,
+                           session_factory, utcnow)
 
 __all__ = ["InstanceRecord", "PlannedJob", "JobSpec", "DeliveryOutcome", "JobLog",
            "UnknownJob", "InstanceConflict", "REOPENABLE", "job_spec"]
 
 logger = logging.getLogger(__name__)
 REOPENABLE = (SeriesState.ROUTED, SeriesState.IGNORED, SeriesState.NOT_ELIGIBLE)
+
+# The hot path of record_instance (one per received instance), as Core statements.
+_RECEIVING_SERIES = select(
+    Series.id, Series.state,
+    select(Instance.id).where(Instance.sop_instance_uid == bindparam("sop_uid"))
+    .exists().label("known"),
+).where(Series.series_uid == bindparam("series_uid"))
+_INSERT_INSTANCE = insert(Instance)
+_COUNT_IN_SERIES = (update(Series).where(Series.id == bindparam("series_id"))
+                    .values(n_instances=Series.n_instances + 1,
+                            last_received_at=bindparam("now")))
+_COUNT_IN_ASSOCIATION = (update(Association).where(Association.id == bindparam("assoc_id"))
+                         .values(n_instances=Association.n_instances + 1))
 
 
 class UnknownJob(LookupError):
@@ -127,6 +140,7 @@ class JobLog:
     def __init__(self, database_path: str | Path) -> None:
         self.path = Path(database_path)
         self._sessions = session_factory(self.path)
+        self._engine = get_engine(self.path)
 
     def session(self) -> Session:
         """A new session (use ``with log.session() as s, s.begin(): ...``)."""
@@ -171,6 +185,8 @@ class JobLog:
         series or study (nothing is changed).
         """
         now = utcnow()
+        if self._record_new_instance(rec, now):
+            return True
         with self.transaction() as s:
             inst = s.scalar(select(Instance).where(
                 Instance.sop_instance_uid == rec.sop_instance_uid))
@@ -210,6 +226,26 @@ class JobLog:
                 if assoc is not None:
                     assoc.n_instances += 1
             return inst is None
+
+    def _record_new_instance(self, rec: InstanceRecord, now: dt.datetime) -> bool:
+        """The common case on three Core statements: a new instance of a series that is
+        receiving (no state change). False, with nothing written, for every other case,
+        which :meth:`record_instance` then handles in full."""
+        with self._engine.begin() as conn:  # BEGIN IMMEDIATE (see db._on_begin)
+            row = conn.execute(_RECEIVING_SERIES, {"series_uid": rec.series_uid,
+                                                   "sop_uid": rec.sop_instance_uid}).first()
+            if row is None or row.state != SeriesState.RECEIVING.value or row.known:
+                return False
+            conn.execute(_INSERT_INSTANCE, {
+                "sop_instance_uid": rec.sop_instance_uid, "sop_class_uid": rec.sop_class_uid,
+                "transfer_syntax_uid": rec.transfer_syntax_uid, "series_uid": rec.series_uid,
+                "study_uid": rec.study_uid, "path": str(rec.path), "size_bytes": rec.size_bytes,
+                "association_id": rec.association_id, "received_at": now, "n_received": 1,
+                "eligible": rec.eligible, "reason": rec.reason})
+            conn.execute(_COUNT_IN_SERIES, {"series_id": row.id, "now": now})
+            if rec.association_id is not None:
+                conn.execute(_COUNT_IN_ASSOCIATION, {"assoc_id": rec.association_id})
+            return True
 
     @staticmethod
     def _duplicate(s: Session, inst: Instance, rec: InstanceRecord, series: Series,

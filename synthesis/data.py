@@ -17,7 +17,7 @@ from synthesis.grid import percentile_normalize, resample, scale_to_range
 from synthesis.protocol import Contrast, MRProtocol
 from synthesis.simulate import Effects, Subject, degrade, random_effects, random_protocol, render
 
-__all__ = ["Pair", "PairSampler", "volume_scale", "fit_to_shape"]
+__all__ = ["Pair", "PairSampler", "volume_scale", "volume_stats", "fit_to_shape"]
 
 _STRIDE = 3  # sub-sampling of the whole volume when estimating percentiles
 
@@ -31,13 +31,28 @@ class Pair:
     mask: np.ndarray
     source_protocol: MRProtocol
     target_protocol: MRProtocol
+    target_brain_range: float = 1.0  # width of the target's brain percentiles, in target units
 
 
 def volume_scale(subject: Subject, protocol: MRProtocol) -> tuple[float, float]:
     """(p_lo, p_hi): the whole-volume 0.5/99.5 percentiles of a clean render."""
+    return volume_stats(subject, protocol)[:2]
+
+
+def volume_stats(subject: Subject, protocol: MRProtocol) -> tuple[float, float, float]:
+    """(p_lo, p_hi, brain_range) of a clean render (every third voxel).
+
+    p_lo/p_hi: the whole-volume 0.5/99.5 percentiles (the normalization of training and
+    inference). brain_range: the width of the brain-mask 0.5/99.5 percentiles in those
+    units, i.e. how much of [0, 1] the brain spans. Evaluation normalizes by the brain
+    percentiles, so an error e in training units counts e / brain_range there (about 11
+    times e for a 3 T PD-weighted preset, whose brain intensities are close together).
+    """
     strided = tuple(slice(None, None, _STRIDE) for _ in range(3))
-    _, scale = percentile_normalize(render(subject, protocol, region=strided))
-    return scale
+    image = render(subject, protocol, region=strided)
+    _, (lo, hi) = percentile_normalize(image)
+    b_lo, b_hi = np.percentile(image[subject.brain_mask[strided].astype(bool)], [0.5, 99.5])
+    return lo, hi, float(max((b_hi - b_lo) / max(hi - lo, 1e-12), 1e-3))
 
 
 def fit_to_shape(volume: np.ndarray, shape: Sequence[int]) -> np.ndarray:
@@ -71,7 +86,8 @@ class PairSampler:
 
     source_contrasts / target_contrasts: contrast families to draw from;
     split: the protocol split ("train" avoids the zero-shot band, "zeroshot" draws from it);
-    effects: "random" (``random_effects``), or a fixed :class:`Effects`.
+    effects: "random" (``random_effects``), or a fixed :class:`Effects`;
+    target_weights: relative sampling weight of each target contrast (uniform when None).
     """
 
     def __init__(
@@ -83,6 +99,7 @@ class PairSampler:
         source_contrasts: Sequence[str] = ("T1w",),
         split: str = "train",
         effects: str | Effects = "random",
+        target_weights: Sequence[float] | None = None,
     ) -> None:
         if not subjects:
             raise ValueError("PairSampler needs at least one subject.")
@@ -93,8 +110,9 @@ class PairSampler:
         self.targets = [Contrast(c) for c in target_contrasts]
         self.sources = [Contrast(c) for c in source_contrasts]
         self.split = split
+        self.target_p = _weights(target_weights, len(self.targets))
         self.effects = effects
-        self._scales: dict[tuple[int, MRProtocol], tuple[float, float]] = {}
+        self._scales: dict[tuple[int, MRProtocol], tuple[float, float, float]] = {}
         self._brain_boxes = [self._box(s.brain_mask) for s in self.subjects]
 
     @staticmethod
@@ -102,13 +120,16 @@ class PairSampler:
         idx = np.argwhere(mask)
         return idx.min(0), idx.max(0)
 
-    def _scale(self, i: int, protocol: MRProtocol) -> tuple[float, float]:
+    def _stats(self, i: int, protocol: MRProtocol) -> tuple[float, float, float]:
         key = (i, protocol)
         if key not in self._scales:
             if len(self._scales) > 4096:
                 self._scales.clear()
-            self._scales[key] = volume_scale(self.subjects[i], protocol)
+            self._scales[key] = volume_stats(self.subjects[i], protocol)
         return self._scales[key]
+
+    def _scale(self, i: int, protocol: MRProtocol) -> tuple[float, float]:
+        return self._stats(i, protocol)[:2]
 
     def _region(self, i: int, rng: np.random.Generator) -> tuple[slice, slice, slice]:
         """A patch whose centre lies inside the brain's bounding box."""
@@ -123,7 +144,12 @@ class PairSampler:
         subject = self.subjects[i]
         field = float(rng.choice([1.5, 3.0]))
         src_c = self.sources[int(rng.integers(len(self.sources)))]
-        tgt_c = Contrast(target) if target else self.targets[int(rng.integers(len(self.targets)))]
+        if target:
+            tgt_c = Contrast(target)
+        elif self.target_p is None:
+            tgt_c = self.targets[int(rng.integers(len(self.targets)))]
+        else:
+            tgt_c = self.targets[int(rng.choice(len(self.targets), p=self.target_p))]
         src_p = random_protocol(src_c, rng, field_t=field, split=self.split)
         tgt_p = random_protocol(tgt_c, rng, field_t=field, split=self.split)
         effects = random_effects(rng) if self.effects == "random" else self.effects
@@ -139,4 +165,16 @@ class PairSampler:
             mask=fit_to_shape(subject.brain_mask[region], shape),
             source_protocol=src_p,
             target_protocol=tgt_p,
+            target_brain_range=self._stats(i, tgt_p)[2],
         )
+
+
+def _weights(weights: Sequence[float] | None, n: int) -> np.ndarray | None:
+    """Sampling probabilities from relative weights (None: uniform)."""
+    if weights is None:
+        return None
+    w = np.asarray([float(x) for x in weights], dtype=np.float64)
+    if w.shape != (n,) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+        raise ValueError(f"target_weights needs {n} non-negative numbers, not all zero "
+                         f"(one per target contrast). Found {list(weights)}.")
+    return w / w.sum()

@@ -3,8 +3,9 @@
 Seeded and resumable: every step draws its samples from
 ``np.random.default_rng([seed, step])`` and the learning rate is a pure
 function of the step, so a run restarted from its last checkpoint continues
-exactly where it stopped.  Loss: L1 on the regular grid (voxel centres) plus
-L1 at random continuous query positions (the implicit decoder off the grid).
+exactly where it stopped.  Loss: L1 on the regular grid (voxel centres), with
+brain voxels optionally in brain-relative units (``brain_relative``), plus L1 at
+random continuous query positions (the implicit decoder off the grid).
 """
 from __future__ import annotations
 
@@ -49,6 +50,7 @@ class TrainConfig:
     patch: int = 48
     target_contrasts: tuple[str, ...] = ("T2w", "PDw", "FLAIR")
     source_contrasts: tuple[str, ...] = ("T1w",)
+    target_weights: tuple[float, ...] | None = None  # relative sampling weight per target contrast
     # optimisation
     steps: int = 4000
     batch: int = 2
@@ -59,6 +61,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     queries: int = 4096
     query_weight: float = 1.0
+    brain_relative: bool = False  # grid L1 inside the brain divided by the target's brain range
     # bookkeeping
     checkpoint_every: int = 200
     validate_every: int = 500
@@ -79,8 +82,8 @@ class TrainConfig:
         unknown = sorted(set(flat) - known)
         if unknown:
             raise ValueError(f"Unknown training option(s): {', '.join(unknown)}. Known: {', '.join(sorted(known))}.")
-        for key in ("target_contrasts", "source_contrasts"):
-            if key in flat:
+        for key in ("target_contrasts", "source_contrasts", "target_weights"):
+            if flat.get(key) is not None:
                 flat[key] = tuple(flat[key])
         cfg = cls(**flat)
         for name in ("steps", "batch", "patch", "queries", "train_subjects"):
@@ -129,6 +132,8 @@ def make_batch(pairs: list[Pair], device: torch.device) -> dict[str, Any]:
         "mask": torch.from_numpy(np.stack([p.mask for p in pairs]))[:, None].to(device),
         "features": feats.to(device),
         "text": text,
+        "brain_range": torch.tensor([p.target_brain_range for p in pairs], dtype=torch.float32,
+                                    device=device),
     }
 
 
@@ -146,7 +151,14 @@ def _sample_queries(target: torch.Tensor, n: int, gen: torch.Generator) -> tuple
 def loss_on_batch(model: RTFSyn, batch: dict[str, Any], cfg: TrainConfig, step: int) -> torch.Tensor:
     feats = model.encode(batch["source"], batch["text"], batch["features"])
     grid = model.render_grid(feats)
-    loss = F.l1_loss(grid, batch["target"])
+    if cfg.brain_relative:
+        # Brain voxels count in the units evaluation uses (the target's brain percentiles
+        # span [0, 1]); the rest of the head in training units.
+        scale = batch["brain_range"].view(-1, 1, 1, 1, 1)
+        weight = torch.where(batch["mask"] > 0, 1.0 / scale, torch.ones_like(scale))
+        loss = ((grid - batch["target"]).abs() * weight).mean()
+    else:
+        loss = F.l1_loss(grid, batch["target"])
     if cfg.queries > 0 and cfg.query_weight > 0:
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         coords, values = _sample_queries(batch["target"], cfg.queries, gen)
@@ -203,7 +215,8 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
     val_seeds = list(SPLIT_SEEDS["validation"])[: cfg.validation_subjects]
     log.info("Loading %d training and %d validation subjects", len(train_seeds), len(val_seeds))
     sampler = PairSampler([load_or_make_subject(s, cache) for s in train_seeds], patch=cfg.patch,
-                          target_contrasts=cfg.target_contrasts, source_contrasts=cfg.source_contrasts)
+                          target_contrasts=cfg.target_contrasts, source_contrasts=cfg.source_contrasts,
+                          target_weights=cfg.target_weights)
     val_sampler = PairSampler([load_or_make_subject(s, cache) for s in val_seeds], patch=cfg.patch,
                               target_contrasts=cfg.target_contrasts, source_contrasts=cfg.source_contrasts)
     val_rng = np.random.default_rng([cfg.seed, 10**9])

@@ -18,6 +18,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated severities and/or 'zeroshot'")
     p.add_argument("--ablation", action="append", default=[], metavar="NAME=PATH",
                    help="also evaluate an ablation checkpoint (repeatable)")
+    p.add_argument("--ablation-reference", metavar="NAME",
+                   help="the --ablation entry that is the full architecture trained on the ablations' "
+                        "budget: the ablations are compared with it instead of with --checkpoint")
     p.add_argument("--no-lookup", action="store_true", help="skip the look-up-table baseline")
     p.add_argument("--cache-dir", default="var/sim-cache", help="simulated subject cache")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -37,6 +40,27 @@ def _parse_crop(text: str) -> tuple[int, int, int] | None:
     return tuple(parts)  # type: ignore[return-value]
 
 
+def _parse_ablation(item: str) -> tuple[str, str]:
+    name, sep, path = item.partition("=")
+    if not sep or not name.strip() or not path.strip() or name.strip() in ("rtfsyn", "lookup"):
+        raise ValueError(f"--ablation needs NAME=PATH with a NAME other than 'rtfsyn' and 'lookup'. Found {item!r}.")
+    return name.strip(), path.strip()
+
+
+def _training_summary(path: str) -> str:
+    """One line on how a checkpoint was trained (architecture, steps, minutes, seed)."""
+    from synthesis import checkpoint as ckpt
+
+    _, meta = ckpt.load(Path(path))
+    record = meta.get("extra", {}).get("training") or {}
+    config = record.get("config") or {}
+    arch = config.get("model") or {}
+    start = "from " + str(config["init_checkpoint"]) if config.get("init_checkpoint") else "from scratch"
+    return (f"architecture overrides {arch or '{} (the full model)'}; {record.get('steps_done', '?')} steps "
+            f"({record.get('train_minutes', '?')} min on {record.get('device', '?')}) {start}, seed "
+            f"{record.get('seed', '?')}, subject seeds {record.get('train_subject_seeds', '?')}")
+
+
 def run(args: argparse.Namespace) -> int:
     from synthesis import Synthesizer
     from synthesis import evaluate as ev
@@ -51,7 +75,10 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"unknown condition(s) {unknown}; known: {sorted(SEVERITIES)} and 'zeroshot'")
         if "clean" not in conditions:
             conditions.insert(0, "clean")
-        ablations = dict(item.split("=", 1) for item in args.ablation)
+        ablations = dict(_parse_ablation(item) for item in args.ablation)
+        if args.ablation_reference and args.ablation_reference not in ablations:
+            raise ValueError(f"--ablation-reference {args.ablation_reference!r} must name an --ablation "
+                             f"entry. Found: {', '.join(ablations) or 'none'}.")
     except ValueError as exc:
         print(f"rtfsyn evaluate: {exc}", file=sys.stderr)
         return 2
@@ -71,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
                      "(the most favourable setting for it); not run on the zero-shot band.")
     if not ablations:
         notes.append("No ablation checkpoints were given (--ablation NAME=PATH), so no ablation rows.")
+    for name, path in ablations.items():
+        notes.append(f"{name}: {_training_summary(path)}")
 
     report_dir = Path(args.report).parent if args.report else None
     pictures: dict[str, str] = {}
@@ -101,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
         "severities": {k: repr(v) for k, v in SEVERITIES.items()},
         "zero_shot_band": (in_zero_shot_band.__doc__ or "").strip().splitlines()[0] if in_zero_shot_band.__doc__ else "",
         "summary": evaluation.summary(), "rows": evaluation.rows, "notes": notes,
+        "ablation_reference": args.ablation_reference,
     }
     if args.output:
         Path(args.output).write_text(json.dumps(result, indent=2))

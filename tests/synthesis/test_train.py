@@ -39,8 +39,39 @@ def test_loss_falls_on_a_fixed_batch(sampler):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5]), losses
+
+
+def test_brain_relative_loss_scales_brain_errors_by_the_targets_brain_range(sampler):
+    pair_sampler, _ = sampler
+    pair = pair_sampler.sample(np.random.default_rng(1), target="PDw")
+    assert 0.01 < pair.target_brain_range < 0.5  # a PD-weighted brain spans little of [0, 1]
+    batch = make_batch([pair], torch.device("cpu"))
+    torch.manual_seed(0)
+    model = RTFSyn(RTFSynConfig.tiny())
+    plain = float(loss_on_batch(model, batch, TrainConfig(queries=0), 0))
+    batch["mask"] = torch.ones_like(batch["mask"])
+    batch["brain_range"] = torch.tensor([0.25])
+    relative = float(loss_on_batch(model, batch, TrainConfig(queries=0, brain_relative=True), 0))
+    assert relative == pytest.approx(4 * plain, rel=1e-5)  # every voxel in the brain: errors / 0.25
+
+
+def test_target_weights_steer_which_contrast_is_drawn(sampler):
+    from synthesis.data import PairSampler
+
+    subjects = sampler[0].subjects
+    only_pd = PairSampler(subjects, patch=16, target_weights=[0, 1, 0])
+    rng = np.random.default_rng(3)
+    assert {only_pd.sample(rng).target_protocol.contrast.value for _ in range(6)} == {"PDw"}
+    uneven = PairSampler(subjects, patch=16, target_weights=[1, 3, 0])
+    assert uneven.target_p.tolist() == [0.25, 0.75, 0.0]
+    with pytest.raises(ValueError, match="target_weights needs 3"):
+        PairSampler(subjects, patch=16, target_weights=[1, 1])
+    with pytest.raises(ValueError, match="non-negative"):
+        PairSampler(subjects, patch=16, target_weights=[1, -1, 1])
+    cfg = TrainConfig.from_dict({"data": {"target_weights": [1, 2, 1]}})
+    assert cfg.target_weights == (1, 2, 1)
 
 
 def test_train_runs_resumes_and_writes_a_loadable_checkpoint(sampler, tmp_path):

@@ -13,7 +13,7 @@ from typing import Callable, Iterator, Sequence
 import pytest
 
 from e2e_harness import (ORTHANC_BIN, STORESCP_BIN, DcmtkStoreSCP, NodeProcess, OrthancServer,
-                         free_port, require, write_node_config)
+                         autorouting_orthanc, free_port, require, write_node_config)
 
 # Calling AEs the test node accepts: Orthanc, dcmtk's defaults, the workstation.
 ALLOWED_CALLERS = ("ORTHANC", "ECHOSCU", "STORESCU", "WORKSTATION", "E2E_ECHO")
@@ -66,8 +66,8 @@ def orthanc_factory(tmp_path_factory: pytest.TempPathFactory
     started: list[OrthancServer] = []
 
     def start(*, node_ae: str, node_port: int, stable_age_s: int = 2) -> OrthancServer:
-        server = OrthancServer(tmp_path_factory.mktemp("orthanc"), node_ae=node_ae,
-                               node_port=node_port, stable_age_s=stable_age_s)
+        server = autorouting_orthanc(tmp_path_factory.mktemp("orthanc"), node_ae=node_ae,
+                                     node_port=node_port, stable_age_s=stable_age_s)
         started.append(server)
         server.start()
         return server

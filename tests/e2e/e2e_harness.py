@@ -1,12 +1,9 @@
-"""Servers that the end-to-end tests start and stop: Orthanc, dcmtk storescp, the node.
+"""The end-to-end tests' side of the peers: Orthanc with the deployed auto-routing rule,
+the node as a process, and waiting for its jobs.
 
-Every server listens on loopback ports chosen by the test, runs as a child
-process with its log in a temporary folder, is polled for readiness with a
-deadline (never a fixed sleep) and is stopped by its PID
-(terminate/SIGTERM, wait, then kill).
-
-dcmtk tools are always called by their Debian paths (``/usr/bin/...``): the
-``storescp``/``storescu``/``echoscu`` on ``PATH`` are pynetdicom's shims.
+The generic pieces (dcmtk storescp/storescu, Orthanc, C-ECHO, waiting with a
+deadline, processes stopped by PID) live in :mod:`dicom_node.peers`, shared with
+the benchmarks; they are re-exported here for the tests.
 """
 from __future__ import annotations
 
@@ -14,30 +11,21 @@ import json
 import logging
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Mapping, Sequence
+
+from dicom_node.peers import (DCIODVFY_BIN, ECHOSCU_BIN, LOOPBACK, ORTHANC_BIN,  # noqa: F401
+                              STORESCP_BIN, STORESCU_BIN, DcmtkStoreSCP, ManagedProcess,
+                              OrthancServer, dcmtk_env, dicom_echo, free_port, run_storescu,
+                              wait_until)
 
 LOGGER = logging.getLogger(__name__)
 
-ORTHANC_BIN = Path("/usr/sbin/Orthanc")
-STORESCP_BIN = Path("/usr/bin/storescp")
-STORESCU_BIN = Path("/usr/bin/storescu")
-ECHOSCU_BIN = Path("/usr/bin/echoscu")
-DCIODVFY_BIN = Path("/usr/bin/dciodvfy")
-
 REPO_ROOT = Path(__file__).resolve().parents[2]
 AUTOROUTE_LUA = REPO_ROOT / "deploy" / "orthanc" / "autoroute.lua"
-LOOPBACK = "127.0.0.1"
-
-T = TypeVar("T")
 
 
 def require(*binaries: Path) -> None:
@@ -49,114 +37,6 @@ def require(*binaries: Path) -> None:
         if not binary.is_file():
             pytest.skip(f"{binary} is not installed (Debian package "
                         f"{packages.get(binary.name, 'dcmtk')})")
-
-
-def free_port() -> int:
-    """A TCP port on loopback that is free right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(probe: Callable[[], T | None], *, timeout_s: float, what: str,
-               interval_s: float = 0.2, alive: Callable[[], str | None] | None = None) -> T:
-    """Call ``probe`` until it returns something truthy; return that.
-
-    Raises ``TimeoutError`` after ``timeout_s`` seconds, or ``RuntimeError`` as
-    soon as ``alive`` (when given) returns a text saying why waiting is pointless
-    (e.g. the server process exited).
-    """
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = probe()
-        if result:
-            return result
-        if alive is not None:
-            dead = alive()
-            if dead:
-                raise RuntimeError(f"gave up waiting for {what}: {dead}")
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"{what} did not happen within {timeout_s:.0f} s")
-        time.sleep(interval_s)
-
-
-def dicom_echo(port: int, called_ae: str, calling_ae: str = "E2E_ECHO",
-               host: str = LOOPBACK, timeout_s: float = 5.0, tls_args: Any = None) -> bool:
-    """True when ``called_ae`` at ``host:port`` answers a C-ECHO with Success
-    (``tls_args``: pynetdicom's ``(ssl_context, server_hostname)`` for TLS)."""
-    from pynetdicom import AE
-    from pynetdicom.sop_class import Verification
-
-    ae = AE(ae_title=calling_ae)
-    ae.add_requested_context(Verification)
-    ae.acse_timeout = ae.network_timeout = ae.dimse_timeout = timeout_s
-    assoc = ae.associate(host, port, ae_title=called_ae, tls_args=tls_args)
-    if not assoc.is_established:
-        return False
-    try:
-        status = assoc.send_c_echo()
-        return bool(status) and int(status.Status) == 0x0000
-    finally:
-        assoc.release()
-
-
-def dcmtk_env() -> dict[str, str]:
-    """Environment for dcmtk tools: ``TCP_NODELAY=1`` (dcmtk is slow on loopback without it)."""
-    env = dict(os.environ)
-    env["TCP_NODELAY"] = "1"
-    return env
-
-
-@dataclass
-class ManagedProcess:
-    """A child process with its output in ``log_path``, stopped by PID."""
-
-    name: str
-    args: Sequence[str]
-    log_path: Path
-    env: Mapping[str, str] | None = None
-    stop_signal: int = signal.SIGTERM
-    proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
-
-    def start(self) -> None:
-        """Start the process (stdout and stderr go to ``log_path``)."""
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(list(self.args), stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=dict(self.env or os.environ))
-        LOGGER.info("started %s (pid %d)", self.name, self.proc.pid)
-
-    @property
-    def pid(self) -> int:
-        if self.proc is None:
-            raise RuntimeError(f"{self.name} was never started")
-        return self.proc.pid
-
-    def exited(self) -> str | None:
-        """Why waiting on this process is pointless (it exited), else ``None``."""
-        if self.proc is None or self.proc.poll() is None:
-            return None
-        return f"{self.name} exited with code {self.proc.returncode}; log tail:\n{self.log_tail()}"
-
-    def log_tail(self, max_chars: int = 4000) -> str:
-        """The end of the process log (for failure messages)."""
-        try:
-            return self.log_path.read_text(errors="replace")[-max_chars:]
-        except FileNotFoundError:
-            return "(no log)"
-
-    def stop(self, timeout_s: float = 30.0) -> int | None:
-        """Signal the PID, wait up to ``timeout_s``, then kill; the exit code."""
-        if self.proc is None or self.proc.poll() is not None:
-            return None if self.proc is None else self.proc.returncode
-        os.kill(self.proc.pid, self.stop_signal)
-        try:
-            return self.proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            LOGGER.warning("%s (pid %d) ignored signal %d; killing it",
-                           self.name, self.proc.pid, self.stop_signal)
-            os.kill(self.proc.pid, signal.SIGKILL)
-            return self.proc.wait(timeout=timeout_s)
 
 
 # --------------------------------------------------------------------------- Orthanc
@@ -178,128 +58,14 @@ def autoroute_script(modality: str, source: Path = AUTOROUTE_LUA) -> str:
     return replaced
 
 
-@dataclass
-class OrthancServer:
-    """Orthanc with a generated configuration in ``workdir``.
-
-    REST is loopback-only (``RemoteAccessAllowed`` false, no authentication).
-    Orthanc 1.10 has no DICOM bind address, so its DICOM port (chosen by the
-    test, like the HTTP port) listens on every interface while the test runs.
-    """
-
-    workdir: Path
-    node_ae: str
-    node_port: int
-    modality: str = "rtfsyn"
-    ae_title: str = "ORTHANC"
-    stable_age_s: int = 2
-    dicom_port: int = field(default_factory=free_port)
-    http_port: int = field(default_factory=free_port)
-    process: ManagedProcess | None = field(default=None, init=False)
-
-    def config(self, lua_path: Path) -> dict[str, Any]:
-        """Orthanc configuration (JSON object) for this test instance."""
-        return {
-            "Name": "rtfsyn-e2e",
-            "StorageDirectory": str(self.workdir / "storage"),
-            "IndexDirectory": str(self.workdir / "index"),
-            "DicomServerEnabled": True,
-            "DicomAet": self.ae_title,
-            "DicomPort": self.dicom_port,
-            "HttpServerEnabled": True,
-            "HttpPort": self.http_port,
-            "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False,
-            "OrthancExplorerEnabled": False,
-            "StableAge": self.stable_age_s,
-            "DicomModalities": {self.modality: [self.node_ae, LOOPBACK, self.node_port]},
-            "LuaScripts": [str(lua_path)],
-            "Plugins": [],
-            "SaveJobs": False,
-            "ConcurrentJobs": 2,
-            "DeidentifyLogs": True,
-            "Dictionary": ORTHANC_EXTRA_DICTIONARY,
-        }
-
-    def start(self, timeout_s: float = 30.0) -> None:
-        """Write the configuration and Lua rule, start Orthanc, wait until REST and DICOM answer."""
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        lua_path = self.workdir / "autoroute.lua"
-        lua_path.write_text(autoroute_script(self.modality))
-        config_path = self.workdir / "orthanc.json"
-        config_path.write_text(json.dumps(self.config(lua_path), indent=2))
-        self.process = ManagedProcess("Orthanc", [str(ORTHANC_BIN), str(config_path)],
-                                      self.workdir / "orthanc.log")
-        self.process.start()
-        wait_until(self._rest_answers, timeout_s=timeout_s, what="Orthanc REST API",
-                   alive=self.process.exited)
-        wait_until(lambda: dicom_echo(self.dicom_port, self.ae_title), timeout_s=timeout_s,
-                   what="Orthanc C-ECHO", alive=self.process.exited)
-
-    def stop(self) -> None:
-        """Stop Orthanc by PID."""
-        if self.process is not None:
-            self.process.stop()
-
-    def _rest_answers(self) -> bool:
-        try:
-            return "Version" in self.get("/system")
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return False
-
-    def get(self, path: str) -> Any:
-        """GET ``path`` from the REST API; the decoded JSON."""
-        url = f"http://{LOOPBACK}:{self.http_port}{path}"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return json.loads(response.read().decode())
-
-
-# --------------------------------------------------------------------------- dcmtk
-
-@dataclass
-class DcmtkStoreSCP:
-    """dcmtk ``storescp`` receiving into ``out_dir`` on a test-chosen port."""
-
-    workdir: Path
-    ae_title: str = "STORESCP"
-    port: int = field(default_factory=free_port)
-    process: ManagedProcess | None = field(default=None, init=False)
-
-    @property
-    def out_dir(self) -> Path:
-        return self.workdir / "received"
-
-    def start(self, timeout_s: float = 20.0) -> None:
-        """Start ``/usr/bin/storescp`` and wait until it answers C-ECHO."""
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        args = [str(STORESCP_BIN), "--aetitle", self.ae_title, "--output-directory",
-                str(self.out_dir), "--accept-all", str(self.port)]
-        self.process = ManagedProcess("storescp", args, self.workdir / "storescp.log",
-                                      env=dcmtk_env())
-        self.process.start()
-        wait_until(lambda: dicom_echo(self.port, self.ae_title), timeout_s=timeout_s,
-                   what="dcmtk storescp C-ECHO", alive=self.process.exited)
-
-    def received(self) -> list[Path]:
-        """Files received so far, sorted by name."""
-        return sorted(p for p in self.out_dir.iterdir() if p.is_file())
-
-    def stop(self) -> None:
-        """Stop storescp by PID."""
-        if self.process is not None:
-            self.process.stop()
-
-
-def run_storescu(files: Sequence[Path], port: int, called_ae: str,
-                 calling_ae: str = "WORKSTATION", timeout_s: float = 120.0) -> None:
-    """Send ``files`` with ``/usr/bin/storescu`` in one association; raise on failure."""
-    args = [str(STORESCU_BIN), "--aetitle", calling_ae, "--call", called_ae,
-            LOOPBACK, str(port), *map(str, files)]
-    done = subprocess.run(args, env=dcmtk_env(), capture_output=True, text=True,
-                          timeout=timeout_s, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"storescu must exit 0. Found {done.returncode}; "
-                           f"output:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+def autorouting_orthanc(workdir: Path, *, node_ae: str, node_port: int,
+                        modality: str = "rtfsyn", stable_age_s: int = 2) -> OrthancServer:
+    """An Orthanc (not started) that knows the node as ``modality`` and runs the deployed
+    auto-routing Lua rule against it, with StableAge ``stable_age_s``."""
+    return OrthancServer(workdir, modalities={modality: [node_ae, LOOPBACK, node_port]},
+                         lua_script=autoroute_script(modality),
+                         extra={"Name": "rtfsyn-e2e", "StableAge": stable_age_s,
+                                "ConcurrentJobs": 2, "Dictionary": ORTHANC_EXTRA_DICTIONARY})
 
 
 # --------------------------------------------------------------------------- the node

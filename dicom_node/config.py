@@ -29,10 +29,12 @@ else:  # pragma: no cover
 __all__ = [
     "ConfigError", "TLSConfig", "NodeConfig", "ModelConfig", "ExportConfig", "Destination",
     "Caller", "Route", "Config", "load_config", "parse_config", "OUTPUT_FORMATS", "CALLER",
+    "RECEIVERS",
 ]
 
 OUTPUT_FORMATS = ("mr", "enhanced-mr", "parametric-map")
 CALLER = "caller"  # route destination meaning "the AE that sent the series"
+RECEIVERS = ("native", "pynetdicom")  # storage SCP engines ([node] receiver)
 
 
 # -- the dataclasses ---------------------------------------------------------------------
@@ -48,7 +50,9 @@ class TLSConfig:
 
 @dataclass(frozen=True)
 class NodeConfig:
-    """The listening AE. ``stable_seconds``: quiet period (s) that completes a series."""
+    """The listening AE. ``stable_seconds``: quiet period (s) that completes a series;
+    ``receiver``: the storage SCP engine, ``"native"`` (:mod:`dicom_node.ul`) or
+    ``"pynetdicom"`` (pynetdicom's server)."""
 
     ae_title: str = "RTFSYN"
     host: str = "0.0.0.0"
@@ -62,6 +66,7 @@ class NodeConfig:
     workers: int = 1  # synthesis worker threads
     max_associations: int = 10
     network_timeout_seconds: float = 60.0  # a peer silent this long is aborted
+    receiver: str = "native"
     tls: TLSConfig | None = None
 
 
@@ -163,7 +168,7 @@ class Config:
 # -- parsing -------------------------------------------------------------------------------
 _NODE_KEYS = {"ae_title", "host", "port", "data_dir", "stable_seconds", "allowed_calling_aets",
               "called_aet_check", "max_pdu", "disk_watermark_percent", "workers",
-              "max_associations", "network_timeout_seconds", "tls"}
+              "max_associations", "network_timeout_seconds", "receiver", "tls"}
 
 
 def _parse_tls(raw: Any) -> TLSConfig:
@@ -218,8 +223,16 @@ def _parse_node(raw: Mapping[str, Any]) -> NodeConfig:
         network_timeout_seconds=check_number("node.network_timeout_seconds",
                                              get("network_timeout_seconds"), low=0.0, high=day,
                                              low_open=True),
+        receiver=_receiver(get("receiver")),
         tls=_parse_tls(raw["tls"]) if "tls" in raw else None,
     )
+
+
+def _receiver(value: Any) -> str:
+    if value not in RECEIVERS:
+        raise ConfigError(f"node.receiver must be one of {', '.join(map(repr, RECEIVERS))}. "
+                          f"Found {value!r}.")
+    return str(value)
 
 
 def _max_pdu(value: Any) -> int:

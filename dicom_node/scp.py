@@ -1,26 +1,32 @@
 """The storage SCP: C-ECHO and C-STORE into the spool and the job log.
 
+Two receivers share everything below the wire (``[node] receiver``):
+
+* ``"native"`` (default): :mod:`dicom_node.ul`, blocking sockets and one thread
+  per association, no polling; data sets are streamed to ``data_dir/tmp``.
+* ``"pynetdicom"``: pynetdicom's ``AE.start_server`` (:mod:`dicom_node.scp_pynetdicom`),
+  streaming data sets to the process's temporary folder.
+
+Both call the same functions here, through thin adapters: the association
+bookkeeping (:func:`association_requested`, :func:`association_rejected`,
+:func:`association_ended`) and the store (:func:`store_instance`, given a
+:class:`StoreRequest`).
+
 * Every standard storage SOP class is accepted, with uncompressed, deflated
   and the common compressed transfer syntaxes; MR Image and Enhanced MR Image
   instances are *eligible*, any other class is stored and recorded as not
-  eligible (reason ``"SOP class not eligible"``).
-* Received data sets are streamed by pynetdicom to a temporary file (bounded
-  memory) and moved atomically into the spool as they were sent. Streaming is
-  switched on for this server's associations only
-  (:func:`~dicom_node.dimse_tuning.stream_to_disk`); other pynetdicom receivers
-  in the process keep pynetdicom's setting.
+  eligible (reason ``"SOP class not eligible"``). Data sets are moved
+  atomically into the spool as they were sent.
 * The C-STORE success status is sent only once the instance is durable and
   recorded: the data set is renamed into the spool, then the file fsync, the
   folder fsync (group-committed across associations) and the job-log insert
   run at the same time (two pool threads and the handler), and the status
   waits for all three (docs/PERFORMANCE.md has the measurements).
-* Per association, pynetdicom's PDU/DIMSE debug-log handlers are unbound
-  unless ``pynetdicom`` logs at DEBUG (:mod:`dicom_node.dimse_tuning`).
 * Associations are recorded (open -> released | aborted | rejected). Callers
   outside ``allowed_calling_aets`` and requests for another called AE title
-  are rejected by pynetdicom; when the data folder's file system is at or
-  above ``disk_watermark_percent`` new associations are rejected (transient,
-  local limit exceeded) and C-STOREs answer *out of resources*.
+  are rejected; when the data folder's file system is at or above
+  ``disk_watermark_percent`` new associations are rejected (transient, local
+  limit exceeded) and C-STOREs answer *out of resources*.
 * Handlers never raise: every failure becomes a named DICOM status and a log
   line with UIDs and AE titles only (never patient data).
 """
@@ -43,20 +49,22 @@ from pydicom.uid import (MRImageStorage, UID, DeflatedExplicitVRLittleEndian,
                          JPEG2000, JPEG2000Lossless, JPEGBaseline8Bit, JPEGExtended12Bit,
                          JPEGLosslessSV1, JPEGLossless, JPEGLSLossless, JPEGLSNearLossless,
                          RLELossless)
-from pynetdicom import AE, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
 from sqlalchemy.exc import SQLAlchemyError
 
+from dicom_node import ul
 from dicom_node.config import Config
 from dicom_node.db import AssociationState
-from dicom_node.dimse_tuning import stream_to_disk, stop_streaming, tune_association
 from dicom_node.joblog import InstanceConflict, InstanceRecord, JobLog
 from dicom_node.spool import Placed, Spool, SpoolError
 
-__all__ = ["StorageSCP", "DiskGuard", "Receiver", "SUCCESS", "OUT_OF_RESOURCES",
-           "DATASET_DOES_NOT_MATCH_SOP_CLASS", "CANNOT_UNDERSTAND", "PROCESSING_FAILURE",
-           "ELIGIBLE_SOP_CLASSES", "TRANSFER_SYNTAXES", "NOT_ELIGIBLE_REASON"]
+__all__ = ["StorageSCP", "DiskGuard", "Receiver", "Peer", "StoreRequest", "SUCCESS",
+           "OUT_OF_RESOURCES", "DATASET_DOES_NOT_MATCH_SOP_CLASS", "CANNOT_UNDERSTAND",
+           "PROCESSING_FAILURE", "DUPLICATE_SOP_INSTANCE", "ELIGIBLE_SOP_CLASSES",
+           "TRANSFER_SYNTAXES", "NOT_ELIGIBLE_REASON", "ABORTED_REASON", "supported_contexts",
+           "association_requested", "association_rejected", "association_ended",
+           "store_instance"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +81,7 @@ _REJECT_REASONS = {(0x01, 0x01, 0x03): "calling AE title not recognized",
                    (0x01, 0x01, 0x07): "called AE title not recognized",
                    (0x02, 0x03, 0x02): "local limit exceeded (too many associations)",
                    (0x02, 0x02, 0x01): "user identity not accepted"}
+ABORTED_REASON = "A-ABORT (or the connection was lost)"
 
 EnhancedMRImageStorage = UID("1.2.840.10008.5.1.4.1.1.4.1")
 ELIGIBLE_SOP_CLASSES = frozenset({MRImageStorage, EnhancedMRImageStorage})
@@ -81,9 +90,17 @@ TRANSFER_SYNTAXES = [ImplicitVRLittleEndian, ExplicitVRLittleEndian,
                      DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, JPEGBaseline8Bit,
                      JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1, JPEGLSLossless,
                      JPEGLSNearLossless, JPEG2000Lossless, JPEG2000, RLELossless]
-CLOSE_SETTLE_SECONDS = 5.0  # wait for the association's own end event after a close
 _HEADER_TAGS = ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
                 "Modality", "SeriesDescription", "SeriesNumber"]
+
+
+def supported_contexts() -> dict[str, list[str]]:
+    """Abstract syntax -> transfer syntaxes the node accepts (both receivers): every storage
+    SOP class with :data:`TRANSFER_SYNTAXES`, Verification uncompressed or deflated."""
+    storage = [str(ts) for ts in TRANSFER_SYNTAXES]
+    out = {str(cx.abstract_syntax): storage for cx in AllStoragePresentationContexts}
+    out[str(Verification)] = storage[:3]
+    return out
 
 
 class DiskGuard:
@@ -118,7 +135,8 @@ class DiskGuard:
 
 @dataclass
 class Receiver:
-    """What the handlers need: the log, the spool, the disk guard, open association ids."""
+    """What the handlers need: the log, the spool, the disk guard, open association ids
+    (keyed by the receiver's association object)."""
 
     log: JobLog
     spool: Spool
@@ -130,131 +148,98 @@ class Receiver:
     def assoc_id(self, assoc: Any) -> int | None:
         """The job-log id of a live association (None if unknown)."""
         with self.lock:
-            return self.assoc_ids.get(assoc)
+            try:
+                return self.assoc_ids.get(assoc)
+            except TypeError:  # not weakly referenceable: never recorded
+                return None
 
 
-def _peer(assoc: Any) -> tuple[str, str, str | None, int | None]:
-    rq = assoc.requestor.primitive
-    calling = str(getattr(rq, "calling_ae_title", "") or "").strip()
-    called = str(getattr(rq, "called_ae_title", "") or "").strip()
-    return calling, called, assoc.requestor.address, assoc.requestor.port
+@dataclass(frozen=True)
+class Peer:
+    """Who asked for an association (AE titles stripped)."""
+
+    calling: str
+    called: str
+    host: str | None
+    port: int | None
 
 
-# -- association handlers ---------------------------------------------------------------
-def handle_requested(event: Any, rx: Receiver) -> None:
-    """A-ASSOCIATE-RQ: record it; refuse it when the disk is above the watermark."""
-    tune_association(event.assoc)
+@dataclass(frozen=True)
+class StoreRequest:
+    """One received C-STORE: the request's affected SOP class and instance, the accepted
+    transfer syntax, and the data set behind its file meta, either streamed to ``path`` or
+    ``encoded`` in memory; ``association_id`` is the job-log row it belongs to."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str
+    path: Path | None = None
+    encoded: bytes | None = None
+    association_id: int | None = None
+
+
+# -- association bookkeeping (both receivers) -------------------------------------------------
+def association_requested(rx: Receiver, key: Any, peer: Peer) -> tuple[int, int, int] | None:
+    """A-ASSOCIATE-RQ: record it under ``key``; the rejection to send (already recorded)
+    when the disk is above the watermark, else None."""
     try:
-        calling, called, host, port = _peer(event.assoc)
-        assoc_id = rx.log.open_association(calling, called, host, port)
+        assoc_id = rx.log.open_association(peer.calling, peer.called, peer.host, peer.port)
         with rx.lock:
-            rx.assoc_ids[event.assoc] = assoc_id
+            rx.assoc_ids[key] = assoc_id
         if rx.disk.is_short():
             reason = (f"disk {rx.disk.percent_used():.1f}% used, at or above the watermark "
                       f"{rx.disk.watermark:g}%")
-            logger.warning("rejecting association from %s (%s): %s", calling, host, reason)
+            logger.warning("rejecting association from %s (%s): %s", peer.calling, peer.host,
+                           reason)
             rx.log.end_association(assoc_id, AssociationState.REJECTED, reason)
-            event.assoc.acse.send_reject(*REJECT_TRANSIENT_LOCAL_LIMIT)
-            event.assoc.kill()
+            return REJECT_TRANSIENT_LOCAL_LIMIT
     except (SQLAlchemyError, OSError) as exc:
         logger.error("cannot record association request: %s", type(exc).__name__)
+    return None
 
 
-def _end(event: Any, rx: Receiver, state: AssociationState, reason: str | None) -> None:
-    assoc_id = rx.assoc_id(event.assoc)
+def association_ended(rx: Receiver, key: Any, peer: Peer, state: AssociationState,
+                      reason: str | None) -> None:
+    """Record the end of the association known under ``key`` (once; later calls no-op)."""
+    assoc_id = rx.assoc_id(key)
     if assoc_id is None:
         return
     try:
         if rx.log.end_association(assoc_id, state, reason):
-            calling, _called, host, _port = _peer(event.assoc)
             log = logger.info if state == AssociationState.RELEASED else logger.warning
-            log("association %d from %s (%s) %s%s", assoc_id, calling, host, state.value,
-                f": {reason}" if reason else "")
+            log("association %d from %s (%s) %s%s", assoc_id, peer.calling, peer.host,
+                state.value, f": {reason}" if reason else "")
     except SQLAlchemyError as exc:
         logger.error("cannot record the end of association %d: %s", assoc_id,
                      type(exc).__name__)
 
 
-def handle_released(event: Any, rx: Receiver) -> None:
-    """A-RELEASE: the association's instances now count towards series completion."""
-    _end(event, rx, AssociationState.RELEASED, None)
+def association_rejected(rx: Receiver, key: Any, peer: Peer,
+                         rejection: tuple[Any, Any, Any]) -> None:
+    """Record an A-ASSOCIATE-RJ (result, source, diagnostic) with its reason in words."""
+    reason = _REJECT_REASONS.get(rejection, f"rejected (result, source, diagnostic) = "
+                                            f"{rejection}")
+    reason = f"{reason}: calling {peer.calling!r}, called {peer.called!r}"
+    association_ended(rx, key, peer, AssociationState.REJECTED, reason)
 
 
-def handle_aborted(event: Any, rx: Receiver) -> None:
-    """A-ABORT / A-P-ABORT: recorded; the association's instances trigger nothing."""
-    _end(event, rx, AssociationState.ABORTED, "A-ABORT (or the connection was lost)")
-
-
-def handle_rejected(event: Any, rx: Receiver) -> None:
-    """A-ASSOCIATE-RJ sent by pynetdicom (AE title checks, association limit)."""
-    rsp = event.assoc.acceptor.primitive
-    key = (getattr(rsp, "result", None), getattr(rsp, "result_source", None),
-           getattr(rsp, "diagnostic", None))
-    calling, called, _host, _port = _peer(event.assoc)
-    reason = _REJECT_REASONS.get(key, f"rejected (result, source, diagnostic) = {key}")
-    reason = f"{reason}: calling {calling!r}, called {called!r}"
-    _end(event, rx, AssociationState.REJECTED, reason)
-
-
-def handle_conn_close(event: Any, rx: Receiver) -> None:
-    """The fallback for a connection that ends with no release, abort or reject.
-
-    pynetdicom may report the closed connection (DUL thread) a moment before
-    the association thread marks the association released, aborted or
-    rejected and fires that event, so wait for one of those flags first.
-    """
-    assoc = event.assoc
-    deadline = time.monotonic() + CLOSE_SETTLE_SECONDS
-    while time.monotonic() < deadline:
-        if assoc.is_released or assoc.is_aborted or assoc.is_rejected:
-            return
-        time.sleep(0.01)
-    _end(event, rx, AssociationState.ABORTED, "connection closed without A-RELEASE")
-
-
-def handle_conn_open(event: Any, timeout: float) -> None:
-    """A new connection: bound every socket read by the network timeout, so a peer that
-    stalls inside a PDU cannot hold its reader thread and socket forever."""
-    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
-    if sock is not None:
-        sock.settimeout(timeout)
-
-
-def handle_echo(event: Any, rx: Receiver) -> int:
-    """C-ECHO: always success."""
-    return SUCCESS
-
-
-# -- C-STORE ---------------------------------------------------------------------------------
-def handle_store(event: Any, rx: Receiver) -> int:
+# -- C-STORE (both receivers) ---------------------------------------------------------------
+def store_instance(rx: Receiver, request: StoreRequest) -> int:
     """Spool and record one instance; returns a C-STORE status, never raises."""
-    sop_uid = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
     try:
-        return _store(event, rx, sop_uid)
+        return _store(rx, request)
     except Exception:  # the boundary: nothing may escape into the association
-        logger.exception("unexpected error storing SOP instance %s", sop_uid)
+        logger.exception("unexpected error storing SOP instance %s", request.sop_instance_uid)
         return PROCESSING_FAILURE
 
 
-def _chunked_path(event: Any) -> Path | None:
-    """The temporary file pynetdicom streamed the data set into (None: held in memory)."""
-    try:
-        path = event.dataset_path
-    except AttributeError:
-        return None
-    return Path(path) if path else None
-
-
-def _store(event: Any, rx: Receiver, sop_uid: str) -> int:
+def _store(rx: Receiver, rq: StoreRequest) -> int:
+    sop_uid, sop_class = rq.sop_instance_uid, rq.sop_class_uid
     if rx.disk.is_short():
         logger.warning("refusing SOP instance %s: disk above the watermark", sop_uid)
         return OUT_OF_RESOURCES
-    sop_class = str(event.request.AffectedSOPClassUID)
-    transfer_syntax = str(event.context.transfer_syntax)
-    temp_path = _chunked_path(event)
-    encoded = None if temp_path else event.encoded_dataset(include_meta=True)
     try:
-        header = dcmread(temp_path if temp_path else io.BytesIO(encoded), force=False,
+        header = dcmread(rq.path if rq.path else io.BytesIO(rq.encoded or b""), force=False,
                          stop_before_pixels=True, specific_tags=_HEADER_TAGS)
         study_uid, series_uid = str(header.StudyInstanceUID), str(header.SeriesInstanceUID)
         ds_class = str(header.get("SOPClassUID", sop_class))
@@ -266,10 +251,10 @@ def _store(event: Any, rx: Receiver, sop_uid: str) -> int:
                        sop_uid, ds_class, sop_class)
         return DATASET_DOES_NOT_MATCH_SOP_CLASS
     try:
-        if temp_path:
-            placed = rx.spool.place_file(temp_path, study_uid, series_uid, sop_uid)
+        if rq.path:
+            placed = rx.spool.place_file(rq.path, study_uid, series_uid, sop_uid)
         else:
-            placed = rx.spool.place_bytes(encoded, study_uid, series_uid, sop_uid)
+            placed = rx.spool.place_bytes(rq.encoded or b"", study_uid, series_uid, sop_uid)
     except SpoolError as exc:
         logger.warning("SOP instance %s: %s", sop_uid, exc)
         return CANNOT_UNDERSTAND
@@ -277,8 +262,7 @@ def _store(event: Any, rx: Receiver, sop_uid: str) -> int:
         logger.error("cannot spool SOP instance %s: %s", sop_uid, exc.strerror)
         return OUT_OF_RESOURCES
     durable = placed.start_sync(rx.syncer)
-    status = _record(event, rx, header, placed, sop_uid, sop_class, transfer_syntax, series_uid,
-                     study_uid)
+    status = _record(rx, rq, header, placed, series_uid, study_uid)
     try:
         for future in durable:
             future.result()
@@ -288,17 +272,17 @@ def _store(event: Any, rx: Receiver, sop_uid: str) -> int:
     return status
 
 
-def _record(event: Any, rx: Receiver, header: Any, placed: Placed, sop_uid: str,
-            sop_class: str, transfer_syntax: str, series_uid: str, study_uid: str) -> int:
+def _record(rx: Receiver, rq: StoreRequest, header: Any, placed: Placed, series_uid: str,
+            study_uid: str) -> int:
     """Record the spooled instance in the job log; the C-STORE status."""
-    path, size = placed.path, placed.size
+    sop_uid, sop_class = rq.sop_instance_uid, rq.sop_class_uid
     eligible = sop_class in ELIGIBLE_SOP_CLASSES
     number = header.get("SeriesNumber")
     record = InstanceRecord(
-        sop_instance_uid=sop_uid, sop_class_uid=sop_class, transfer_syntax_uid=transfer_syntax,
-        series_uid=series_uid, study_uid=study_uid, path=path, size_bytes=size,
-        association_id=rx.assoc_id(event.assoc), eligible=eligible,
-        reason=None if eligible else NOT_ELIGIBLE_REASON,
+        sop_instance_uid=sop_uid, sop_class_uid=sop_class,
+        transfer_syntax_uid=rq.transfer_syntax, series_uid=series_uid, study_uid=study_uid,
+        path=placed.path, size_bytes=placed.size, association_id=rq.association_id,
+        eligible=eligible, reason=None if eligible else NOT_ELIGIBLE_REASON,
         modality=str(header.get("Modality", "") or "")[:16] or None,
         description=str(header.get("SeriesDescription", "") or "")[:64] or None,
         series_number=int(number) if number not in (None, "") else None)
@@ -312,8 +296,53 @@ def _record(event: Any, rx: Receiver, header: Any, placed: Placed, sop_uid: str,
                      type(exc).__name__)
         return PROCESSING_FAILURE
     logger.debug("stored SOP instance %s of series %s (%s, %d bytes%s)", sop_uid, series_uid,
-                 "eligible" if eligible else "not eligible", size, "" if new else ", duplicate")
+                 "eligible" if eligible else "not eligible", placed.size,
+                 "" if new else ", duplicate")
     return SUCCESS
+
+
+# -- the native receiver's adapter ------------------------------------------------------------
+class NativeHandler:
+    """:class:`dicom_node.ul.AssociationHandler` for the node: the shared bookkeeping and
+    store above, keyed by the native association object."""
+
+    def __init__(self, rx: Receiver) -> None:
+        self.rx = rx
+
+    @staticmethod
+    def _peer(assoc: ul.Association) -> Peer:
+        return Peer(assoc.calling_ae_title, assoc.called_ae_title, assoc.peer_host,
+                    assoc.peer_port)
+
+    def requested(self, assoc: ul.Association) -> tuple[int, int, int] | None:
+        """Record the request; the disk-watermark rejection, if any."""
+        return association_requested(self.rx, assoc, self._peer(assoc))
+
+    def rejected(self, assoc: ul.Association, rejection: tuple[int, int, int]) -> None:
+        """Record the rejection with its reason."""
+        association_rejected(self.rx, assoc, self._peer(assoc), rejection)
+
+    def released(self, assoc: ul.Association) -> None:
+        """A-RELEASE: the association's instances now count towards series completion."""
+        association_ended(self.rx, assoc, self._peer(assoc), AssociationState.RELEASED, None)
+
+    def aborted(self, assoc: ul.Association, cause: ul.AbortCause, detail: str) -> None:
+        """Recorded as aborted; the association's instances trigger nothing."""
+        if cause in (ul.AbortCause.PEER_ABORT, ul.AbortCause.CONNECTION_LOST):
+            reason = ABORTED_REASON
+        else:
+            reason = f"{cause.value}: {detail}" if detail else cause.value
+        association_ended(self.rx, assoc, self._peer(assoc), AssociationState.ABORTED, reason)
+
+    def echo(self, assoc: ul.Association) -> int:
+        """C-ECHO: always success."""
+        return SUCCESS
+
+    def store(self, assoc: ul.Association, instance: ul.ReceivedInstance) -> int:
+        """C-STORE: the shared store, with the association's job-log id."""
+        return store_instance(self.rx, StoreRequest(
+            instance.sop_class_uid, instance.sop_instance_uid, instance.transfer_syntax,
+            path=instance.path, association_id=self.rx.assoc_id(assoc)))
 
 
 # -- the server ------------------------------------------------------------------------------
@@ -325,64 +354,62 @@ class StorageSCP:
         self.config = config
         self.receiver = Receiver(log=log, spool=spool, disk=disk or DiskGuard(
             config.node.data_dir, config.node.disk_watermark_percent))
-        self._server: Any = None
+        self._server: Any = None  # ul.Acceptor or scp_pynetdicom.PynetdicomServer
 
-    def _build_ae(self) -> AE:
+    def _native(self, ssl_context: Any) -> ul.Acceptor:
         node = self.config.node
-        ae = AE(ae_title=node.ae_title)
-        ae.maximum_pdu_size = node.max_pdu
-        ae.maximum_associations = node.max_associations
-        ae.network_timeout = node.network_timeout_seconds
-        ae.acse_timeout = ae.dimse_timeout = min(30.0, node.network_timeout_seconds)
-        ae.require_called_aet = node.called_aet_check
-        ae.require_calling_aet = list(node.allowed_calling_aets)
-        for cx in AllStoragePresentationContexts:
-            ae.add_supported_context(cx.abstract_syntax, TRANSFER_SYNTAXES)
-        ae.add_supported_context(Verification, TRANSFER_SYNTAXES[:3])
-        return ae
+        temp_dir = node.data_dir / "tmp"  # on the spool's file system: an atomic rename
+        temp_dir.mkdir(parents=True, exist_ok=True)
+        settings = ul.AcceptorSettings(
+            ae_title=node.ae_title,
+            supported={k: frozenset(v) for k, v in supported_contexts().items()},
+            max_pdu=node.max_pdu, max_associations=node.max_associations,
+            network_timeout=node.network_timeout_seconds,
+            called_aet_check=node.called_aet_check,
+            allowed_calling_aets=tuple(node.allowed_calling_aets), temp_dir=temp_dir)
+        return ul.Acceptor((node.host, node.port), settings, NativeHandler(self.receiver),
+                           ssl_context)
 
     def start(self) -> None:
         """Listen on ``[node] host:port`` (TLS when ``[node.tls]`` is set); non-blocking."""
         if self._server is not None:
             raise RuntimeError("the storage SCP is already running")
+        node = self.config.node
         ssl_context = None
-        if self.config.node.tls is not None:
+        if node.tls is not None:
             from dicom_node.security import server_context
 
-            ssl_context = server_context(self.config.node.tls)
+            ssl_context = server_context(node.tls)
         rx = self.receiver
-        handlers = [(evt.EVT_REQUESTED, handle_requested, [rx]),
-                    (evt.EVT_RELEASED, handle_released, [rx]),
-                    (evt.EVT_ABORTED, handle_aborted, [rx]),
-                    (evt.EVT_REJECTED, handle_rejected, [rx]),
-                    (evt.EVT_CONN_CLOSE, handle_conn_close, [rx]),
-                    (evt.EVT_CONN_OPEN, handle_conn_open,
-                     [self.config.node.network_timeout_seconds]),
-                    (evt.EVT_C_ECHO, handle_echo, [rx]),
-                    (evt.EVT_C_STORE, handle_store, [rx])]
-        node = self.config.node
         rx.syncer = ThreadPoolExecutor(max_workers=2 * max(1, node.max_associations),
                                        thread_name_prefix="spool-sync")
         try:
-            self._server = self._build_ae().start_server(
-                (node.host, node.port), block=False, evt_handlers=handlers,
-                ssl_context=ssl_context)
+            if node.receiver == "pynetdicom":
+                from dicom_node.scp_pynetdicom import PynetdicomServer
+
+                server: Any = PynetdicomServer(self.config, rx, ssl_context)
+            else:
+                server = self._native(ssl_context)
+            server.start()
         except BaseException:
             rx.syncer.shutdown(wait=False)
             rx.syncer = None
             raise
-        # Stream received data sets to a temporary file instead of holding them in memory.
-        stream_to_disk(self._server)
-        logger.info("storage SCP %s listening on %s:%d%s", node.ae_title, *self.address,
-                    " (TLS)" if ssl_context else "")
+        self._server = server
+        logger.info("storage SCP %s listening on %s:%d%s (%s receiver)", node.ae_title,
+                    *self.address, " (TLS)" if ssl_context else "", node.receiver)
 
     @property
     def address(self) -> tuple[str, int]:
         """(host, port) the server is bound to."""
         if self._server is None:
             raise RuntimeError("the storage SCP is not running")
-        host, port = self._server.server_address[:2]
-        return str(host), int(port)
+        return self._server.address
+
+    @property
+    def active_associations(self) -> int:
+        """How many associations (connections) are being served now."""
+        return len(self._server.active_associations) if self._server is not None else 0
 
     def stop(self, grace_seconds: float = 10.0) -> None:
         """Stop accepting; let open associations finish for ``grace_seconds``, then abort
@@ -390,15 +417,7 @@ class StorageSCP:
         server, self._server = self._server, None
         if server is None:
             return
-        server.shutdown()
-        deadline = time.monotonic() + grace_seconds
-        while server.active_associations and time.monotonic() < deadline:
-            time.sleep(0.05)
-        for assoc in server.active_associations:
-            logger.warning("aborting association from %s at shutdown",
-                           assoc.requestor.ae_title)
-            assoc.abort()
-        stop_streaming(server)
+        server.stop(grace_seconds)
         syncer, self.receiver.syncer = self.receiver.syncer, None
         if syncer is not None:
             syncer.shutdown(wait=True)

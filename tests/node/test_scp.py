@@ -1,5 +1,6 @@
 """The storage SCP over loopback: echo, store, eligibility, refusals, duplicates, aborts,
-the disk watermark and TLS."""
+the disk watermark and TLS; the tests taking the ``node`` fixture, and the TLS test, run
+with both receivers (``[node] receiver``: native and pynetdicom)."""
 from __future__ import annotations
 
 import ssl
@@ -18,12 +19,13 @@ from pynetdicom.sop_class import MRImageStorage, Verification
 from sqlalchemy import select
 
 from dicom_node import db
-from dicom_node.config import Config
+from dicom_node.config import RECEIVERS, Config
 from dicom_node.db import AssociationState, SeriesState
 from dicom_node.joblog import JobLog
 from dicom_node.scheduler import Scheduler
 from dicom_node.scp import (CANNOT_UNDERSTAND, NOT_ELIGIBLE_REASON, OUT_OF_RESOURCES, SUCCESS,
-                            DiskGuard, Receiver, StorageSCP, handle_store)
+                            DiskGuard, Receiver, StorageSCP)
+from dicom_node.scp_pynetdicom import handle_store
 from dicom_node.spool import Spool, SpoolError
 
 
@@ -45,9 +47,10 @@ class Running:
         return [a for a in self.rows(db.Association) if a.state != AssociationState.OPEN]
 
 
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[Running]:
-    running = Running(node_config(tmp_path, node={"allowed_calling_aets": ["SCU", "OTHER"]}))
+@pytest.fixture(params=RECEIVERS)
+def node(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Running]:
+    running = Running(node_config(tmp_path, node={"allowed_calling_aets": ["SCU", "OTHER"],
+                                                  "receiver": request.param}))
     yield running
     running.scp.stop(grace_seconds=1)
 
@@ -188,9 +191,11 @@ def test_store_handler_answers_cannot_understand_for_garbage(tmp_path: Path) -> 
     assert list((tmp_path / "spool").rglob("*.dcm")) == []
 
 
-def test_tls_round_trip_with_client_certificates(tmp_path: Path, mr_series: list[Path]) -> None:
+@pytest.mark.parametrize("receiver", RECEIVERS)
+def test_tls_round_trip_with_client_certificates(tmp_path: Path, mr_series: list[Path],
+                                                 receiver: str) -> None:
     pki = make_tls_material(tmp_path / "pki")
-    config = node_config(tmp_path, node={"tls": {
+    config = node_config(tmp_path, node={"receiver": receiver, "tls": {
         "certificate": str(pki["server_cert"]), "private_key": str(pki["server_key"]),
         "ca_certificates": str(pki["ca"]), "require_client_certificate": True}})
     running = Running(config)

@@ -32,7 +32,7 @@ __all__ = [
     "AssociationState", "SeriesState", "JobState", "DeliveryStatus", "TRANSITIONS",
     "IllegalTransition", "check_transition", "Base", "Association", "Instance", "Series", "Job",
     "Delivery", "DeliveryInstance", "get_engine", "session_factory", "utcnow", "SCHEMA_VERSION",
-    "SchemaMismatch",
+    "SchemaMismatch", "configure_connection",
 ]
 
 logger = logging.getLogger(__name__)
@@ -248,8 +248,9 @@ _ENGINES: dict[Path, Engine] = {}
 _ENGINES_LOCK = threading.Lock()
 
 
-def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-    """WAL, a busy timeout, and manual transactions so that BEGIN IMMEDIATE works."""
+def configure_connection(dbapi_connection: Any) -> None:
+    """WAL, ``synchronous=FULL``, foreign keys, a busy timeout, and manual transactions
+    (so that BEGIN IMMEDIATE works): every connection to the job log gets these."""
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -259,6 +260,10 @@ def _on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+
+
+def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+    configure_connection(dbapi_connection)
 
 
 def _on_begin(connection: Any) -> None:

@@ -11,38 +11,29 @@ import datetime as dt
 import enum
 import json
 import logging
+import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
 from pydicom.uid import generate_uid
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from dicom_node.db import (Association, AssociationState, DeliveryStatus, Instance, Job,
-                           JobState, Series, SeriesState, check_transition, get_engine,
-                           session_factory, utcnow)
+                           JobState, Series, SeriesState, check_transition, session_factory,
+                           utcnow)
+from dicom_node.joblog_fast import writer_for
 
-__all__ = ["InstanceRecord", "PlannedJob", "JobSpec", "DeliveryOutcome", "JobLog",
+__all__ = ["DATABASE_ERRORS", "InstanceRecord", "PlannedJob", "JobSpec", "DeliveryOutcome", "JobLog",
            "UnknownJob", "InstanceConflict", "REOPENABLE", "job_spec"]
 
 logger = logging.getLogger(__name__)
 REOPENABLE = (SeriesState.ROUTED, SeriesState.IGNORED, SeriesState.NOT_ELIGIBLE)
-
-# The hot path of record_instance (one per received instance), as Core statements.
-_RECEIVING_SERIES = select(
-    Series.id, Series.state,
-    select(Instance.id).where(Instance.sop_instance_uid == bindparam("sop_uid"))
-    .exists().label("known"),
-).where(Series.series_uid == bindparam("series_uid"))
-_INSERT_INSTANCE = insert(Instance)
-_COUNT_IN_SERIES = (update(Series).where(Series.id == bindparam("series_id"))
-                    .values(n_instances=Series.n_instances + 1,
-                            last_received_at=bindparam("now")))
-_COUNT_IN_ASSOCIATION = (update(Association).where(Association.id == bindparam("assoc_id"))
-                         .values(n_instances=Association.n_instances + 1))
-
+# What a job-log operation raises when the database fails (ORM paths, raw sqlite3 hot path).
+DATABASE_ERRORS: tuple[type[Exception], ...] = (SQLAlchemyError, sqlite3.Error)
 
 class UnknownJob(LookupError):
     """No job with the given id."""
@@ -139,8 +130,8 @@ class JobLog:
 
     def __init__(self, database_path: str | Path) -> None:
         self.path = Path(database_path)
-        self._sessions = session_factory(self.path)
-        self._engine = get_engine(self.path)
+        self._sessions = session_factory(self.path)  # creates the tables first
+        self._writer = writer_for(self.path)
 
     def session(self) -> Session:
         """A new session (use ``with log.session() as s, s.begin(): ...``)."""
@@ -182,7 +173,10 @@ class JobLog:
         cleanly released association, the association it counts for. New
         instances re-open a routed series (next generation); duplicates do not.
         Raises :class:`InstanceConflict` when the UID is recorded under another
-        series or study (nothing is changed).
+        series or study (nothing is changed), one of :data:`DATABASE_ERRORS` when the
+        database fails. Committed when it returns; on disk too, except a new instance of
+        a receiving series, whose row an OS crash can still lose until the log's next
+        sync (the spool is then the record: :mod:`dicom_node.joblog_fast`).
         """
         now = utcnow()
         if self._record_new_instance(rec, now):
@@ -228,24 +222,10 @@ class JobLog:
             return inst is None
 
     def _record_new_instance(self, rec: InstanceRecord, now: dt.datetime) -> bool:
-        """The common case on three Core statements: a new instance of a series that is
-        receiving (no state change). False, with nothing written, for every other case,
-        which :meth:`record_instance` then handles in full."""
-        with self._engine.begin() as conn:  # BEGIN IMMEDIATE (see db._on_begin)
-            row = conn.execute(_RECEIVING_SERIES, {"series_uid": rec.series_uid,
-                                                   "sop_uid": rec.sop_instance_uid}).first()
-            if row is None or row.state != SeriesState.RECEIVING.value or row.known:
-                return False
-            conn.execute(_INSERT_INSTANCE, {
-                "sop_instance_uid": rec.sop_instance_uid, "sop_class_uid": rec.sop_class_uid,
-                "transfer_syntax_uid": rec.transfer_syntax_uid, "series_uid": rec.series_uid,
-                "study_uid": rec.study_uid, "path": str(rec.path), "size_bytes": rec.size_bytes,
-                "association_id": rec.association_id, "received_at": now, "n_received": 1,
-                "eligible": rec.eligible, "reason": rec.reason})
-            conn.execute(_COUNT_IN_SERIES, {"series_id": row.id, "now": now})
-            if rec.association_id is not None:
-                conn.execute(_COUNT_IN_ASSOCIATION, {"assoc_id": rec.association_id})
-            return True
+        """The common case, a new instance of a series that is receiving (no state change),
+        on raw sqlite3 (:mod:`dicom_node.joblog_fast`). False, with nothing written, for
+        every other case, which :meth:`record_instance` then handles in full."""
+        return self._writer.record_new(rec, now)
 
     @staticmethod
     def _duplicate(s: Session, inst: Instance, rec: InstanceRecord, series: Series,
@@ -257,6 +237,13 @@ class JobLog:
             inst.association_id = rec.association_id
         if series.state == SeriesState.PARTIAL:
             _set(series, SeriesState.RECEIVING)
+
+    def instance_uids(self, series_uid: str) -> set[str]:
+        """SOP Instance UIDs recorded in a series (spool recovery compares them with the
+        files of its folder)."""
+        with self.transaction() as s:
+            return set(s.scalars(select(Instance.sop_instance_uid)
+                                 .where(Instance.series_uid == series_uid)))
 
     def complete_quiet_series(self, stable_seconds: float) -> list[str]:
         """Move quiet ``receiving`` series to ``complete`` (or ``partial``); returns the UIDs

@@ -7,21 +7,18 @@ Two receivers share everything below the wire (``[node] receiver``):
 * ``"pynetdicom"``: pynetdicom's ``AE.start_server`` (:mod:`dicom_node.scp_pynetdicom`),
   streaming data sets to the process's temporary folder.
 
-Both call the same functions here, through thin adapters: the association
-bookkeeping (:func:`association_requested`, :func:`association_rejected`,
-:func:`association_ended`) and the store (:func:`store_instance`, given a
-:class:`StoreRequest`).
+Both call the same functions, through thin adapters: the association
+bookkeeping here (:func:`association_requested`, :func:`association_rejected`,
+:func:`association_ended`) and the store (:func:`~dicom_node.scp_store.store_instance`,
+given a :class:`~dicom_node.scp_store.StoreRequest`).
 
 * Every standard storage SOP class is accepted, with uncompressed, deflated
   and the common compressed transfer syntaxes; MR Image and Enhanced MR Image
   instances are *eligible*, any other class is stored and recorded as not
   eligible (reason ``"SOP class not eligible"``). Data sets are moved
   atomically into the spool as they were sent.
-* The C-STORE success status is sent only once the instance is durable and
-  recorded: the data set is renamed into the spool, then the file fsync, the
-  folder fsync (group-committed across associations) and the job-log insert
-  run at the same time (two pool threads and the handler), and the status
-  waits for all three (docs/PERFORMANCE.md has the measurements).
+* The C-STORE itself (:mod:`dicom_node.scp_store`): the status is sent only
+  once the instance is durable (file and folder fsynced) and recorded.
 * Associations are recorded (open -> released | aborted | rejected). Callers
   outside ``allowed_calling_aets`` and requests for another called AE title
   are rejected; when the data folder's file system is at or above
@@ -32,7 +29,6 @@ bookkeeping (:func:`association_requested`, :func:`association_rejected`,
 """
 from __future__ import annotations
 
-import io
 import logging
 import shutil
 import threading
@@ -43,38 +39,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from pydicom import dcmread
-from pydicom.uid import (MRImageStorage, UID, DeflatedExplicitVRLittleEndian,
+from pydicom.uid import (DeflatedExplicitVRLittleEndian,
                          ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian,
                          JPEG2000, JPEG2000Lossless, JPEGBaseline8Bit, JPEGExtended12Bit,
                          JPEGLosslessSV1, JPEGLossless, JPEGLSLossless, JPEGLSNearLossless,
                          RLELossless)
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
-from sqlalchemy.exc import SQLAlchemyError
 
 from dicom_node import ul
 from dicom_node.config import Config
 from dicom_node.db import AssociationState
-from dicom_node.joblog import InstanceConflict, InstanceRecord, JobLog
-from dicom_node.spool import Placed, Spool, SpoolError
+from dicom_node.joblog import DATABASE_ERRORS, JobLog
+from dicom_node.scp_store import (CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                                  DUPLICATE_SOP_INSTANCE, ELIGIBLE_SOP_CLASSES,
+                                  NOT_ELIGIBLE_REASON, OUT_OF_RESOURCES, PROCESSING_FAILURE,
+                                  SUCCESS, StoreRequest, instance_record, store_instance)
+from dicom_node.spool import Spool
 
 __all__ = ["StorageSCP", "DiskGuard", "Receiver", "Peer", "StoreRequest", "SUCCESS",
            "OUT_OF_RESOURCES", "DATASET_DOES_NOT_MATCH_SOP_CLASS", "CANNOT_UNDERSTAND",
            "PROCESSING_FAILURE", "DUPLICATE_SOP_INSTANCE", "ELIGIBLE_SOP_CLASSES",
            "TRANSFER_SYNTAXES", "NOT_ELIGIBLE_REASON", "ABORTED_REASON", "supported_contexts",
            "association_requested", "association_rejected", "association_ended",
-           "store_instance"]
+           "store_instance", "instance_record"]
 
 logger = logging.getLogger(__name__)
 
-# C-STORE response statuses (PS3.4 B.2.3 and PS3.7 C.4)
-SUCCESS = 0x0000
-OUT_OF_RESOURCES = 0xA700
-DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
-CANNOT_UNDERSTAND = 0xC000
-PROCESSING_FAILURE = 0x0110
-DUPLICATE_SOP_INSTANCE = 0x0111  # the UID is already recorded under another series
 # A-ASSOCIATE-RJ: transient, service provider (presentation), local limit exceeded
 REJECT_TRANSIENT_LOCAL_LIMIT = (0x02, 0x03, 0x02)
 _REJECT_REASONS = {(0x01, 0x01, 0x03): "calling AE title not recognized",
@@ -83,15 +74,10 @@ _REJECT_REASONS = {(0x01, 0x01, 0x03): "calling AE title not recognized",
                    (0x02, 0x02, 0x01): "user identity not accepted"}
 ABORTED_REASON = "A-ABORT (or the connection was lost)"
 
-EnhancedMRImageStorage = UID("1.2.840.10008.5.1.4.1.1.4.1")
-ELIGIBLE_SOP_CLASSES = frozenset({MRImageStorage, EnhancedMRImageStorage})
-NOT_ELIGIBLE_REASON = "SOP class not eligible"
 TRANSFER_SYNTAXES = [ImplicitVRLittleEndian, ExplicitVRLittleEndian,
                      DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, JPEGBaseline8Bit,
                      JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1, JPEGLSLossless,
                      JPEGLSNearLossless, JPEG2000Lossless, JPEG2000, RLELossless]
-_HEADER_TAGS = ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
-                "Modality", "SeriesDescription", "SeriesNumber"]
 
 
 def supported_contexts() -> dict[str, list[str]]:
@@ -164,20 +150,6 @@ class Peer:
     port: int | None
 
 
-@dataclass(frozen=True)
-class StoreRequest:
-    """One received C-STORE: the request's affected SOP class and instance, the accepted
-    transfer syntax, and the data set behind its file meta, either streamed to ``path`` or
-    ``encoded`` in memory; ``association_id`` is the job-log row it belongs to."""
-
-    sop_class_uid: str
-    sop_instance_uid: str
-    transfer_syntax: str
-    path: Path | None = None
-    encoded: bytes | None = None
-    association_id: int | None = None
-
-
 # -- association bookkeeping (both receivers) -------------------------------------------------
 def association_requested(rx: Receiver, key: Any, peer: Peer) -> tuple[int, int, int] | None:
     """A-ASSOCIATE-RQ: record it under ``key``; the rejection to send (already recorded)
@@ -193,7 +165,7 @@ def association_requested(rx: Receiver, key: Any, peer: Peer) -> tuple[int, int,
                            reason)
             rx.log.end_association(assoc_id, AssociationState.REJECTED, reason)
             return REJECT_TRANSIENT_LOCAL_LIMIT
-    except (SQLAlchemyError, OSError) as exc:
+    except (*DATABASE_ERRORS, OSError) as exc:
         logger.error("cannot record association request: %s", type(exc).__name__)
     return None
 
@@ -209,7 +181,7 @@ def association_ended(rx: Receiver, key: Any, peer: Peer, state: AssociationStat
             log = logger.info if state == AssociationState.RELEASED else logger.warning
             log("association %d from %s (%s) %s%s", assoc_id, peer.calling, peer.host,
                 state.value, f": {reason}" if reason else "")
-    except SQLAlchemyError as exc:
+    except DATABASE_ERRORS as exc:
         logger.error("cannot record the end of association %d: %s", assoc_id,
                      type(exc).__name__)
 
@@ -221,84 +193,6 @@ def association_rejected(rx: Receiver, key: Any, peer: Peer,
                                             f"{rejection}")
     reason = f"{reason}: calling {peer.calling!r}, called {peer.called!r}"
     association_ended(rx, key, peer, AssociationState.REJECTED, reason)
-
-
-# -- C-STORE (both receivers) ---------------------------------------------------------------
-def store_instance(rx: Receiver, request: StoreRequest) -> int:
-    """Spool and record one instance; returns a C-STORE status, never raises."""
-    try:
-        return _store(rx, request)
-    except Exception:  # the boundary: nothing may escape into the association
-        logger.exception("unexpected error storing SOP instance %s", request.sop_instance_uid)
-        return PROCESSING_FAILURE
-
-
-def _store(rx: Receiver, rq: StoreRequest) -> int:
-    sop_uid, sop_class = rq.sop_instance_uid, rq.sop_class_uid
-    if rx.disk.is_short():
-        logger.warning("refusing SOP instance %s: disk above the watermark", sop_uid)
-        return OUT_OF_RESOURCES
-    try:
-        header = dcmread(rq.path if rq.path else io.BytesIO(rq.encoded or b""), force=False,
-                         stop_before_pixels=True, specific_tags=_HEADER_TAGS)
-        study_uid, series_uid = str(header.StudyInstanceUID), str(header.SeriesInstanceUID)
-        ds_class = str(header.get("SOPClassUID", sop_class))
-    except Exception as exc:  # arbitrary bytes from the network can fail in any way
-        logger.warning("cannot understand SOP instance %s: %s", sop_uid, type(exc).__name__)
-        return CANNOT_UNDERSTAND
-    if ds_class != sop_class:
-        logger.warning("SOP instance %s: data set SOP class %s differs from the request's %s",
-                       sop_uid, ds_class, sop_class)
-        return DATASET_DOES_NOT_MATCH_SOP_CLASS
-    try:
-        if rq.path:
-            placed = rx.spool.place_file(rq.path, study_uid, series_uid, sop_uid)
-        else:
-            placed = rx.spool.place_bytes(rq.encoded or b"", study_uid, series_uid, sop_uid)
-    except SpoolError as exc:
-        logger.warning("SOP instance %s: %s", sop_uid, exc)
-        return CANNOT_UNDERSTAND
-    except OSError as exc:
-        logger.error("cannot spool SOP instance %s: %s", sop_uid, exc.strerror)
-        return OUT_OF_RESOURCES
-    durable = placed.start_sync(rx.syncer)
-    status = _record(rx, rq, header, placed, series_uid, study_uid)
-    try:
-        for future in durable:
-            future.result()
-    except OSError as exc:
-        logger.error("cannot make SOP instance %s durable: %s", sop_uid, exc.strerror)
-        return OUT_OF_RESOURCES
-    return status
-
-
-def _record(rx: Receiver, rq: StoreRequest, header: Any, placed: Placed, series_uid: str,
-            study_uid: str) -> int:
-    """Record the spooled instance in the job log; the C-STORE status."""
-    sop_uid, sop_class = rq.sop_instance_uid, rq.sop_class_uid
-    eligible = sop_class in ELIGIBLE_SOP_CLASSES
-    number = header.get("SeriesNumber")
-    record = InstanceRecord(
-        sop_instance_uid=sop_uid, sop_class_uid=sop_class,
-        transfer_syntax_uid=rq.transfer_syntax, series_uid=series_uid, study_uid=study_uid,
-        path=placed.path, size_bytes=placed.size, association_id=rq.association_id,
-        eligible=eligible, reason=None if eligible else NOT_ELIGIBLE_REASON,
-        modality=str(header.get("Modality", "") or "")[:16] or None,
-        description=str(header.get("SeriesDescription", "") or "")[:64] or None,
-        series_number=int(number) if number not in (None, "") else None)
-    try:
-        new = rx.log.record_instance(record)
-    except InstanceConflict as exc:  # the UID belongs to another series: never mix them
-        logger.warning("refusing SOP instance: %s", exc)
-        return DUPLICATE_SOP_INSTANCE
-    except SQLAlchemyError as exc:
-        logger.error("cannot record SOP instance %s in the job log: %s", sop_uid,
-                     type(exc).__name__)
-        return PROCESSING_FAILURE
-    logger.debug("stored SOP instance %s of series %s (%s, %d bytes%s)", sop_uid, series_uid,
-                 "eligible" if eligible else "not eligible", placed.size,
-                 "" if new else ", duplicate")
-    return SUCCESS
 
 
 # -- the native receiver's adapter ------------------------------------------------------------
@@ -342,7 +236,8 @@ class NativeHandler:
         """C-STORE: the shared store, with the association's job-log id."""
         return store_instance(self.rx, StoreRequest(
             instance.sop_class_uid, instance.sop_instance_uid, instance.transfer_syntax,
-            path=instance.path, association_id=self.rx.assoc_id(assoc)))
+            path=instance.path, association_id=self.rx.assoc_id(assoc), size=instance.size,
+            head=instance.head, head_complete=instance.head_complete))
 
 
 # -- the server ------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
     with Node(load_config("config/node.toml")) as node:   # start() ... stop()
         node.wait()                                         # until stop() from a signal
 
-:meth:`Node.start` is non-blocking: it recovers work a previous run left
+:meth:`Node.start` is non-blocking: it records spool files the job log lacks
+(:mod:`dicom_node.spool_recovery`), recovers work a previous run left
 unfinished, starts the scheduler threads, then listens. :meth:`Node.stop`
 refuses new associations, lets open ones finish (a grace period), and stops
 the threads; a job still being synthesized stays in the log and is re-queued
@@ -23,6 +24,7 @@ from dicom_node.joblog import JobLog, JobSpec
 from dicom_node.scheduler import ProcessResult, Processor, Scheduler
 from dicom_node.scp import DiskGuard, StorageSCP
 from dicom_node.spool import Spool
+from dicom_node.spool_recovery import SpoolRecovery, recover_spool
 
 __all__ = ["Node", "SynthesisProcessor"]
 
@@ -97,6 +99,7 @@ class Node:
         self._stopped = threading.Event()
         self._running = False
         self.recovery: Recovery | None = None
+        self.spool_recovery: SpoolRecovery | None = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -110,6 +113,7 @@ class Node:
         if isinstance(self.processor, SynthesisProcessor):
             self.processor.preflight()
         self.spool.remove_stale_parts(self.config.node.data_dir / "tmp")
+        self.spool_recovery = recover_spool(self.log, self.spool)
         self.recovery = self.scheduler.queue.recover()
         self.scheduler.start()
         try:

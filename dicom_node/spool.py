@@ -20,6 +20,7 @@ made before it, so concurrent associations writing into the same series share it
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -29,13 +30,14 @@ import threading
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterator
 
 __all__ = ["Spool", "SpoolError", "Placed", "DirSync"]
 
 logger = logging.getLogger(__name__)
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _COPY_CHUNK = 1 << 20  # bytes
+_MAX_KNOWN_FOLDERS = 100_000  # series folders remembered as existing (then forgotten)
 
 
 class SpoolError(ValueError):
@@ -66,6 +68,13 @@ def _fsync_file(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _uid_folders(folder: Path) -> list[os.DirEntry]:
+    """The sub-folders of ``folder`` named like a DICOM UID."""
+    with os.scandir(folder) as entries:
+        return [e for e in entries if e.is_dir(follow_symlinks=False) and len(e.name) <= 64
+                and _UID.match(e.name)]
 
 
 class DirSync:
@@ -160,6 +169,8 @@ class Spool:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.dir_sync = DirSync()
+        self._folders: set[str] = set()  # series folders known to exist, durably
+        self._folder_lock = threading.Lock()
 
     def path_for(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> Path:
         """Final path of an instance; raises :class:`SpoolError` for a malformed UID."""
@@ -223,35 +234,77 @@ class Spool:
         return final, size
 
     def place_file(self, source: str | Path, study_uid: str, series_uid: str,
-                   sop_instance_uid: str) -> Placed:
-        """Rename a finished file into the spool now; durability comes with
-        :meth:`Placed.sync`. A reader sees the whole file or nothing (the rename is
-        atomic). Falls back to :meth:`store_file` (durable on return) when ``source``
-        lies on another file system."""
-        source = Path(source)
+                   sop_instance_uid: str, *, size: int | None = None) -> Placed:
+        """Rename a finished file (of ``size`` bytes, if the caller knows) into the spool
+        now; durability comes with :meth:`Placed.sync`. A reader sees the whole file or
+        nothing (the rename is atomic). Falls back to :meth:`store_file` (durable on
+        return) when ``source`` lies on another file system."""
         final = self.path_for(study_uid, series_uid, sop_instance_uid)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        if os.stat(source).st_dev != os.stat(final.parent).st_dev:
+        if size is None:
+            size = os.stat(source).st_size
+        try:
+            self._replace(source, final)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
             path, size = self.store_file(source, study_uid, series_uid, sop_instance_uid)
             return Placed(path, size, self.dir_sync)
-        size = source.stat().st_size
-        os.replace(source, final)
         return Placed(final, size, self.dir_sync)
+
+    def _replace(self, source: str | Path, final: Path) -> None:
+        """``os.replace`` into a series folder, created (durably) when missing."""
+        self.ensure_folder(final.parent)
+        try:
+            os.replace(source, final)
+        except FileNotFoundError:  # the folder went away since it was made: make it again
+            if not os.path.exists(source):
+                raise
+            self._folders.discard(str(final.parent))
+            self.ensure_folder(final.parent)
+            os.replace(source, final)
+
+    def ensure_folder(self, folder: Path) -> None:
+        """Create a series folder and its study folder if missing. The first time a folder
+        is used in this process, the entries of both folders are made durable (fsync of
+        their parents) before this returns, so a later fsync of the series folder covers
+        the whole path; then it is remembered (no system call)."""
+        key = str(folder)
+        if key in self._folders:
+            return
+        with self._folder_lock:
+            if key in self._folders:
+                return
+            for path in (folder.parent, folder):
+                try:
+                    os.mkdir(path)
+                except FileExistsError:
+                    pass
+                _fsync_dir(path.parent)
+            if len(self._folders) >= _MAX_KNOWN_FOLDERS:
+                self._folders.clear()
+            self._folders.add(key)
 
     def place_bytes(self, data: bytes, study_uid: str, series_uid: str,
                     sop_instance_uid: str) -> Placed:
         """Write an encoded DICOM file and rename it into place now (see :meth:`place_file`)."""
         final = self.path_for(study_uid, series_uid, sop_instance_uid)
-        final.parent.mkdir(parents=True, exist_ok=True)
+        self.ensure_folder(final.parent)
         fd, tmp_name = tempfile.mkstemp(prefix=".incoming-", suffix=".part", dir=final.parent)
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
-            os.replace(tmp_name, final)
+            self._replace(tmp_name, final)
         except BaseException:
             Path(tmp_name).unlink(missing_ok=True)
             raise
         return Placed(final, len(data), self.dir_sync)
+
+    def series_folders(self) -> Iterator[tuple[str, str, Path]]:
+        """(Study Instance UID, Series Instance UID, folder) of every series folder in the
+        spool; entries that are not UID-named folders are skipped."""
+        for study in _uid_folders(self.root):
+            for series in _uid_folders(Path(study.path)):
+                yield study.name, series.name, Path(series.path)
 
     def remove_stale_parts(self, temp_dir: Path | None = None) -> int:
         """Delete temporary files left by a crash (``.part`` files in the spool, and every

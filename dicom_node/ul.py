@@ -16,7 +16,8 @@ and spools the instances); this module speaks the protocol:
 * P-DATA-TF: command sets are collected (at most 64 KiB) and decoded; C-ECHO
   is answered, a C-STORE data set is streamed fragment by fragment into a
   temporary file behind a DICOM file meta header (bounded memory, whatever the
-  instance size), then handed to the handler, whose status is sent back.
+  instance size; :mod:`dicom_node.ul_incoming`), its first 64 KiB also kept in
+  memory, then handed to the handler, whose status is sent back.
   Requests of other services get "unrecognized operation" (0x0211).
 * A-RELEASE-RQ is answered and ends the association; A-ABORT, a closed
   connection, a malformed or unexpected PDU, a PDV for a context that was not
@@ -33,13 +34,13 @@ import logging
 import selectors
 import socket
 import ssl
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Mapping, Protocol
 
 from dicom_node import ul_dimse as dimse
+from dicom_node.ul_incoming import Incoming, TempFiles
 from dicom_node.ul_pdu import (A_ABORT, A_ASSOCIATE_RQ, A_RELEASE_RQ, P_DATA_TF, PDU_HEADER,
                                PDU_TYPES, PDV_HEADER, AssociateAC, AssociateRQ, ContextResult,
                                PDUError, RoleSelection, UserInformation, decode_associate_rq,
@@ -66,7 +67,6 @@ _MAX_CONTROL_PDU = 1 << 20   # an A-ASSOCIATE-RQ (or other non-data PDU) larger 
 _MAX_COMMAND = 1 << 16       # a command set larger is refused
 _READ_BUFFER = 1 << 18       # socket read buffer per association, bytes
 _CHUNK = 1 << 18             # data set bytes copied to the file per read
-_FILE_BUFFER = 1 << 18
 
 
 class AbortCause(enum.Enum):
@@ -99,12 +99,16 @@ class AcceptorSettings:
 
 @dataclass(frozen=True)
 class ReceivedInstance:
-    """A C-STORE data set received into ``path`` (file meta + the data set as sent)."""
+    """A C-STORE data set received into ``path`` (file meta + the data set as sent, ``size``
+    bytes in all); ``head``: the data set's first bytes (all of it when ``head_complete``)."""
 
     sop_class_uid: str
     sop_instance_uid: str
     transfer_syntax: str
     path: Path
+    size: int | None = None
+    head: bytes = b""
+    head_complete: bool = False
 
 
 class AssociationHandler(Protocol):
@@ -144,41 +148,6 @@ class _ProtocolError(Exception):
         self.reason = reason
 
 
-class _Incoming:
-    """The data set of the command being received: into a temporary file, or discarded."""
-
-    def __init__(self, context_id: int, command: dict[int, bytes], field: int,
-                 out: BinaryIO | None = None, path: Path | None = None) -> None:
-        self.context_id, self.command, self.field = context_id, command, field
-        self.out, self.path = out, path
-        self.error: str | None = None
-
-    def write(self, view: memoryview) -> None:
-        """Append a fragment; a write error (disk full) switches to discarding."""
-        if self.out is None:
-            return
-        try:
-            self.out.write(view)
-        except OSError as exc:
-            self.error = exc.strerror or type(exc).__name__
-            self.close()
-
-    def close(self) -> None:
-        """Close the file (the data set is complete, or abandoned)."""
-        out, self.out = self.out, None
-        if out is not None:
-            try:
-                out.close()
-            except OSError as exc:
-                self.error = self.error or exc.strerror or type(exc).__name__
-
-    def discard(self) -> None:
-        """Close and delete the temporary file, if any."""
-        self.close()
-        if self.path is not None:
-            self.path.unlink(missing_ok=True)
-
-
 class Association:
     """One connection and its association, served by its own thread (:meth:`run`).
 
@@ -204,7 +173,7 @@ class Association:
         self._stopping = False
         self._command = bytearray()
         self._command_context: int | None = None
-        self._incoming: _Incoming | None = None
+        self._incoming: Incoming | None = None
         self._chunk = memoryview(bytearray(_CHUNK))
 
     def __repr__(self) -> str:
@@ -463,13 +432,13 @@ class Association:
             self._incoming = self._open_store(context_id, command)
         elif field == dimse.C_ECHO_RQ or field in dimse.REQUESTS_WITH_RESPONSE:
             if has_data:  # answered once its data set has been read (and dropped)
-                self._incoming = _Incoming(context_id, command, field)
+                self._incoming = Incoming(context_id, command, field)
             else:
                 self._answer(context_id, command, field)
         else:
             raise _ProtocolError(f"unexpected command field 0x{field:04X}")
 
-    def _open_store(self, context_id: int, command: dict[int, bytes]) -> _Incoming:
+    def _open_store(self, context_id: int, command: dict[int, bytes]) -> Incoming:
         sop_class = dimse.command_uid(command, dimse.AFFECTED_SOP_CLASS)
         sop_instance = dimse.command_uid(command, dimse.AFFECTED_SOP_INSTANCE)
         if not sop_class or not sop_instance:
@@ -477,19 +446,17 @@ class Association:
         meta = dimse.file_meta(sop_class, sop_instance, self.accepted[context_id][1],
                                self.settings.implementation_class_uid,
                                self.settings.implementation_version_name)
-        incoming = _Incoming(context_id, command, dimse.C_STORE_RQ)
+        incoming = Incoming(context_id, command, dimse.C_STORE_RQ)
         try:
-            fd, name = tempfile.mkstemp(prefix="rtfsyn-rx-", suffix=".dcm",
-                                        dir=self.settings.temp_dir)
-            incoming.path = Path(name)
-            incoming.out = open(fd, "wb", buffering=_FILE_BUFFER)
+            incoming.out, incoming.path = self.acceptor.temp_files.create()
             incoming.out.write(meta)
+            incoming.meta_size = len(meta)
         except OSError as exc:
             incoming.error = exc.strerror or type(exc).__name__
             incoming.close()
         return incoming
 
-    def _on_data_set(self, incoming: _Incoming) -> None:
+    def _on_data_set(self, incoming: Incoming) -> None:
         if incoming.field != dimse.C_STORE_RQ:
             self._answer(incoming.context_id, incoming.command, incoming.field)
             return
@@ -503,7 +470,9 @@ class Association:
         else:
             status = self.handler.store(self, ReceivedInstance(
                 dimse.command_uid(command, dimse.AFFECTED_SOP_CLASS) or "", sop_instance,
-                self.accepted[incoming.context_id][1], incoming.path))
+                self.accepted[incoming.context_id][1], incoming.path,
+                size=incoming.meta_size + incoming.size, head=bytes(incoming.head),
+                head_complete=len(incoming.head) == incoming.size))
         self._respond(incoming.context_id, dimse.response(command, dimse.C_STORE_RSP, status))
 
     def _answer(self, context_id: int, command: dict[int, bytes], field: int) -> None:
@@ -589,6 +558,7 @@ class Acceptor:
         self._threads: dict[Association, threading.Thread] = {}
         self._changed = threading.Condition()
         self._counter = 0
+        self.temp_files = TempFiles(settings.temp_dir)
         self._max_connections = max(64, 4 * settings.max_associations)
 
     def start(self) -> None:

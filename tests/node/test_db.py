@@ -12,7 +12,8 @@ from dicom_node.config import ExportConfig
 from dicom_node.db import (AssociationState, DeliveryStatus, IllegalTransition, JobState,
                            SeriesState, check_transition)
 from dicom_node.jobqueue import MAX_PROCESSING_ATTEMPTS, JobQueue
-from dicom_node.joblog import DeliveryOutcome, InstanceRecord, JobLog, PlannedJob
+from dicom_node.joblog import (DeliveryOutcome, InstanceConflict, InstanceRecord, JobLog,
+                               PlannedJob)
 
 STUDY, SERIES = "1.2.3", "1.2.3.4"
 
@@ -91,6 +92,42 @@ def test_duplicates_are_idempotent_and_keep_a_released_association(log: JobLog) 
         rows = s.scalars(select(db.Instance)).all()
     assert len(rows) == 1 and rows[0].n_received == 2 and rows[0].association_id == first
     assert _series(log).n_instances == 1
+
+
+def test_fast_path_rows_read_back_like_orm_rows(log: JobLog) -> None:
+    """The first instance of a series goes through the ORM, the next ones through the raw
+    sqlite3 hot path (joblog_fast): both read back alike and count alike."""
+    assoc = log.open_association("SCU", "RTFSYN", None, None)
+    assert log.record_instance(_instance("1.1", assoc)) is True  # new series: ORM
+    assert log.record_instance(_instance("1.2", assoc)) is True  # hot path
+    assert log.record_instance(_instance("1.3", None, eligible=False)) is True
+    with log.session() as s:
+        rows = {r.sop_instance_uid: r for r in s.scalars(select(db.Instance))}
+        assoc_row = s.get(db.Association, assoc)
+        raw = dict(s.execute(select(db.Instance.sop_instance_uid, db.Instance.received_at)
+                             .where(db.Instance.sop_instance_uid.in_(["1.1", "1.2"]))).all())
+        stamps = s.connection().exec_driver_sql(
+            "SELECT received_at FROM instances ORDER BY id").scalars().all()
+    assert {len(v) for v in stamps} == {26}  # 'YYYY-MM-DD HH:MM:SS.ffffff', both paths
+    assert raw["1.1"] <= raw["1.2"] and isinstance(raw["1.2"], dt.datetime)
+    assert rows["1.2"].eligible is True and rows["1.3"].eligible is False
+    assert rows["1.2"].path == "/spool/1.2.dcm" and rows["1.2"].n_received == 1
+    assert assoc_row.n_instances == 2 and _series(log).n_instances == 3
+    assert _series(log).last_received_at >= raw["1.2"]
+
+
+def test_fast_path_leaves_duplicates_and_conflicts_to_the_full_path(log: JobLog) -> None:
+    assoc = log.open_association("SCU", "RTFSYN", None, None)
+    log.record_instance(_instance("1.1", assoc))
+    log.record_instance(_instance("1.2", assoc))
+    assert log.record_instance(_instance("1.2", assoc)) is False  # duplicate
+    with pytest.raises(InstanceConflict, match="already recorded in series"):
+        log.record_instance(_instance("1.2", assoc, series="9.9"))
+    with log.session() as s:
+        assert s.scalar(select(db.Instance).where(
+            db.Instance.sop_instance_uid == "1.2")).n_received == 2
+        assert s.get(db.Association, assoc).n_instances == 3
+    assert _series(log).n_instances == 2 and _series(log, "9.9") is None
 
 
 def test_quiet_series_completes_only_with_released_instances(log: JobLog) -> None:

@@ -330,6 +330,9 @@ def test_sop_instance_uid_reused_in_another_series_is_refused(shared_node: RelNo
     with shared_node.node.log.session() as s:
         row = s.scalar(select(db.Instance).where(db.Instance.sop_instance_uid == original))
         assert row.series_uid == uid and Path(row.path).read_bytes()[-64:] != bytes(64)
+    copies = list(shared_node.node.spool.root.rglob(f"{original}.dcm"))
+    assert copies == [Path(row.path)], f"the refused copy must not stay in the spool: {copies}"
     assert len(shared_node.jobs_of(uid)) == 1 and jobs[0]["state"] == "done"
-    input_tried("SOP Instance UID reused in another series", "C-STORE 0x0111; original kept")
+    input_tried("SOP Instance UID reused in another series",
+                "C-STORE 0x0111; original kept, refused copy not spooled")
     shared_node.assert_serving(module_pacs, tmp_path)

@@ -2,9 +2,11 @@
 ``rtfsyn serve`` child process killed by PID at the moment the job log or the destination
 shows it): after a restart every fully received series is processed exactly once and
 delivered (derived SOP Instance UIDs counted at the destination), and a partial
-association is recorded, not processed."""
+association is recorded, not processed. Job-log rows lost with the last commits (what an
+OS crash or power loss can do) are recorded again from the spool at restart."""
 from __future__ import annotations
 
+import sqlite3
 import threading
 from pathlib import Path
 from typing import Any, Iterator
@@ -141,3 +143,51 @@ def test_killed_while_sending(procs: list[ProcNode], tmp_path: Path,
     finally:
         gate.set()
         pacs.stop()
+
+
+def _lose_last_rows(database: Path, series_uid: str, lost: int) -> None:
+    """What an OS crash or power loss can leave (SQLite keeps a prefix of the log's commits):
+    the rows of the association's last ``lost`` instances and its release are gone."""
+    con = sqlite3.connect(database)
+    try:
+        rows = con.execute("SELECT id, association_id FROM instances WHERE series_uid = ? "
+                           "ORDER BY id DESC LIMIT ?", (series_uid, lost)).fetchall()
+        assoc = rows[0][1]
+        con.executemany("DELETE FROM instances WHERE id = ?", [(r[0],) for r in rows])
+        con.execute("UPDATE series SET n_instances = n_instances - ? WHERE series_uid = ?",
+                    (lost, series_uid))
+        con.execute("UPDATE associations SET state = 'open', ended_at = NULL, reason = NULL, "
+                    "n_instances = n_instances - ? WHERE id = ?", (lost, assoc))
+        con.commit()
+    finally:
+        con.close()
+
+
+def test_rows_lost_with_the_last_commits_are_recovered_from_the_spool(
+        procs: list[ProcNode], tmp_path: Path, tiny_checkpoint: Path,
+        pacs: TestStorageSCP) -> None:
+    node = ProcNode(tmp_path / "node", tiny_checkpoint, dest_port=pacs.port,
+                    node={"stable_seconds": 3.0})
+    procs.append(node.start())
+    files = small_series(tmp_path / "src", n_slices=12, seed=4)
+    uid = series_uid_of(files[0])
+    assert set(send_files(files, node.port)) == {0}  # every instance acknowledged
+    node.kill()
+    assert node.job_states() == [], "killed before the quiet period ended"
+    _lose_last_rows(node.database, uid, lost=5)
+    node.start()
+    report = node.status()
+    assert report["instances"]["total"] == len(files), "every acknowledged instance recorded"
+    recovered = [a for a in report["associations"]["recent"]
+                 if "recovered at start-up" in (a["reason"] or "")]
+    assert len(recovered) == 1 and recovered[0]["state"] == "aborted", recovered
+    wait_fast(lambda: node.query("SELECT state FROM series WHERE series_uid = ?", uid)
+              == [("partial",)], 60, "the series partial (nothing released survived)")
+    assert node.job_states() == [], "instances of lost associations trigger nothing"
+    assert set(send_files(files, node.port)) == {0}  # the peer's re-send completes it
+    jobs = node.wait_jobs_final(1)
+    assert [j["state"] for j in jobs] == ["done"], jobs
+    _check_delivered_once(node, pacs, [uid])
+    fault_survived("job-log rows lost with the last commits (power loss)",
+                   "spool files recorded at restart under an aborted association; series "
+                   "partial until re-sent, then processed once")

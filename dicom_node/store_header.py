@@ -4,8 +4,9 @@
 (the receiver keeps :data:`HEAD_BYTES` of it in memory), without a file and
 without building a pydicom ``Dataset``: it walks the top-level elements in tag
 order, skips sequences of undefined length item by item, and stops once it is
-past Series Number (0020,0011). The values are decoded with pydicom's own value
-converters, so they are what ``dcmread`` would give. Whenever the bytes do not
+past Series Number (0020,0011). The values are decoded as ``dcmread`` decodes
+them (the Series Description with pydicom's converter and the data set's
+character set; the tests compare both on many encodings). Whenever the bytes do not
 settle the question — a transfer syntax other than Implicit or Explicit VR
 Little Endian (or an encapsulated one), an element cut off by the end of the
 prefix, anything unusual — it returns None and the caller reads the file with
@@ -25,7 +26,7 @@ from pydicom import dcmread
 from pydicom.charset import convert_encodings
 from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian,
                          ImplicitVRLittleEndian)
-from pydicom.values import convert_IS_string, convert_string, convert_text, convert_UI
+from pydicom.values import convert_string, convert_text
 
 __all__ = ["StoreHeader", "HEAD_BYTES", "parse_head", "read_header", "header_from_dataset"]
 
@@ -138,17 +139,28 @@ def _walk(data: bytes, implicit: bool, complete: bool) -> dict[int, bytes]:
     raise _Unsure  # the prefix ended before Series Number's place: the file tells
 
 
-def _uid(raw: bytes | None) -> str | None:
-    if raw is None:
-        return None
-    return str(convert_UI(raw, True)) or None
+def _string(raw: bytes) -> str | None:
+    """A UI, CS or IS value as pydicom reads it with the default character set (padding
+    stripped; several values shown as pydicom shows a MultiValue); None when empty."""
+    values = raw.decode("latin-1").rstrip(" \x00").split("\\")
+    if len(values) > 1:
+        return str(values)
+    return values[0] or None
 
 
 def _series_number(value: Any) -> int | None:
-    try:
-        return int(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
+    """An IS value as an int (``"12"``, ``" 12 "``, ``"12.0"``); None when empty or not an
+    integer."""
+    if value in (None, ""):
         return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return None
+        return int(number) if number.is_integer() else None
 
 
 def parse_head(data: bytes, transfer_syntax: str, *, complete: bool = False) -> StoreHeader | None:
@@ -167,19 +179,28 @@ def parse_head(data: bytes, transfer_syntax: str, *, complete: bool = False) -> 
 
 
 def _decode(found: dict[int, bytes]) -> StoreHeader:
-    """Raw values -> the header, with pydicom's converters (as ``dcmread`` decodes them)."""
+    """Raw values -> the header, decoded as ``dcmread`` decodes them (pydicom's converter
+    for the Series Description, whose character set the data set names)."""
     charsets = found.get(_CHARSET)
-    encodings = (convert_encodings([str(v) for v in _as_list(convert_string(charsets, True))])
-                 if charsets else None)
-    modality, description, number = (found.get(t) for t in (_MODALITY, _DESCRIPTION, _NUMBER))
+    description = found.get(_DESCRIPTION)
+    if description is not None:
+        encodings = (convert_encodings([str(v) for v in _as_list(convert_string(charsets, True))])
+                     if charsets else None)
+        description = _text(convert_text(description, encodings))
+    modality, number = found.get(_MODALITY), found.get(_NUMBER)
     return StoreHeader(
-        sop_class_uid=_uid(found.get(_SOP_CLASS)), study_uid=_uid(found.get(_STUDY)),
-        series_uid=_uid(found.get(_SERIES)),
-        modality=None if modality is None else _text(convert_string(modality, True)),
-        description=None if description is None else _text(convert_text(description,
-                                                                         encodings)),
-        series_number=None if number is None else _series_number(
-            _first(convert_IS_string(number, True))))
+        sop_class_uid=_maybe(found.get(_SOP_CLASS)), study_uid=_maybe(found.get(_STUDY)),
+        series_uid=_maybe(found.get(_SERIES)), modality=_maybe(modality),
+        description=description,
+        series_number=None if number is None else _series_number(_first_value(number)))
+
+
+def _maybe(raw: bytes | None) -> str | None:
+    return None if raw is None else _string(raw)
+
+
+def _first_value(raw: bytes) -> str:
+    return raw.decode("latin-1").split("\\")[0].strip(" \x00")
 
 
 def _as_list(value: Any) -> list[Any]:

@@ -27,8 +27,8 @@ from dicom_node.db import (Association, AssociationState, DeliveryStatus, Instan
                            utcnow)
 from dicom_node.joblog_fast import writer_for
 
-__all__ = ["DATABASE_ERRORS", "InstanceRecord", "PlannedJob", "JobSpec", "DeliveryOutcome", "JobLog",
-           "UnknownJob", "InstanceConflict", "REOPENABLE", "job_spec"]
+__all__ = ["DATABASE_ERRORS", "InstanceRecord", "PlannedJob", "JobSpec", "DeliveryOutcome",
+           "JobLog", "UnknownJob", "InstanceConflict", "REOPENABLE", "job_spec"]
 
 logger = logging.getLogger(__name__)
 REOPENABLE = (SeriesState.ROUTED, SeriesState.IGNORED, SeriesState.NOT_ELIGIBLE)

@@ -12,11 +12,15 @@ place at once and returns a :class:`Placed` whose :meth:`Placed.sync_file` and
 :meth:`Placed.sync_dir` make it durable (fsync of the file and of its folder).
 The SCP runs both at the same time, while it records the instance in the job
 log, and answers the C-STORE only after all three: an acknowledged instance is
-on disk, and the waits overlap instead of adding up (on ext4 the two fsyncs
-then share one journal commit: 1.9-3.0 ms instead of 7-8 ms here while the
-disk was busy; see ``bench/fsync.py``). Folder fsyncs are group-committed
-(:class:`DirSync`): one fsync that starts after a rename covers every rename
-made before it, so concurrent associations writing into the same series share it.
+on disk, and the waits overlap instead of adding up (on a journalled ext4 the
+two fsyncs share one journal commit; on this VM's ext4 without a journal their
+device cache flushes are merged: 1.7-3.5 ms instead of 7-8 ms while the disk
+was busy, 0.3 ms on an idle disk; see ``bench/fsync.py``). The first time a
+series folder is used in a process, the study and series folders are fsynced
+into their parents (:meth:`Spool.ensure_folder`). Folder fsyncs are
+group-committed (:class:`DirSync`): one fsync that starts after a rename covers
+every rename made before it, so concurrent associations writing into the same
+series share it.
 """
 from __future__ import annotations
 

@@ -42,7 +42,9 @@ def configure_logging(verbosity: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # the command line as given (e.g. for "how to reproduce" lines)
     configure_logging(args.verbose)
     try:
         return int(args.func(args) or 0)

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from synthesis import __version__
+from synthesis.nets.config import LEGACY_FIELDS
 from synthesis.nets.rtfsyn import RTFSyn, RTFSynConfig
 
 __all__ = ["FORMAT", "VERSION", "save", "load", "sha256", "default_checkpoint_path", "state_digest"]
@@ -129,7 +130,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[RT
     path = Path(path)
     payload = _read(path, map_location)
     try:
-        config = RTFSynConfig.from_dict(payload["config"])
+        config = RTFSynConfig.from_dict({**LEGACY_FIELDS, **payload["config"]})
     except (TypeError, ValueError) as exc:
         raise ValueError(f"Checkpoint {path} holds an invalid network config: {exc}") from exc
     model = RTFSyn(config)

@@ -3,8 +3,19 @@
 A sample is a (source, target) pair on the 1 mm working grid: the source is
 rendered with a random source protocol and degraded by acquisition effects
 (then brought back to the working grid, as the :class:`~synthesis.Synthesizer`
-does at inference), the target is rendered clean.  Both are normalized the
-way inference normalizes: by percentiles of the *whole* volume.
+does at inference), the target is rendered clean.
+
+Intensity units:
+
+* source: the way inference normalizes, the *whole* volume's 0.5/99.5
+  percentiles mapped to 0/1;
+* target: **brain-relative units**, the signal divided by the brain's 99.5
+  percentile. Zero stays "no signal" (air, bone), the bright end of the brain
+  is 1, and the scale does not depend on what lies outside the brain (scalp
+  fat), which is how evaluation (and a reader) compares images: inside the
+  brain. ``Pair.target_brain_range`` is the width of the brain's 0.5-99.5
+  percentile band in these units, so an error ``e`` counts ``e / range`` in
+  the units of :mod:`synthesis.metrics`.
 """
 from __future__ import annotations
 
@@ -17,7 +28,7 @@ from synthesis.grid import percentile_normalize, resample, scale_to_range
 from synthesis.protocol import Contrast, MRProtocol
 from synthesis.simulate import Effects, Subject, degrade, random_effects, random_protocol, render
 
-__all__ = ["Pair", "PairSampler", "volume_scale", "volume_stats", "fit_to_shape"]
+__all__ = ["Pair", "PairSampler", "VolumeStats", "volume_scale", "volume_stats", "fit_to_shape"]
 
 _STRIDE = 3  # sub-sampling of the whole volume when estimating percentiles
 
@@ -31,28 +42,41 @@ class Pair:
     mask: np.ndarray
     source_protocol: MRProtocol
     target_protocol: MRProtocol
-    target_brain_range: float = 1.0  # width of the target's brain percentiles, in target units
+    target_brain_range: float = 1.0  # width of the target's brain 0.5-99.5 percentiles, target units
+
+
+@dataclass(frozen=True)
+class VolumeStats:
+    """Intensity statistics of a clean render (every third voxel), in its own units.
+
+    lo, hi: the whole-volume 0.5/99.5 percentiles (the normalization of a source);
+    brain_lo, brain_hi: the same percentiles inside the brain mask.
+    """
+
+    lo: float
+    hi: float
+    brain_lo: float
+    brain_hi: float
+
+    @property
+    def brain_range(self) -> float:
+        """Width of the brain's percentile band in brain-relative units (``/ brain_hi``)."""
+        return float(max((self.brain_hi - self.brain_lo) / max(self.brain_hi, 1e-12), 1e-3))
 
 
 def volume_scale(subject: Subject, protocol: MRProtocol) -> tuple[float, float]:
     """(p_lo, p_hi): the whole-volume 0.5/99.5 percentiles of a clean render."""
-    return volume_stats(subject, protocol)[:2]
+    stats = volume_stats(subject, protocol)
+    return stats.lo, stats.hi
 
 
-def volume_stats(subject: Subject, protocol: MRProtocol) -> tuple[float, float, float]:
-    """(p_lo, p_hi, brain_range) of a clean render (every third voxel).
-
-    p_lo/p_hi: the whole-volume 0.5/99.5 percentiles (the normalization of training and
-    inference). brain_range: the width of the brain-mask 0.5/99.5 percentiles in those
-    units, i.e. how much of [0, 1] the brain spans. Evaluation normalizes by the brain
-    percentiles, so an error e in training units counts e / brain_range there (about 11
-    times e for a 3 T PD-weighted preset, whose brain intensities are close together).
-    """
+def volume_stats(subject: Subject, protocol: MRProtocol) -> VolumeStats:
+    """:class:`VolumeStats` of the clean render of ``subject`` under ``protocol``."""
     strided = tuple(slice(None, None, _STRIDE) for _ in range(3))
     image = render(subject, protocol, region=strided)
     _, (lo, hi) = percentile_normalize(image)
     b_lo, b_hi = np.percentile(image[subject.brain_mask[strided].astype(bool)], [0.5, 99.5])
-    return lo, hi, float(max((b_hi - b_lo) / max(hi - lo, 1e-12), 1e-3))
+    return VolumeStats(float(lo), float(hi), float(b_lo), float(b_hi))
 
 
 def fit_to_shape(volume: np.ndarray, shape: Sequence[int]) -> np.ndarray:
@@ -112,7 +136,7 @@ class PairSampler:
         self.split = split
         self.target_p = _weights(target_weights, len(self.targets))
         self.effects = effects
-        self._scales: dict[tuple[int, MRProtocol], tuple[float, float, float]] = {}
+        self._scales: dict[tuple[int, MRProtocol], VolumeStats] = {}
         self._brain_boxes = [self._box(s.brain_mask) for s in self.subjects]
 
     @staticmethod
@@ -120,16 +144,13 @@ class PairSampler:
         idx = np.argwhere(mask)
         return idx.min(0), idx.max(0)
 
-    def _stats(self, i: int, protocol: MRProtocol) -> tuple[float, float, float]:
+    def _stats(self, i: int, protocol: MRProtocol) -> VolumeStats:
         key = (i, protocol)
         if key not in self._scales:
             if len(self._scales) > 4096:
                 self._scales.clear()
             self._scales[key] = volume_stats(self.subjects[i], protocol)
         return self._scales[key]
-
-    def _scale(self, i: int, protocol: MRProtocol) -> tuple[float, float]:
-        return self._stats(i, protocol)[:2]
 
     def _region(self, i: int, rng: np.random.Generator) -> tuple[slice, slice, slice]:
         """A patch whose centre lies inside the brain's bounding box."""
@@ -154,8 +175,9 @@ class PairSampler:
         tgt_p = random_protocol(tgt_c, rng, field_t=field, split=self.split)
         effects = random_effects(rng) if self.effects == "random" else self.effects
         region = self._region(i, rng)
-        src_clean = scale_to_range(render(subject, src_p, region=region), *self._scale(i, src_p))
-        tgt = scale_to_range(render(subject, tgt_p, region=region), *self._scale(i, tgt_p))
+        src_stats, tgt_stats = self._stats(i, src_p), self._stats(i, tgt_p)
+        src_clean = scale_to_range(render(subject, src_p, region=region), src_stats.lo, src_stats.hi)
+        tgt = render(subject, tgt_p, region=region) * np.float32(1.0 / max(tgt_stats.brain_hi, 1e-12))
         src = acquire_source(src_clean, effects, rng, axis=int(rng.integers(3)))
         shape = (self.patch,) * 3
         src_p = src_p.with_(slice_thickness_mm=max(effects.slice_thickness_mm, 1.0))
@@ -165,7 +187,7 @@ class PairSampler:
             mask=fit_to_shape(subject.brain_mask[region], shape),
             source_protocol=src_p,
             target_protocol=tgt_p,
-            target_brain_range=self._stats(i, tgt_p)[2],
+            target_brain_range=tgt_stats.brain_range,
         )
 
 

@@ -25,11 +25,10 @@ from synthesis.simulate import SEVERITIES, SPLIT_SEEDS, Subject, degrade, load_o
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EvalCase", "Evaluation", "evaluation_cases", "evaluate", "LookupBaseline"]
+__all__ = ["EvalCase", "Evaluation", "evaluation_cases", "evaluate", "LookupBaseline", "oracle_predictor",
+           "synthesizer_predictor"]
 
 TARGETS = {"T2w": "T2", "PDw": "PD", "FLAIR": "FLAIR"}
-# (source crop, its spacing, source protocol, target protocol, whole-volume source range) -> prediction
-Predictor = Callable[[np.ndarray, tuple, MRProtocol, MRProtocol, tuple], np.ndarray]
 
 
 @dataclass
@@ -46,6 +45,10 @@ class EvalCase:
     truth: np.ndarray  # clean target, 1 mm
     target_protocol: MRProtocol
     mask: np.ndarray
+    nominal: np.ndarray  # the target rendered with nominal tissue parameters (physics oracle)
+
+
+Predictor = Callable[[EvalCase], np.ndarray]  # a case -> its prediction on the truth's grid
 
 
 @dataclass
@@ -111,13 +114,24 @@ def evaluation_cases(subject_seeds: Iterable[int], *, cache_dir: Path | None, cr
                 if effects.slice_thickness_mm > 1:
                     src_protocol = source_protocol.with_(slice_thickness_mm=effects.slice_thickness_mm)
                 yield EvalCase(seed, target, condition, src, tuple(spacing), src_protocol, source_range,
-                               render(subject, tgt_protocol, region=region), tgt_protocol, mask)
+                               render(subject, tgt_protocol, region=region), tgt_protocol, mask,
+                               render(subject, tgt_protocol, region=region, nominal=True))
 
 
 def synthesizer_predictor(synthesizer) -> Predictor:
-    def predict(source: np.ndarray, spacing: tuple, src: MRProtocol, tgt: MRProtocol, source_range: tuple) -> np.ndarray:
-        return synthesizer(source, spacing, src, tgt, output_spacing=(1.0, 1.0, 1.0), input_range=source_range).volume
+    """The :class:`~synthesis.Synthesizer` path: the acquired source in, a 1 mm volume out."""
+    def predict(case: EvalCase) -> np.ndarray:
+        return synthesizer(case.source, case.source_spacing, case.source_protocol, case.target_protocol,
+                           output_spacing=(1.0, 1.0, 1.0), input_range=case.source_range).volume
     return predict
+
+
+def oracle_predictor(case: EvalCase) -> np.ndarray:
+    """Physics oracle: the subject's *true* tissue fractions rendered with *nominal* tissue
+    parameters. What no model can know from a T1w source is left: the subject's own
+    relaxation times and proton densities (jittered by up to ±10%), so its error is
+    a reference for what the data allow, not a competitor."""
+    return case.nominal
 
 
 class LookupBaseline:
@@ -153,12 +167,13 @@ class LookupBaseline:
     def predictor(self) -> Predictor:
         from synthesis.grid import resample, scale_to_range
 
-        def predict(source: np.ndarray, spacing: tuple, src: MRProtocol, tgt: MRProtocol, source_range: tuple) -> np.ndarray:
-            if tuple(spacing) != (1.0, 1.0, 1.0):
-                source = resample(source, spacing, (1.0, 1.0, 1.0))
-            norm = scale_to_range(source, *source_range)
+        def predict(case: EvalCase) -> np.ndarray:
+            source = case.source
+            if tuple(case.source_spacing) != (1.0, 1.0, 1.0):
+                source = resample(source, case.source_spacing, (1.0, 1.0, 1.0))
+            norm = scale_to_range(source, *case.source_range)
             idx = np.clip((norm * (self.bins - 1)).round().astype(int), 0, self.bins - 1)
-            return self.tables[tgt.contrast.value][idx]
+            return self.tables[case.target_protocol.contrast.value][idx]
         return predict
 
 
@@ -175,8 +190,7 @@ def evaluate(predictors: dict[str, Predictor], cases: Iterable[EvalCase], *,
             if name == "lookup" and case.condition == "zeroshot":
                 continue  # the LUT is fitted per preset; it has no notion of other protocols
             t0 = time.perf_counter()
-            pred = fit_to_shape(predict(case.source, case.source_spacing, case.source_protocol,
-                                        case.target_protocol, case.source_range), case.truth.shape)
+            pred = fit_to_shape(predict(case), case.truth.shape)
             seconds = time.perf_counter() - t0
             preds[name] = pred
             result.add(name, case, score(pred, case.truth, case.mask), seconds)

@@ -202,7 +202,8 @@ class Synthesizer:
 
     def _condition(self, text_prompt: str, source: MRProtocol,
                    target: MRProtocol) -> tuple[TextCondition | None, torch.Tensor]:
-        features = torch.from_numpy(pair_features(source, target))[None].to(self.device)
+        numeric = pair_features(source, target)[: self.model.config.feature_dim]  # older models: a prefix
+        features = torch.from_numpy(numeric)[None].to(self.device)
         if not self.model.uses_text:
             return None, features
         text = self._text_cache.get(text_prompt)

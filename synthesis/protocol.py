@@ -26,6 +26,7 @@ __all__ = [
     "preset",
     "prompt",
     "protocol_features",
+    "physics_features",
     "pair_features",
     "FEATURE_DIM",
     "PAIR_FEATURE_DIM",
@@ -258,7 +259,10 @@ _NUMERIC = (
     ("slice_thickness_mm", 10.0),
 )
 FEATURE_DIM = 2 * len(_NUMERIC) + len(_CONTRASTS) + len(_SEQUENCES) + 1
-PAIR_FEATURE_DIM = 2 * FEATURE_DIM
+PHYSICS_DIM = 9  # nominal signal of the 8 simulated tissue classes, then a "computable" flag
+#: source and target :func:`protocol_features`, then source and target :func:`physics_features`
+#: (a model built with ``feature_dim = 2 * FEATURE_DIM`` reads only the first part)
+PAIR_FEATURE_DIM = 2 * FEATURE_DIM + 2 * PHYSICS_DIM
 
 
 def protocol_features(protocol: MRProtocol) -> np.ndarray:
@@ -284,6 +288,37 @@ def protocol_features(protocol: MRProtocol) -> np.ndarray:
     return out
 
 
+def physics_features(protocol: MRProtocol, *, relative_to: str) -> np.ndarray:
+    """The contrast the protocol's signal equation predicts, shape ``(PHYSICS_DIM,)``.
+
+    The signal of each tissue class of :data:`synthesis.simulate.tissues.TISSUES`
+    (CSF, GM, WM, lesion, fat, muscle, skin, bone) with nominal (literature)
+    relaxation times at the protocol's field, divided by the largest signal of
+    the brain tissues (``relative_to="brain"``, how targets are scaled) or of all
+    tissues (``"all"``, how a source is scaled), then a flag that is 1. Numbers
+    tokenize badly; this tells the network outright which tissue is bright. All
+    zeros when the protocol lacks a parameter its sequence needs (e.g. TI).
+    """
+    from synthesis.simulate.tissues import NOMINAL_PARAMS, nearest_field, tissue_signal
+
+    if relative_to not in ("brain", "all"):
+        raise ValueError(f"relative_to must be 'brain' or 'all'. Found {relative_to!r}.")
+    out = np.zeros(PHYSICS_DIM, dtype=np.float32)
+    try:
+        signal = tissue_signal(NOMINAL_PARAMS[nearest_field(protocol.field_t)], protocol)
+    except ValueError:  # a parameter the signal equation needs is missing
+        return out
+    top = float(signal[:4].max() if relative_to == "brain" else signal.max())
+    if not (math.isfinite(top) and top > 0):
+        return out
+    out[:-1] = signal / top
+    out[-1] = 1.0
+    return out
+
+
 def pair_features(source: MRProtocol, target: MRProtocol) -> np.ndarray:
-    """Source then target features, shape ``(PAIR_FEATURE_DIM,)``."""
-    return np.concatenate([protocol_features(source), protocol_features(target)])
+    """Numeric condition, shape ``(PAIR_FEATURE_DIM,)``: the source's and the target's
+    :func:`protocol_features`, then their :func:`physics_features`."""
+    return np.concatenate([protocol_features(source), protocol_features(target),
+                           physics_features(source, relative_to="all"),
+                           physics_features(target, relative_to="brain")])

@@ -3,9 +3,11 @@
 Seeded and resumable: every step draws its samples from
 ``np.random.default_rng([seed, step])`` and the learning rate is a pure
 function of the step, so a run restarted from its last checkpoint continues
-exactly where it stopped.  Loss: L1 on the regular grid (voxel centres), with
-brain voxels optionally in brain-relative units (``brain_relative``), plus L1 at
-random continuous query positions (the implicit decoder off the grid).
+exactly where it stopped.  Loss: L1 on the regular grid (voxel centres) plus L1
+at random continuous query positions (the implicit decoder off the grid). Brain
+voxels count in the units evaluation uses (an error divided by the width of the
+target's brain percentile band, :attr:`synthesis.data.Pair.target_brain_range`);
+voxels outside the brain count ``outside_weight`` times their plain error.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import torch.nn.functional as F
 
 from synthesis import checkpoint as ckpt
 from synthesis.data import Pair, PairSampler
-from synthesis.metrics import psnr
+from synthesis.metrics import normalize_in_mask, psnr
 from synthesis.nets.rtfsyn import RTFSyn, RTFSynConfig
 from synthesis.protocol import pair_features, prompt
 from synthesis.simulate import SPLIT_SEEDS, load_or_make_subject
@@ -32,7 +34,7 @@ from synthesis.text import get_text_encoder
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainConfig", "load_train_config", "train", "make_batch"]
+__all__ = ["TrainConfig", "load_train_config", "train", "make_batch", "loss_on_batch", "voxel_weights"]
 
 
 @dataclass
@@ -61,7 +63,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     queries: int = 4096
     query_weight: float = 1.0
-    brain_relative: bool = False  # grid L1 inside the brain divided by the target's brain range
+    outside_weight: float = 0.25  # weight of a voxel outside the brain (inside: 1 / brain range)
     # bookkeeping
     checkpoint_every: int = 200
     validate_every: int = 500
@@ -121,11 +123,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_batch(pairs: list[Pair], device: torch.device) -> dict[str, Any]:
-    """Stack pairs into tensors: source/target (B,1,P,P,P), features (B,F), text condition."""
+def make_batch(pairs: list[Pair], device: torch.device, feature_dim: int | None = None) -> dict[str, Any]:
+    """Stack pairs into tensors: source/target (B,1,P,P,P), features (B,F), text condition.
+    ``feature_dim``: the model's (older models read a prefix of the features)."""
     prompts = [prompt(p.source_protocol, p.target_protocol) for p in pairs]
     text = get_text_encoder().encode(prompts).to(device)
-    feats = torch.from_numpy(np.stack([pair_features(p.source_protocol, p.target_protocol) for p in pairs]))
+    feats = torch.from_numpy(np.stack([pair_features(p.source_protocol, p.target_protocol)[:feature_dim]
+                                       for p in pairs]))
     return {
         "source": torch.from_numpy(np.stack([p.source for p in pairs]))[:, None].to(device),
         "target": torch.from_numpy(np.stack([p.target for p in pairs]))[:, None].to(device),
@@ -137,34 +141,41 @@ def make_batch(pairs: list[Pair], device: torch.device) -> dict[str, Any]:
     }
 
 
-def _sample_queries(target: torch.Tensor, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random continuous voxel coordinates (B,n,3) and trilinear target values (B,n)."""
+def _sample_queries(target: torch.Tensor, mask: torch.Tensor, n: int, gen: torch.Generator
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random continuous voxel coordinates (B,n,3), trilinear target values (B,n) and the
+    brain mask at the nearest voxel (B,n)."""
     b, _, d, h, w = target.shape
     size = torch.tensor([d - 1, h - 1, w - 1], dtype=torch.float32)
     coords = torch.rand(b, n, 3, generator=gen) * size
     # grid_sample wants (x, y, z) order in [-1, 1] (align_corners=True: -1 = first centre)
-    norm = (coords / size * 2 - 1).flip(-1).to(target.device)
-    values = F.grid_sample(target, norm.view(b, n, 1, 1, 3), mode="bilinear", align_corners=True)
-    return coords.to(target.device), values.view(b, n)
+    norm = (coords / size * 2 - 1).flip(-1).to(target.device).view(b, n, 1, 1, 3)
+    values = F.grid_sample(target, norm, mode="bilinear", align_corners=True)
+    inside = F.grid_sample(mask.to(target.dtype), norm, mode="nearest", align_corners=True)
+    return coords.to(target.device), values.view(b, n), inside.view(b, n)
+
+
+def voxel_weights(mask: torch.Tensor, brain_range: torch.Tensor, outside_weight: float) -> torch.Tensor:
+    """Loss weight per voxel: ``1 / brain_range`` of its sample inside the brain, else
+    ``outside_weight``. mask: (B, ...) with 1 inside the brain; brain_range: (B,)."""
+    inside = (1.0 / brain_range.clamp(min=1e-3)).view(-1, *([1] * (mask.ndim - 1)))
+    return torch.where(mask > 0, inside, torch.full_like(inside, float(outside_weight)))
 
 
 def loss_on_batch(model: RTFSyn, batch: dict[str, Any], cfg: TrainConfig, step: int) -> torch.Tensor:
+    """Weighted L1 (see :func:`voxel_weights`) on the grid plus, weighted by
+    ``query_weight``, at ``queries`` random continuous positions per patch."""
     feats = model.encode(batch["source"], batch["text"], batch["features"])
     grid = model.render_grid(feats)
-    if cfg.brain_relative:
-        # Brain voxels count in the units evaluation uses (the target's brain percentiles
-        # span [0, 1]); the rest of the head in training units.
-        scale = batch["brain_range"].view(-1, 1, 1, 1, 1)
-        weight = torch.where(batch["mask"] > 0, 1.0 / scale, torch.ones_like(scale))
-        loss = ((grid - batch["target"]).abs() * weight).mean()
-    else:
-        loss = F.l1_loss(grid, batch["target"])
+    weight = voxel_weights(batch["mask"], batch["brain_range"], cfg.outside_weight)
+    loss = ((grid - batch["target"]).abs() * weight).mean()
     if cfg.queries > 0 and cfg.query_weight > 0:
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        coords, values = _sample_queries(batch["target"], cfg.queries, gen)
+        coords, values, inside = _sample_queries(batch["target"], batch["mask"], cfg.queries, gen)
         cell = torch.ones(coords.shape[0], 3, device=coords.device)
         pred = model.query(feats, coords, cell)
-        loss = loss + cfg.query_weight * F.l1_loss(pred, values)
+        q_weight = voxel_weights(inside, batch["brain_range"], cfg.outside_weight)
+        loss = loss + cfg.query_weight * ((pred - values).abs() * q_weight).mean()
     return loss
 
 
@@ -179,15 +190,16 @@ def _git_commit() -> str | None:
 
 @torch.no_grad()
 def validate(model: RTFSyn, pairs: list[Pair], device: torch.device) -> float:
-    """Mean PSNR (dB, [0,1] scale, brain voxels of each patch) over fixed validation pairs."""
+    """Mean PSNR (dB) over fixed validation pairs, as evaluation scores a volume: each
+    patch's brain voxels, both images normalized by their own brain percentiles."""
     model.eval()
     scores = []
     for pair in pairs:
-        batch = make_batch([pair], device)
+        batch = make_batch([pair], device, model.config.feature_dim)
         pred = model(batch["source"], batch["text"], batch["features"])[0, 0].float().cpu().numpy()
         mask = pair.mask.astype(bool)
         if mask.sum() > 100:
-            scores.append(psnr(np.clip(pred, 0, 1), np.clip(pair.target, 0, 1), mask))
+            scores.append(psnr(normalize_in_mask(pred, mask), normalize_in_mask(pair.target, mask), mask))
     model.train()
     return float(np.mean(scores)) if scores else float("nan")
 
@@ -249,7 +261,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
     try:
         for step in bar:
             rng = np.random.default_rng([cfg.seed, step])
-            batch = make_batch([sampler.sample(rng) for _ in range(cfg.batch)], device)
+            batch = make_batch([sampler.sample(rng) for _ in range(cfg.batch)], device, model.config.feature_dim)
             for group in opt.param_groups:
                 group["lr"] = learning_rate(cfg, step)
             loss = loss_on_batch(model, batch, cfg, step)

@@ -91,7 +91,11 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"rtfsyn evaluate: {exc}", file=sys.stderr)
         return 2
-    notes = []
+    predictors["oracle"] = ev.oracle_predictor
+    notes = ["oracle: the test subject's true tissue fractions rendered with the nominal tissue "
+             "parameters, i.e. everything but the subject's own relaxation times and proton "
+             "densities (jittered up to ±10%, which a T1w source reveals only in part). A reference "
+             "for what the simulated data allow, not a competitor."]
     if not args.no_lookup:
         predictors["lookup"] = ev.LookupBaseline().fit(ev.make_case_subjects(ev.train_seeds(2), cache)).predictor()
         notes.append("lookup: per-intensity table fitted on 2 training subjects rendered with the same presets "
@@ -124,7 +128,11 @@ def run(args: argparse.Namespace) -> int:
     training = ckpt.load(ckpt_path)[1].get("extra", {}).get("training")
     meta = {k: syn.info.get(k) for k in ("model_name", "model_version", "checkpoint_sha256", "architecture", "device")}
     meta["checkpoint"] = str(args.checkpoint)
+    given = list(getattr(args, "argv", None) or [])
+    command = " ".join(["rtfsyn", *map(shlex.quote, given[given.index("evaluate"):] if "evaluate" in given
+                                       else ["evaluate"])])
     result = {
+        "command": command,
         "model": meta, "training": training, "subjects": ev.test_seeds(args.subjects),
         "crop": args.crop, "targets": list(ev.TARGETS), "conditions": conditions,
         "severities": {k: repr(v) for k, v in SEVERITIES.items()},
@@ -135,7 +143,6 @@ def run(args: argparse.Namespace) -> int:
     if args.output:
         Path(args.output).write_text(json.dumps(result, indent=2))
     if args.report:
-        command = "rtfsyn evaluate " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else "rtfsyn evaluate"
         Path(args.report).write_text(render_markdown(result, command=command, pictures=pictures))
     if args.json:
         print(json.dumps(result, indent=2))

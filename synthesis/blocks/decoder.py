@@ -7,8 +7,14 @@ voxel size in those units, ``(B, 3)``.
 Implicit decoder, for a query ``q`` and each of its 8 surrounding voxel
 centres ``n`` (border-clamped)::
 
-    y_n = MLP(W_f f_n + W_δ (q - n) + W_c cell, FiLM(condition))
+    y_n = a(condition) · MLP(W_f f_n + W_δ (q - n) + W_c cell, FiLM(condition))
     y(q) = Σ_n w_n y_n,   w_n = Π_axes (1 - |q_c - n|)   (trilinear = LIIF area weights)
+
+The MLP returns ``bases`` values per point that are mixed by weights ``a``
+generated from the condition: a text-conditioned dynamic output layer. It
+mirrors how MR contrast arises (a voxel's signal is a protocol-dependent
+weighting of what the voxel holds), so the features can describe the tissue
+once and the prompt chooses the contrast.
 
 with ``q_c`` the query clamped into the volume (outside it the border voxels
 extrapolate through ``q - n``). At a voxel centre ``w = (1, 0, ..., 0)``, so
@@ -72,56 +78,70 @@ class ImplicitDecoder(nn.Module):
         hidden: width of the MLP.
         layers: number of hidden layers (>= 1).
         cond_dim: width of the condition vector, or None for an unconditioned head.
+        bases: outputs of the MLP mixed by condition-generated weights (1 without a condition).
         chunk: queries evaluated at once in :meth:`query`.
         render_voxels: voxels per slab in :meth:`render_grid`.
     """
 
     def __init__(self, in_channels: int, *, hidden: int = 64, layers: int = 2, cond_dim: int | None = None,
-                 chunk: int = 32768, render_voxels: int = 1 << 20) -> None:
+                 bases: int = 1, chunk: int = 32768, render_voxels: int = 1 << 20) -> None:
         super().__init__()
         for name, value in (("in_channels", in_channels), ("hidden", hidden), ("layers", layers),
-                            ("chunk", chunk), ("render_voxels", render_voxels)):
+                            ("bases", bases), ("chunk", chunk), ("render_voxels", render_voxels)):
             check_positive_int(name, value)
+        bases = bases if cond_dim else 1
         self.chunk, self.render_voxels, self.slope = chunk, render_voxels, 0.1
         self.feature = nn.Linear(in_channels, hidden)          # W_f f + b
         self.offset = nn.Linear(3, hidden, bias=False)         # W_δ (q - n)
         self.cell = nn.Linear(3, hidden, bias=False)           # W_c cell
         self.film = nn.Linear(cond_dim, 2 * hidden) if cond_dim else None
         self.hidden = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(layers - 1))
-        self.out = nn.Linear(hidden, 1)
-        nn.init.constant_(self.out.bias, OUTPUT_INIT)
+        self.out = nn.Linear(hidden, bases)
+        self.mix = nn.Linear(cond_dim, bases) if bases > 1 else None
+        # start as Σ_k out_k / sqrt(K): the output's spread at initialization does not
+        # depend on K, and its mean is OUTPUT_INIT
+        nn.init.constant_(self.out.bias, OUTPUT_INIT / bases**0.5)
+        if self.mix is not None:
+            nn.init.zeros_(self.mix.weight)
+            nn.init.constant_(self.mix.bias, 1.0 / bases**0.5)
 
-    # -- per-sample terms of the first layer --------------------------------
-    def _sample_terms(self, feats: Features, cell: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(bias, scale, shift)``, each ``(B, hidden)``: ``act((z + bias) * scale + shift)``."""
+    # -- per-sample terms ---------------------------------------------------
+    def _sample_terms(self, feats: Features, cell: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``(bias, scale, shift, mix)``: ``act((z + bias) * scale + shift)``, each ``(B, hidden)``,
+        and the output mixing weights ``(B, bases)`` (None for a single output)."""
         bias = self.cell(cell.to(self.cell.weight.dtype))
         if self.film is None or feats.cond is None:
-            return bias, torch.ones_like(bias), torch.zeros_like(bias)
+            return bias, torch.ones_like(bias), torch.zeros_like(bias), None
         gamma, beta = self.film(feats.cond).chunk(2, dim=-1)
-        return bias, 1.0 + gamma, beta
+        mix = self.mix(feats.cond) if self.mix is not None else None
+        return bias, 1.0 + gamma, beta, mix
 
-    def _tail(self, z: torch.Tensor, linear: bool) -> torch.Tensor:
-        """Hidden layers and output on ``(..., hidden)`` (linear) or ``(B, hidden, ...)`` (conv)."""
+    def _tail(self, z: torch.Tensor, mix: torch.Tensor | None, linear: bool) -> torch.Tensor:
+        """Hidden layers, output and mixing: ``(B, n, 8, hidden) -> (B, n, 8)`` (linear) or
+        ``(B, hidden, d, h, w) -> (B, 1, d, h, w)`` (conv)."""
         for layer in [*self.hidden, self.out]:
             z = F.leaky_relu(z, self.slope, inplace=True)
             if linear:
                 z = layer(z)
             else:
                 z = F.conv3d(z, layer.weight[:, :, None, None, None], layer.bias)
-        return z
+        if linear:
+            return z.squeeze(-1) if mix is None else (z * mix[:, None, None, :].to(z.dtype)).sum(-1)
+        return z if mix is None else (z * mix[:, :, None, None, None].to(z.dtype)).sum(1, keepdim=True)
 
     def render_grid(self, feats: Features) -> torch.Tensor:
         """Output at the feature voxel centres: ``(B, C, D, H, W) -> (B, 1, D, H, W)``."""
         volume = feats.volume
         batch, _, depth, height, width = volume.shape
         ones = volume.new_ones(batch, 3)
-        bias, scale, shift = (t[:, :, None, None, None] for t in self._sample_terms(feats, ones))
+        *first, mix = self._sample_terms(feats, ones)
+        bias, scale, shift = (t[:, :, None, None, None] for t in first)
         weight = self.feature.weight[:, :, None, None, None]
         out = volume.new_empty(batch, 1, depth, height, width)
         for start, stop in slabs(depth, height * width * batch, self.render_voxels):
             z = F.conv3d(volume[:, :, start:stop], weight, self.feature.bias)
             z = (z + bias) * scale + shift
-            out[:, :, start:stop] = self._tail(z, linear=False)
+            out[:, :, start:stop] = self._tail(z, mix, linear=False)
         return out
 
     def query(self, feats: Features, coords: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
@@ -155,9 +175,10 @@ class ImplicitDecoder(nn.Module):
         rows = torch.arange(table.shape[0], device=q.device)[:, None, None]
         gathered = table[rows, lin]                                      # (B, n, 8, C or hidden)
         z = gathered if projected else self.feature(gathered)
-        bias, scale, shift = (t[:, None, None, :] for t in terms)
+        *first, mix = terms
+        bias, scale, shift = (t[:, None, None, :] for t in first)
         z = (z + self.offset(delta.to(z.dtype)) + bias) * scale + shift
-        values = self._tail(z, linear=True).squeeze(-1)                   # (B, n, 8)
+        values = self._tail(z, mix, linear=True)                          # (B, n, 8)
         return (weights.to(values.dtype) * values).sum(-1)
 
 

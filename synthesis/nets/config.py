@@ -8,11 +8,15 @@ from typing import Any, Mapping
 from synthesis.protocol import PAIR_FEATURE_DIM
 from synthesis.text import TEXT_DIM
 
-__all__ = ["RTFSynConfig", "REFINEMENTS", "FUSIONS", "DECODERS"]
+__all__ = ["RTFSynConfig", "REFINEMENTS", "FUSIONS", "DECODERS", "UPSAMPLERS", "LEGACY_FIELDS"]
 
 REFINEMENTS = ("axis", "none")
 FUSIONS = ("rtf", "global", "none")
 DECODERS = ("implicit", "conv")
+UPSAMPLERS = ("trilinear", "transpose")
+#: Values of fields added after the first released checkpoints, as those checkpoints used them
+#: (:func:`synthesis.checkpoint.load` fills them in when a stored config lacks them).
+LEGACY_FIELDS = {"upsample": "transpose", "head_bases": 1, "stage_film": False}
 
 
 def _int(name: str, value: Any, minimum: int = 1) -> None:
@@ -37,6 +41,11 @@ class RTFSynConfig:
     attn_dim, heads, pack: CAF cross-attention width, heads and pack factor r.
     kernel_bank, conv_groups: CAF dynamic convolution bank size K and groups.
     cond_dim: condition vector width; head_hidden, head_layers: decoder MLP.
+    head_bases: K outputs of the decoder MLP mixed by weights generated from the
+    condition (a text-conditioned dynamic output layer; 1 = a plain output).
+    stage_film: scale and shift each encoder stage's input per channel from the condition.
+    upsample: decoder upsampling, ``trilinear`` (1x1x1 projection, then trilinear x2:
+    no checkerboard) or ``transpose`` (2x2x2 stride-2 transposed convolution).
     query_chunk: queries per chunk; render_voxels: voxels per slab when rendering.
     text_dim, feature_dim: widths of the text tokens and numeric protocol features.
     """
@@ -57,6 +66,9 @@ class RTFSynConfig:
     cond_dim: int = 64
     head_hidden: int = 64
     head_layers: int = 2
+    head_bases: int = 8
+    upsample: str = "trilinear"
+    stage_film: bool = True
     query_chunk: int = 32768
     render_voxels: int = 1 << 20
     text_dim: int = TEXT_DIM
@@ -72,7 +84,8 @@ class RTFSynConfig:
         for i, c in enumerate(self.channels):
             _int(f"channels[{i}]", c)
         for name in ("blocks", "axis_kernel", "attn_dim", "heads", "pack", "kernel_bank", "conv_groups",
-                     "cond_dim", "head_hidden", "head_layers", "query_chunk", "render_voxels",
+                     "cond_dim", "head_hidden", "head_layers", "head_bases", "query_chunk",
+                     "render_voxels",
                      "text_dim", "feature_dim"):
             _int(name, getattr(self, name))
         if self.axis_kernel % 2 == 0:
@@ -84,6 +97,7 @@ class RTFSynConfig:
         _choice("refinement", self.refinement, REFINEMENTS)
         _choice("fusion", self.fusion, FUSIONS)
         _choice("decoder", self.decoder, DECODERS)
+        _choice("upsample", self.upsample, UPSAMPLERS)
         for s in self.fusion_scales:
             if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < len(self.channels):
                 raise ValueError(

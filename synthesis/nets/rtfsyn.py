@@ -36,6 +36,33 @@ def _stage(channels: int, blocks: int, norm: bool) -> nn.Sequential:
     return nn.Sequential(*(ResBlock3d(channels, norm=norm) for _ in range(blocks)))
 
 
+class Upsample2x(nn.Module):
+    """``(B, C_in, D, H, W) -> (B, C_out, 2D, 2H, 2W)``: a 1x1x1 projection, then trilinear
+    interpolation (projecting first is the same map on 8 times fewer voxels). Every output
+    voxel is made the same way, so no checkerboard (unlike a stride-2 transposed conv)."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv3d(in_channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(self.proj(x), scale_factor=2, mode="trilinear", align_corners=False)
+
+
+def _zero_linear(in_features: int, out_features: int) -> nn.Linear:
+    """A linear layer that starts at zero (a modulation that starts as the identity)."""
+    layer = nn.Linear(in_features, out_features)
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def _upsampler(kind: str, in_channels: int, out_channels: int) -> nn.Module:
+    if kind == "trilinear":
+        return Upsample2x(in_channels, out_channels)
+    return nn.ConvTranspose3d(in_channels, out_channels, 2, stride=2)
+
+
 class RTFSyn(nn.Module):
     """The RTFSyn network; see the module docstring and :class:`RTFSynConfig`."""
 
@@ -48,7 +75,7 @@ class RTFSyn(nn.Module):
         self.stem = nn.Conv3d(1, ch[0], 3, padding=1)
         self.encoder = nn.ModuleList(_stage(c, cfg.blocks, norm=s > 0) for s, c in enumerate(ch))
         self.down = nn.ModuleList(nn.Conv3d(ch[s], ch[s + 1], 2, stride=2) for s in range(len(ch) - 1))
-        self.up = nn.ModuleList(nn.ConvTranspose3d(ch[s + 1], ch[s], 2, stride=2) for s in range(len(ch) - 1))
+        self.up = nn.ModuleList(_upsampler(cfg.upsample, ch[s + 1], ch[s]) for s in range(len(ch) - 1))
         self.decoder = nn.ModuleList(_stage(ch[s], cfg.blocks, norm=s > 0) for s in range(len(ch) - 1))
         self.refine = nn.ModuleDict()
         self.fuse = nn.ModuleDict()
@@ -66,10 +93,14 @@ class RTFSyn(nn.Module):
         uses_text = cfg.fusion != "none"
         self.condition = ConditionEmbedding(cfg.text_dim, cfg.feature_dim, cfg.cond_dim) if uses_text else None
         cond_dim = cfg.cond_dim if uses_text else None
+        # per-channel scale and shift of each encoder stage's input, from the condition: the
+        # full-resolution features learn what the source's intensities mean for this protocol
+        self.stage_film = nn.ModuleList(_zero_linear(cfg.cond_dim, 2 * c) for c in ch) \
+            if uses_text and cfg.stage_film else None
         if cfg.decoder == "implicit":
             self.head: ImplicitDecoder | ConvDecoder = ImplicitDecoder(
                 ch[0], hidden=cfg.head_hidden, layers=cfg.head_layers, cond_dim=cond_dim,
-                chunk=cfg.query_chunk, render_voxels=cfg.render_voxels,
+                bases=cfg.head_bases, chunk=cfg.query_chunk, render_voxels=cfg.render_voxels,
             )
         else:
             self.head = ConvDecoder(ch[0], hidden=cfg.head_hidden, cond_dim=cond_dim, render_voxels=cfg.render_voxels)
@@ -116,6 +147,9 @@ class RTFSyn(nn.Module):
         for s, stage in enumerate(self.encoder):  # 1. encoder: refine then fuse at low resolution
             if s > 0:
                 h = self.down[s - 1](h)
+            if self.stage_film is not None:
+                gamma, beta = self.stage_film[s](cond).to(h.dtype)[:, :, None, None, None].chunk(2, dim=1)
+                h = h * (1.0 + gamma) + beta
             h = stage(h)
             if str(s) in self.refine:
                 h = self.refine[str(s)](h)

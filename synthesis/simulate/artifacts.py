@@ -70,13 +70,13 @@ SEVERITIES: dict[str, Effects] = {
 
 def random_effects(rng: np.random.Generator, protocol: MRProtocol | None = None) -> Effects:
     """A realistic random mix for training: usually mild noise and bias, sometimes
-    ghosting, Gibbs ringing or thick slices (1.5–5 mm; a 2-D ``protocol``'s own
+    ghosting, Gibbs ringing or thick slices (1.5–5.5 mm; a 2-D ``protocol``'s own
     slice thickness when given)."""
     noise = 0.0 if rng.random() < 0.15 else float(np.exp(rng.uniform(np.log(0.005), np.log(0.05))))
     bias = 0.0 if rng.random() < 0.3 else float(rng.uniform(0.02, 0.3))
-    ghosting = 0.0 if rng.random() < 0.75 else float(rng.uniform(0.01, 0.08))
+    ghosting = 0.0 if rng.random() < 0.65 else float(rng.uniform(0.01, 0.08))
     gibbs = 0.0 if rng.random() < 0.7 else float(rng.uniform(0.05, 0.4))
-    thick = 1.0 if rng.random() < 0.7 else float(rng.uniform(1.5, 5.0))
+    thick = 1.0 if rng.random() < 0.65 else float(rng.uniform(1.5, 5.5))
     if protocol is not None and protocol.dimension == "2D" and protocol.slice_thickness_mm:
         thick = float(protocol.slice_thickness_mm)
     return Effects(noise=round(noise, 4), bias=round(bias, 4), ghosting=round(ghosting, 4),

@@ -5,25 +5,29 @@ import numpy as np
 
 from synthesis.protocol import MRProtocol
 from synthesis.simulate.phantom import Subject
-from synthesis.simulate.tissues import nearest_field, tissue_signal
+from synthesis.simulate.tissues import NOMINAL_PARAMS, nearest_field, tissue_signal
 
 __all__ = ["render", "tissue_weights"]
 
 
-def tissue_weights(subject: Subject, protocol: MRProtocol) -> np.ndarray:
-    """Signal of each pure tissue of ``subject`` under ``protocol``, shape ``(T,)`` float32."""
-    return tissue_signal(subject.params[nearest_field(protocol.field_t)], protocol)
+def tissue_weights(subject: Subject, protocol: MRProtocol, *, nominal: bool = False) -> np.ndarray:
+    """Signal of each pure tissue of ``subject`` under ``protocol``, shape ``(T,)`` float32
+    (``nominal``: with the nominal tissue parameters instead of the subject's own)."""
+    field = nearest_field(protocol.field_t)
+    return tissue_signal(NOMINAL_PARAMS[field] if nominal else subject.params[field], protocol)
 
 
 def render(subject: Subject, protocol: MRProtocol, *,
-           region: tuple[slice, slice, slice] | None = None) -> np.ndarray:
+           region: tuple[slice, slice, slice] | None = None, nominal: bool = False) -> np.ndarray:
     """The clean magnitude image, float32 ``(D, H, W)`` (of ``region`` when given).
 
     Each tissue's signal (see :mod:`synthesis.simulate.tissues`) at the field
     nearest ``protocol.field_t`` (1.5 or 3 T), weighted by its fraction and
     summed; air gives 0. Values are on the physical scale (PD of CSF = 1).
+    ``nominal``: use the nominal tissue parameters, not the subject's jittered ones
+    (the anatomy is the subject's: the evaluation's physics oracle).
     """
-    weights = tissue_weights(subject, protocol)
+    weights = tissue_weights(subject, protocol, nominal=nominal)
     fractions = subject.fractions
     if region is not None:
         fractions = fractions[(slice(None),) + tuple(region)]

@@ -9,6 +9,7 @@ import torch
 
 from synthesis import checkpoint
 from synthesis.nets.rtfsyn import RTFSyn, RTFSynConfig
+from synthesis.protocol import PAIR_FEATURE_DIM
 from synthesis.text import TEXT_DIM, TextCondition
 
 
@@ -16,7 +17,7 @@ def _inputs() -> tuple[torch.Tensor, TextCondition, torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
     text = TextCondition(torch.randn(1, 5, TEXT_DIM, generator=gen), torch.ones(1, 5, dtype=torch.bool),
                          torch.randn(1, TEXT_DIM, generator=gen))
-    return torch.rand(1, 1, 12, 10, 9, generator=gen), text, torch.rand(1, 48, generator=gen)
+    return torch.rand(1, 1, 12, 10, 9, generator=gen), text, torch.rand(1, PAIR_FEATURE_DIM, generator=gen)
 
 
 @pytest.mark.parametrize("changes", [{}, {"fusion": "global", "decoder": "conv"}, {"refinement": "none"}])

@@ -177,7 +177,7 @@ def test_encode_validates_inputs() -> None:
         model.encode(torch.rand(1, 1, 8, 8, 8), None, features(1))
     with pytest.raises(ValueError, match=r"text.tokens must have shape \(1, L, 384\)"):
         model.encode(torch.rand(1, 1, 8, 8, 8), fake_text(2), features(1))
-    with pytest.raises(ValueError, match=r"features must have shape \(1, 48\). Found \(1, 12\)"):
+    with pytest.raises(ValueError, match=rf"features must have shape \(1, {PAIR_FEATURE_DIM}\). Found \(1, 12\)"):
         model.encode(torch.rand(1, 1, 8, 8, 8), fake_text(1), torch.zeros(1, 12))
     feats = model.encode(torch.rand(1, 1, 8, 8, 8), fake_text(1), features(1))
     with pytest.raises(ValueError, match=r"coords must have shape \(1, N, 3\)"):

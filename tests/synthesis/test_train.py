@@ -43,18 +43,31 @@ def test_loss_falls_on_a_fixed_batch(sampler):
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5]), losses
 
 
-def test_brain_relative_loss_scales_brain_errors_by_the_targets_brain_range(sampler):
+def test_targets_are_in_brain_relative_units(sampler):
     pair_sampler, _ = sampler
-    pair = pair_sampler.sample(np.random.default_rng(1), target="PDw")
-    assert 0.01 < pair.target_brain_range < 0.5  # a PD-weighted brain spans little of [0, 1]
-    batch = make_batch([pair], torch.device("cpu"))
+    rng = np.random.default_rng(1)
+    pair = max((pair_sampler.sample(rng, target="PDw") for _ in range(8)), key=lambda p: p.mask.sum())
+    brain = pair.target[pair.mask.astype(bool)]
+    assert brain.size > 1000
+    assert 0.8 < np.percentile(brain, 99.5) < 1.2      # the brain's bright end is about 1
+    assert pair.target.min() >= 0.0                      # zero stays "no signal"
+    assert 0.01 < pair.target_brain_range < 0.8          # a PD-weighted brain spans a narrow band
+
+
+def test_loss_weights_brain_errors_by_the_targets_brain_range(sampler):
+    pair_sampler, _ = sampler
+    batch = make_batch([pair_sampler.sample(np.random.default_rng(1), target="PDw")], torch.device("cpu"))
     torch.manual_seed(0)
     model = RTFSyn(RTFSynConfig.tiny())
-    plain = float(loss_on_batch(model, batch, TrainConfig(queries=0), 0))
+    cfg = TrainConfig(queries=0, outside_weight=1.0)
+    batch["brain_range"] = torch.tensor([1.0])
     batch["mask"] = torch.ones_like(batch["mask"])
+    plain = float(loss_on_batch(model, batch, cfg, 0))
     batch["brain_range"] = torch.tensor([0.25])
-    relative = float(loss_on_batch(model, batch, TrainConfig(queries=0, brain_relative=True), 0))
-    assert relative == pytest.approx(4 * plain, rel=1e-5)  # every voxel in the brain: errors / 0.25
+    assert float(loss_on_batch(model, batch, cfg, 0)) == pytest.approx(4 * plain, rel=1e-5)
+    batch["mask"] = torch.zeros_like(batch["mask"])   # nothing in the brain: outside_weight only
+    outside = float(loss_on_batch(model, batch, TrainConfig(queries=0, outside_weight=0.5), 0))
+    assert outside == pytest.approx(0.5 * plain, rel=1e-5)
 
 
 def test_target_weights_steer_which_contrast_is_drawn(sampler):

@@ -16,7 +16,8 @@ image type, ``SYN <target> (RTFSyn) …`` description), with
 Output formats: ``"mr"`` (classic MR Image Storage, one file per slice; the
 default), ``"enhanced-mr"`` (one Legacy Converted Enhanced MR instance) and
 ``"parametric-map"`` (float32 Parametric Map); see :mod:`dicom_node.derive_formats`.
-Every written file is read back and its pixels compared before returning.
+Every written file is read back and checked before returning
+(:mod:`dicom_node.derive_write`).
 """
 from __future__ import annotations
 
@@ -29,15 +30,15 @@ from typing import Any, Mapping, Sequence
 
 import highdicom as hd
 import numpy as np
-import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from dicom_node.assemble import NODE_MANUFACTURER, AssembledVolume
-from dicom_node.derive_mr import OutputGrid, build_mr_datasets, code_item
-from dicom_node.errors import DerivedSeriesError
+from dicom_node.derive_mr import OutputGrid, build_mr_series, code_item
+from dicom_node.derive_write import (IMPLEMENTATION_CLASS_UID,  # re-exported
+                                     file_meta, write_and_verify, write_mr_series)
 from synthesis.protocol import MRProtocol
 
 __all__ = ["NodeInfo", "Provenance", "OUTPUT_FORMATS", "write_derived_series",
@@ -46,8 +47,6 @@ __all__ = ["NodeInfo", "Provenance", "OUTPUT_FORMATS", "write_derived_series",
 logger = logging.getLogger(__name__)
 
 OUTPUT_FORMATS = ("mr", "enhanced-mr", "parametric-map")
-IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.8.498.77.2"
-IMPLEMENTATION_VERSION = "RTFSYN_NODE_01"
 ST_MAX = 1024  # Short Text
 LO_MAX = 64  # Long String
 
@@ -168,34 +167,6 @@ def derived_series_description(target: MRProtocol, source_description: str) -> s
     return text.replace("\\", "/")[:LO_MAX]
 
 
-def _file_meta(ds: Dataset) -> FileMetaDataset:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION
-    return meta
-
-
-def _write_and_verify(datasets: Sequence[Dataset], out_dir: Path, stem: str) -> list[Path]:
-    """Save each dataset, read it back and compare identity and decoded pixels."""
-    paths = []
-    for k, ds in enumerate(datasets):
-        ds.file_meta = _file_meta(ds)
-        path = out_dir / (f"{stem}{k + 1:05d}.dcm" if len(datasets) > 1 else f"{stem}.dcm")
-        ds.save_as(path, enforce_file_format=True)
-        back = pydicom.dcmread(path)
-        if back.SOPInstanceUID != ds.SOPInstanceUID:
-            raise DerivedSeriesError(f"{path.name}: SOP Instance UID changed on read-back")
-        expected, found = ds.pixel_array, back.pixel_array
-        if expected.shape != found.shape or not np.array_equal(expected, found):
-            raise DerivedSeriesError(f"{path.name}: pixel data read back differ from what was "
-                                     f"written (shape {found.shape} vs {expected.shape})")
-        paths.append(path)
-    return paths
-
-
 def _check_result(volume: np.ndarray, spacing: Sequence[float],
                   offset: Sequence[float]) -> np.ndarray:
     vol = np.asarray(volume)
@@ -238,23 +209,24 @@ def write_derived_series(result: Any, assembled: AssembledVolume, target: MRProt
     series_number = int(series_number_offset) + int(header.get("SeriesNumber", 0) or 0)
     description = derived_series_description(target, str(header.get("SeriesDescription", "")))
     grid = OutputGrid.from_result(assembled, result.spacing, result.origin_offset_mm)
-    datasets = build_mr_datasets(volume, assembled, target, grid, provenance=provenance,
-                                 series_uid=series_uid, series_number=series_number,
-                                 description=description, now=now)
-    for ds in datasets:
-        ds.file_meta = _file_meta(ds)
+    series = build_mr_series(volume, assembled, target, grid, provenance=provenance,
+                             series_uid=series_uid, series_number=series_number,
+                             description=description, now=now)
     if output_format == "mr":
-        paths = _write_and_verify(datasets, out_dir, "SYN")
+        paths = write_mr_series(series, out_dir, "SYN")
     else:
         from dicom_node.derive_formats import build_enhanced_mr, build_parametric_map
 
+        datasets = series.datasets()
+        for ds in datasets:
+            ds.file_meta = file_meta(str(ds.SOPClassUID), str(ds.SOPInstanceUID))
         if output_format == "enhanced-mr":
             single = build_enhanced_mr(datasets, series_uid=series_uid,
                                        series_number=series_number)
         else:
             single = build_parametric_map(volume, datasets, assembled, series_uid=series_uid,
                                           series_number=series_number)
-        paths = _write_and_verify([single], out_dir, "SYN")
+        paths = write_and_verify([single], out_dir, "SYN")
     logger.info("Wrote derived %s series (%d files, series number %d) to %s",
                 output_format, len(paths), series_number, out_dir)
     return paths

@@ -1,12 +1,13 @@
 """Classic MR Image Storage datasets for a derived (synthetic) series.
 
-:func:`build_mr_datasets` makes one dataset per output slice, exactly as
+:func:`build_mr_series` makes one instance per output slice, exactly as
 DESIGN §4 asks: patient and study modules copied from the source, new series
 with Synthetic Data YES and DERIVED image type, geometry of the output grid,
 MR acquisition attributes of the *target* protocol, uint16 pixels with a
 rescale and a window, Source Image Sequence per slice and the provenance
-carried by a :class:`~dicom_node.derive.Provenance`. Writing and read-back
-live in :mod:`dicom_node.derive`.
+carried by a :class:`~dicom_node.derive.Provenance`. The instances share one
+template dataset (:class:`MRSeries`), so the writer encodes it once; writing
+and read-back live in :mod:`dicom_node.derive_write`.
 """
 from __future__ import annotations
 
@@ -30,8 +31,9 @@ from synthesis.protocol import MRProtocol
 if TYPE_CHECKING:  # pragma: no cover - derive imports this module
     from dicom_node.derive import Provenance
 
-__all__ = ["OutputGrid", "build_mr_datasets", "quantize", "window_from_percentiles", "ds_text",
-           "sop_instance_uid", "copy_patient_study", "code_item", "source_image_sequence"]
+__all__ = ["OutputGrid", "MRSeries", "build_mr_series", "build_mr_datasets", "quantize",
+           "window_from_percentiles", "ds_text", "sop_instance_uid", "copy_patient_study",
+           "code_item", "source_image_sequence"]
 
 logger = logging.getLogger(__name__)
 
@@ -113,12 +115,16 @@ def quantize(volume: np.ndarray) -> tuple[np.ndarray, float, float]:
     its Decimal String form first so that the stored values and the written
     Rescale Slope agree exactly.
     """
-    clean = np.nan_to_num(np.asarray(volume, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    clean = np.clip(clean, 0.0, None) * INTENSITY_SCALE
+    clean = np.array(volume, dtype=np.float64)  # a copy, worked on in place
+    np.nan_to_num(clean, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    np.clip(clean, 0.0, None, out=clean)
+    clean *= INTENSITY_SCALE
     top = float(clean.max())
     slope = float(ds_text(top / STORED_MAX)) if top > 0 else 1.0
-    pixels = np.clip(np.rint(clean / slope), 0, 65535).astype(np.uint16)
-    return pixels, slope, 0.0
+    clean /= slope
+    np.rint(clean, out=clean)
+    np.clip(clean, 0, 65535, out=clean)
+    return clean.astype(np.uint16), slope, 0.0
 
 
 def window_from_percentiles(values: np.ndarray, low: float = 1.0,
@@ -248,10 +254,53 @@ def _series_template(assembled: AssembledVolume, target: MRProtocol, grid: Outpu
     return ds
 
 
-def build_mr_datasets(volume: np.ndarray, assembled: AssembledVolume, target: MRProtocol,
-                      grid: OutputGrid, *, provenance: "Provenance", series_uid: str,
-                      series_number: int, description: str, now: datetime) -> list[Dataset]:
-    """One MR Image Storage dataset per slice of ``volume`` (z, y, x), in slice order."""
+@dataclass(frozen=True)
+class MRSeries:
+    """The classic MR instances of a derived series, in slice order: ``template`` holds the
+    attributes they all share, ``slices[k]`` the ones only instance k has (SOP Instance
+    UID, Instance Number, position, Slice Location, Source Image Sequence, Pixel Data);
+    ``pixels`` the stored values (z, y, x) uint16."""
+
+    template: Dataset
+    slices: list[Dataset]
+    pixels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.slices)
+
+    def dataset(self, k: int) -> Dataset:
+        """The whole dataset of instance ``k`` (the template's elements are shared, not
+        copied)."""
+        ds = Dataset()
+        ds.update(self.template)
+        ds.update(self.slices[k])
+        return ds
+
+    def datasets(self) -> list[Dataset]:
+        """Every instance's whole dataset."""
+        return [self.dataset(k) for k in range(len(self.slices))]
+
+
+def _slice_attributes(k: int, pixels: np.ndarray, assembled: AssembledVolume,
+                      grid: OutputGrid, series_uid: str) -> Dataset:
+    """What only output slice ``k`` has."""
+    ds = Dataset()
+    ds.SOPInstanceUID = sop_instance_uid(series_uid, k)
+    ds.InstanceNumber = k + 1
+    position = grid.slice_position(k)
+    ds.ImagePositionPatient = [ds_text(v) for v in position]
+    ds.SliceLocation = ds_text(float(np.dot(position, grid.slice_direction)))
+    ds.SourceImageSequence = source_image_sequence(
+        assembled.references, assembled.spacing[0], grid.spacing[0],
+        grid.offset_z_mm + k * grid.spacing[0])
+    ds.add_new(0x7FE00010, "OW", np.ascontiguousarray(pixels[k]).tobytes())  # Pixel Data
+    return ds
+
+
+def build_mr_series(volume: np.ndarray, assembled: AssembledVolume, target: MRProtocol,
+                    grid: OutputGrid, *, provenance: "Provenance", series_uid: str,
+                    series_number: int, description: str, now: datetime) -> MRSeries:
+    """One MR Image Storage instance per slice of ``volume`` (z, y, x), in slice order."""
     template = _series_template(assembled, target, grid, provenance=provenance,
                                 series_uid=series_uid, series_number=series_number,
                                 description=description, now=now)
@@ -264,18 +313,15 @@ def build_mr_datasets(volume: np.ndarray, assembled: AssembledVolume, target: MR
     template.WindowWidth = ds_text(max(width, slope))
     template.WindowCenterWidthExplanation = "RTFSyn percentile window"
     template.Rows, template.Columns = int(pixels.shape[1]), int(pixels.shape[2])
-    datasets = []
-    for k in range(pixels.shape[0]):
-        ds = Dataset()
-        ds.update(template)
-        ds.SOPInstanceUID = sop_instance_uid(series_uid, k)
-        ds.InstanceNumber = k + 1
-        position = grid.slice_position(k)
-        ds.ImagePositionPatient = [ds_text(v) for v in position]
-        ds.SliceLocation = ds_text(float(np.dot(position, grid.slice_direction)))
-        ds.SourceImageSequence = source_image_sequence(
-            assembled.references, assembled.spacing[0], grid.spacing[0],
-            grid.offset_z_mm + k * grid.spacing[0])
-        ds.PixelData = np.ascontiguousarray(pixels[k]).tobytes()
-        datasets.append(ds)
-    return datasets
+    slices = [_slice_attributes(k, pixels, assembled, grid, series_uid)
+              for k in range(pixels.shape[0])]
+    return MRSeries(template, slices, pixels)
+
+
+def build_mr_datasets(volume: np.ndarray, assembled: AssembledVolume, target: MRProtocol,
+                      grid: OutputGrid, *, provenance: "Provenance", series_uid: str,
+                      series_number: int, description: str, now: datetime) -> list[Dataset]:
+    """One MR Image Storage dataset per slice of ``volume`` (z, y, x), in slice order."""
+    return build_mr_series(volume, assembled, target, grid, provenance=provenance,
+                           series_uid=series_uid, series_number=series_number,
+                           description=description, now=now).datasets()

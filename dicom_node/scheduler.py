@@ -65,6 +65,7 @@ class Scheduler:
         self.poll_seconds = min(1.0, max(0.05, config.node.stable_seconds / 5.0))
         self._stop = threading.Event()
         self._work = threading.Event()
+        self._sendable = threading.Event()  # a job was processed: deliver it now
         self._threads: list[threading.Thread] = []
 
     # -- threads --------------------------------------------------------------------------
@@ -87,6 +88,7 @@ class Scheduler:
         start. Returns True when every thread ended."""
         self._stop.set()
         self._work.set()
+        self._sendable.set()
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -117,8 +119,9 @@ class Scheduler:
 
     def _sender_loop(self) -> None:
         while not self._stop.is_set():
+            self._sendable.clear()
             if not self._guarded("sender", self.send_due):
-                self._stop.wait(self.poll_seconds)
+                self._sendable.wait(self.poll_seconds)
 
     # -- completion and routing ----------------------------------------------------------
     def tick(self) -> bool:
@@ -191,6 +194,7 @@ class Scheduler:
         seconds = time.monotonic() - started
         self.queue.processed(job.id, relative, result.prompt, seconds,
                              result.extra.get("timings"))
+        self._sendable.set()  # the sender delivers it without waiting for its next poll
         logger.info("job %d: %d derived instance(s) in %.1f s", job.id, len(relative), seconds)
         return True
 

@@ -9,7 +9,8 @@ unfinished, starts the scheduler threads, then listens. :meth:`Node.stop`
 refuses new associations, lets open ones finish (a grace period), and stops
 the threads; a job still being synthesized stays in the log and is re-queued
 at the next start. The ``Synthesizer`` is loaded once per process, on the
-first job (or passed in).
+first job (or passed in); the rest of the pipeline warms up in the background
+at start-up (:meth:`SynthesisProcessor.warm_up`).
 """
 from __future__ import annotations
 
@@ -65,6 +66,18 @@ class SynthesisProcessor:
             logger.error("no default model checkpoint at %s: synthesis jobs will fail until one "
                          "is installed ([model] checkpoint, or `rtfsyn train`)", path)
 
+    def warm_up(self) -> None:
+        """Import the pipeline and load what its first assembly would load, so that the
+        first job does not pay for it (run in a background thread at start-up; never
+        raises)."""
+        try:
+            import dicom_node.pipeline  # noqa: F401 - the import is part of the warm-up
+            from dicom_node.assemble import warm_up
+
+            warm_up()
+        except Exception:  # the first job will report what is wrong
+            logger.warning("pipeline warm-up failed", exc_info=True)
+
     def __call__(self, job: JobSpec, files: list[Path], out_dir: Path) -> ProcessResult:
         from dicom_node.pipeline import NodeInfo, process_series
 
@@ -112,6 +125,8 @@ class Node:
             raise RuntimeError("the node is already running")
         if isinstance(self.processor, SynthesisProcessor):
             self.processor.preflight()
+            threading.Thread(target=self.processor.warm_up, name="rtfsyn-warm-up",
+                             daemon=True).start()
         self.spool.remove_stale_parts(self.config.node.data_dir / "tmp")
         self.spool_recovery = recover_spool(self.log, self.spool)
         self.recovery = self.scheduler.queue.recover()

@@ -1,8 +1,8 @@
 """DICOM upper-layer PDUs (PS3.8 section 9.3), encoded and decoded by hand, for the node's
-native acceptor (:mod:`dicom_node.ul`).
+native acceptor (:mod:`dicom_node.ul`) and requestor (:mod:`dicom_node.ul_requestor`).
 
-Only what an association *acceptor* needs is here, plus the encoders a test
-needs to play the requestor:
+What an association acceptor needs is here, and what the node's C-STORE requestor
+(and a test playing one) needs:
 
 * A-ASSOCIATE-RQ/-AC (:class:`AssociateRQ`, :class:`AssociateAC`): protocol
   version, AE titles, application context, presentation contexts and the user
@@ -238,7 +238,7 @@ def _decode_associate_fixed(body: bytes, what: str) -> tuple[int, str, str]:
 
 
 def encode_associate_rq(rq: AssociateRQ) -> bytes:
-    """The A-ASSOCIATE-RQ PDU (used by tests playing the requestor)."""
+    """The A-ASSOCIATE-RQ PDU (the requestor, and tests playing one)."""
     contexts = b""
     for cx in rq.contexts:
         sub = _item(_ABSTRACT, cx.abstract_syntax.encode("ascii")) + b"".join(
@@ -293,7 +293,7 @@ def encode_associate_ac(ac: AssociateAC) -> bytes:
 
 
 def decode_associate_ac(body: bytes) -> AssociateAC:
-    """Parse an A-ASSOCIATE-AC body (round trips in tests)."""
+    """Parse an A-ASSOCIATE-AC body (the requestor's answer)."""
     version, called, calling = _decode_associate_fixed(body, "A-ASSOCIATE-AC")
     app, user, results = "", UserInformation(), []
     for kind, a, b in _items(body, _ASSOC_FIXED.size, len(body), "A-ASSOCIATE-AC"):

@@ -1,6 +1,7 @@
 """Assembly of classic and Enhanced MR series into volumes, and every rejection reason."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from pydicom.sequence import Sequence as DicomSequence
 
 from dicom_factory import (AXIAL, CORONAL, SAGITTAL, axes, make_enhanced, make_series,
                            oblique_orientation, ramp_volume)
-from dicom_node.assemble import assemble_series, is_own_output
+from dicom_node.assemble import assemble_series, is_own_output, warm_up
 from dicom_node.errors import RejectedSeries
 
 SPACING = (2.0, 1.0, 1.5)
@@ -188,3 +189,9 @@ def test_is_own_output_flags() -> None:
     assert not is_own_output(plain)
     plain.SyntheticData = "YES"
     assert is_own_output(plain)
+
+
+def test_warm_up_assembles_its_own_tiny_series(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="dicom_node.assemble"):
+        warm_up()
+    assert not caplog.records

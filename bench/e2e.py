@@ -10,8 +10,8 @@ derived instance acknowledged by storescp); the stored count is checked. The
 split comes from the job log: quiet period (series ``last_received_at`` ->
 ``completed_at``), waiting (-> job ``started_at``), the pipeline's stage
 timings (assembly, conditioning, synthesis, encoding), model loading and other
-work of the job (the rest of ``started_at`` -> ``processed_at``) and sending
-(``send_seconds``).
+work of the job (the rest of ``started_at`` -> ``processed_at``), sending
+(``send_seconds``) and the wait before it (the rest of ``processed_at`` -> ``finished_at``).
 """
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def checkpoint_for(workdir: Path) -> tuple[str, str]:
     return str(path), "freshly initialised default architecture (no trained default.pt yet)"
 
 
-def _job_row(database: Path) -> dict[str, Any] | None:
+def newest_job(database: Path) -> dict[str, Any] | None:
     """The newest job with its series' timestamps, read-only (None before there is one)."""
     if not database.exists():
         return None
@@ -104,40 +104,24 @@ def split(job: dict[str, Any]) -> dict[str, float | None]:
     out["model_load_and_other"] = (None if processing is None else
                                    processing - sum(v for v in stages.values() if v))
     out["sending"] = job.get("send_seconds")
+    delivering = _seconds(job["processed_at"], job.get("finished_at"))
+    out["waiting_to_send"] = (None if delivering is None or out["sending"] is None
+                              else delivering - out["sending"])
     return out
 
 
-def _ingest_while_synthesizing(node: NodeServer, second: list[Path],
-                               busy: list[Path]) -> dict[str, Any]:
-    """Send ``second`` (another series, so another job), wait until its job runs, then
-    time the ingest of ``busy`` while the model works."""
-    database = node.data_dir / "joblog.sqlite"
-    send_concurrently(second, node.port, node.ae_title, 1)
-
-    def running() -> dict[str, Any] | None:
-        job = _job_row(database)
-        return job if job and job["id"] > 1 and job["state"] == "running" else None
-
-    wait_until(running, timeout_s=120, what="the second job to start", interval_s=0.1)
-    seconds = send_concurrently(busy, node.port, node.ae_title, 1)
-    job = _job_row(database)
-    return {"instances": len(busy), "seconds": seconds,
-            "instances_per_s": len(busy) / seconds,
-            "job_still_running_at_end": bool(job and job["state"] == "running")}
-
-
 def run_e2e(files: list[Path], workdir: Path, *, stable_seconds: float,
-            timeout_s: float = 600.0, threads: int = 2, second: list[Path] | None = None,
-            busy: list[Path] | None = None) -> dict[str, Any]:
-    """One end-to-end run (fresh node and storescp); the result with its split. With
-    ``second`` and ``busy``, then also the ingest of ``busy`` while ``second`` is being
-    synthesized (see :func:`_ingest_while_synthesizing`)."""
+            timeout_s: float = 600.0, threads: int = 2,
+            src: Path | None = None) -> dict[str, Any]:
+    """One end-to-end run (fresh node and storescp); the result with its split. ``src``:
+    run the ``dicom_node`` package found in that folder (before/after comparisons). The
+    ingest while a job synthesizes is :mod:`bench.busy_ingest`."""
     checkpoint, which = checkpoint_for(workdir)
     pacs = DcmtkStoreSCP(workdir / "pacs", ae_title="PACS")
     pacs.start()
     node = NodeServer(workdir / "node", destinations={"PACS": ("PACS", pacs.port)},
                       route_modality="MR", stable_seconds=stable_seconds,
-                      checkpoint=checkpoint, threads=threads)
+                      checkpoint=checkpoint, threads=threads, src=src)
     try:
         node.start()
         send_concurrently(files, node.port, node.ae_title, 1)
@@ -145,7 +129,7 @@ def run_e2e(files: list[Path], workdir: Path, *, stable_seconds: float,
         database = node.data_dir / "joblog.sqlite"
 
         def finished() -> dict[str, Any] | None:
-            job = _job_row(database)
+            job = newest_job(database)
             if job and job["state"] in ("failed", "rejected"):
                 raise RuntimeError(f"the job ended {job['state']}: {job['reason']}")
             return job if job and job["state"] == "done" else None
@@ -154,13 +138,11 @@ def run_e2e(files: list[Path], workdir: Path, *, stable_seconds: float,
                          interval_s=0.1, alive=node.process.exited if node.process else None)
         total = time.perf_counter() - last_acked
         stored = pacs.count()
-        during = _ingest_while_synthesizing(node, second, busy) if second and busy else None
     finally:
         node.stop()
         pacs.stop()
     result = {"instances_in": len(files), "instances_stored_at_pacs": stored,
               "seconds_last_instance_to_stored": total, "stable_seconds": stable_seconds,
-              "model": which, "torch_threads": threads, "split_seconds": split(job),
-              "ingest_during_synthesis": during}
+              "model": which, "torch_threads": threads, "split_seconds": split(job)}
     logger.info("end to end: %.1f s (quiet period %.0f s)", total, stable_seconds)
     return result

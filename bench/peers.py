@@ -37,9 +37,11 @@ class Receiver(Protocol):
 def write_node_config(path: Path, *, port: int, data_dir: Path,
                       destinations: Mapping[str, tuple[str, int]] | None = None,
                       route_modality: str = "NO_SUCH_MODALITY", stable_seconds: float = 1.0,
-                      checkpoint: str = "default", extra_node: Sequence[str] = ()) -> Path:
+                      checkpoint: str = "default", extra_node: Sequence[str] = (),
+                      route_exclude: Mapping[str, str] | None = None) -> Path:
     """A node TOML on loopback, CPU; one route matching ``Modality`` = ``route_modality``
-    (the default matches nothing, so nothing is synthesized) to the first destination."""
+    (the default matches nothing, so nothing is synthesized) to the first destination;
+    ``route_exclude``: keyword -> regular expression of series the route leaves alone."""
     destinations = dict(destinations or {"PACS": ("PACS", 9)})
     lines = ["[node]", 'ae_title = "RTFSYN"', f'host = "{LOOPBACK}"', f"port = {port}",
              f"data_dir = {json.dumps(str(data_dir))}", f"stable_seconds = {stable_seconds}",
@@ -48,8 +50,11 @@ def write_node_config(path: Path, *, port: int, data_dir: Path,
     for name, (ae, dest_port) in destinations.items():
         lines += ["", f"[destinations.{name}]", f'ae_title = "{ae}"', f'host = "{LOOPBACK}"',
                   f"port = {dest_port}"]
-    lines += ["", "[[routes]]", f'match = {{ Modality = "^{route_modality}$" }}',
-              'targets = ["T1"]', f'destination = "{next(iter(destinations))}"', ""]
+    lines += ["", "[[routes]]", f'match = {{ Modality = "^{route_modality}$" }}']
+    if route_exclude:
+        lines.append("exclude = { " + ", ".join(f"{key} = {json.dumps(pattern)}"
+                                                for key, pattern in route_exclude.items()) + " }")
+    lines += ['targets = ["T1"]', f'destination = "{next(iter(destinations))}"', ""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
     return path
@@ -65,13 +70,15 @@ class NodeServer:
     def __init__(self, workdir: Path, *, destinations: Mapping[str, tuple[str, int]] | None = None,
                  route_modality: str = "NO_SUCH_MODALITY", stable_seconds: float = 1.0,
                  checkpoint: str = "default", extra_node: Sequence[str] = (),
-                 threads: int = 1, src: Path | None = None) -> None:
+                 threads: int = 1, src: Path | None = None,
+                 route_exclude: Mapping[str, str] | None = None) -> None:
         self.workdir, self.ae_title, self.port = Path(workdir), "RTFSYN", free_port()
         self.data_dir = self.workdir / "data"
         self.config_path = write_node_config(
             self.workdir / "node.toml", port=self.port, data_dir=self.data_dir,
             destinations=destinations, route_modality=route_modality,
-            stable_seconds=stable_seconds, checkpoint=checkpoint, extra_node=extra_node)
+            stable_seconds=stable_seconds, checkpoint=checkpoint, extra_node=extra_node,
+            route_exclude=route_exclude)
         self.threads, self.src = threads, src
         self.process: ManagedProcess | None = None
 

@@ -1,7 +1,8 @@
-"""Run the node benchmarks: ingest, send, end to end, model scaling.
+"""Run the node benchmarks: ingest, send, end to end, ingest while synthesizing, model scaling.
 
     python bench/run.py --quick     # < 5 min: one repeat each, small sweeps; prints the ratio table
     python bench/run.py             # full: 3 repeats, full sweeps; JSON + figures for the docs
+    python bench/run.py --parts busy --merge   # ingest idle vs while a job synthesizes (~4 min)
 
 Writes ``bench/results/node_bench[_quick].json`` (every run, the summaries,
 the host, the load average before and after each part) and, for the full run,
@@ -25,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
 
-from bench import e2e, ingest, scaling, send  # noqa: E402
+from bench import busy_ingest, e2e, ingest, scaling, send  # noqa: E402
 
 logger = logging.getLogger("bench.run")
 RESULTS = ROOT / "bench" / "results"
@@ -90,11 +91,18 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
             _part("send", results, lambda: send.run_send(files, repeats=repeats, progress=bar))
             results["send_summary"] = send.summarize_send(results["send"])
     if "e2e" in args.parts:
-        t1, again = e2e.t1_series(CACHE), e2e.t1_series(CACHE, uid_seed=4)
+        t1 = e2e.t1_series(CACHE)
         with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
             _part("e2e", results, lambda: e2e.run_e2e(
-                t1, Path(tmp), stable_seconds=args.stable_seconds, threads=args.threads,
-                second=None if args.quick else again, busy=None if args.quick else files))
+                t1, Path(tmp), stable_seconds=args.stable_seconds, threads=args.threads))
+    if "busy" in args.parts:
+        jobs = e2e.t1_series(CACHE), e2e.t1_series(CACHE, uid_seed=4)  # two other studies
+        copies = busy_ingest.ingest_copies(CACHE, n_slices=args.busy_slices)
+        prime = busy_ingest.ingest_copies(CACHE, n_slices=20, copies=1, name="prime")[0]
+        with tempfile.TemporaryDirectory(prefix="bench-busy-") as tmp:
+            _part("busy_ingest", results, lambda: busy_ingest.run_busy_ingest(
+                *jobs, copies, Path(tmp), prime=prime, stable_seconds=args.stable_seconds,
+                threads=args.threads))
     if "scaling" in args.parts:
         with tqdm(total=3, desc="model scaling sweeps", file=sys.stderr) as bar:
             _part("scaling", results, lambda: scaling.run_scaling(
@@ -124,11 +132,8 @@ def print_summary(results: dict[str, Any]) -> None:
               f"{e['seconds_last_instance_to_stored']:.1f} s with a quiet period of "
               f"{e['stable_seconds']:g} s; split: "
               + ", ".join(f"{k} {v:.1f}" for k, v in e["split_seconds"].items() if v is not None))
-        if e.get("ingest_during_synthesis"):
-            d = e["ingest_during_synthesis"]
-            print(f"Ingest of the 500-instance series while a job synthesizes: "
-                  f"{d['instances_per_s']:.0f} instances/s (job still running at the end: "
-                  f"{d['job_still_running_at_end']})")
+    if "busy_ingest" in results:
+        print("\n" + busy_ingest.format_busy(results["busy_ingest"]))
     print(f"\nLoad average (1/5/15 min) per part: {json.dumps(results.get('load_average'))}")
 
 
@@ -137,8 +142,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="one repeat, small model sweeps, quiet period 2 s (< 5 min)")
     parser.add_argument("--repeats", type=int, default=3, help="full run: repeats (default 3)")
-    parser.add_argument("--parts", default="ingest,send,e2e,scaling",
-                        help="comma-separated subset of ingest,send,e2e,scaling")
+    parser.add_argument("--parts", default=None,
+                        help="comma-separated subset of ingest,send,e2e,busy,scaling "
+                             "(default: all; --quick: all but busy)")
+    parser.add_argument("--busy-slices", type=int, default=500,
+                        help="busy: slices of each ingest series copy (default 500)")
+    parser.add_argument("--no-save", action="store_true",
+                        help="print the summary only; write no results JSON and no figures")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--stable-seconds", type=float, default=None,
                         help="the node's quiet period in the end-to-end run "
@@ -152,8 +162,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="also print every table of docs/PERFORMANCE.md (Markdown)")
     parser.add_argument("--no-figures", action="store_true", help="do not write docs/img/*.png")
     args = parser.parse_args(argv)
+    if args.parts is None:
+        args.parts = "ingest,send,e2e,scaling" if args.quick else "ingest,send,e2e,busy,scaling"
     args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
-    unknown = set(args.parts) - {"ingest", "send", "e2e", "scaling"}
+    unknown = set(args.parts) - {"ingest", "send", "e2e", "busy", "scaling"}
     if unknown:
         parser.error(f"unknown part(s): {', '.join(sorted(unknown))}")
     if args.stable_seconds is None:
@@ -167,6 +179,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for noisy in ("pynetdicom", "synthesis", "dicom_node"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     results = run_all(args)
+    if args.no_save:
+        print_summary(results)
+        return 0
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / ("node_bench_quick.json" if args.quick else "node_bench.json")
     if args.merge and out.is_file():  # keep the parts this invocation did not run

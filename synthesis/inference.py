@@ -8,7 +8,7 @@ Steps of one call (see ``docs/ARCHITECTURE.md``):
 4. encode the prompt (cached) and the numeric protocol features;
 5. encode the volume whole, or in overlapping tiles blended smoothly in feature space;
 6. decode the output grid (``render_grid`` when it equals the working grid, else chunked ``query``);
-7. clip to ``[0, 1.5]`` and return float32.
+7. clip to ``[0, OUTPUT_MAX]`` (brain-relative units) and return float32.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ __all__ = ["Synthesizer", "SynthesisResult", "OUTPUT_MAX"]
 
 logger = logging.getLogger(__name__)
 
-OUTPUT_MAX = 1.5            # outputs are clipped to [0, OUTPUT_MAX]
+OUTPUT_MAX = 2.0            # outputs are clipped to [0, OUTPUT_MAX] (brain's bright end ~1; fat may be brighter)
 _CPU_TILE_VOXELS = 12_000_000   # whole-volume inference up to ~230^3 voxels on CPU (~4.3 GB peak RSS)
 _BYTES_PER_VOXEL_CUDA = 400     # measured peak of the default model, with margin
 _QUERY_BUDGET = 1 << 21         # output voxels decoded per slab on the query path
@@ -43,7 +43,8 @@ _TEXT_CACHE_SIZE = 256          # encoded prompts kept on the device
 class SynthesisResult:
     """One synthesized volume.
 
-    volume: float32 (z, y, x) on the normalized [0, 1]-ish scale.
+    volume: float32 (z, y, x) in brain-relative units: 0 is no signal and the bright end
+    of the brain (its 99.5th percentile) is about 1 (see :mod:`synthesis.data`).
     spacing: (dz, dy, dx) mm of the output grid.
     origin_offset_mm: output voxel (0,0,0) centre minus input voxel (0,0,0) centre, mm per axis.
     prompt: the sentence that conditioned the synthesis.

@@ -18,7 +18,7 @@ import pytest
 from node_helpers import make_tls_material, node_config, wait_for
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, MRImageStorage
-from pynetdicom import AE, build_role
+from pynetdicom import AE, _config, build_role
 from pynetdicom.pdu_primitives import AsynchronousOperationsWindowNegotiation
 from pynetdicom.sop_class import CTImageStorage, Verification
 from sqlalchemy import select
@@ -28,7 +28,6 @@ from dicom_node import db, ul
 from dicom_node import ul_dimse as dimse
 from dicom_node import ul_pdu as pdu
 from dicom_node.config import ConfigError, TLSConfig, load_config, parse_config
-from dicom_node.dimse_tuning import send_from_file
 from dicom_node.joblog import JobLog
 from dicom_node.scp import StorageSCP
 from dicom_node.security import server_context
@@ -550,8 +549,11 @@ def test_c_store_is_spooled_byte_identical_with_small_pdus(tmp_path: Path) -> No
         ae.maximum_pdu_size = 4096
         assoc = ae.associate("127.0.0.1", node.port, ae_title="RTFSYN")
         assert assoc.is_established and assoc.acceptor.maximum_length == 4096
-        with send_from_file():  # sent as the file holds it, not re-encoded
+        _config.STORE_SEND_CHUNKED_DATASET = True  # sent as the file holds it, not re-encoded
+        try:
             assert [assoc.send_c_store(f).Status for f in files] == [0] * len(files)
+        finally:
+            _config.STORE_SEND_CHUNKED_DATASET = False
         assoc.release()
         rows = {r.sop_instance_uid: r for r in node.instances()}
         for path in files:

@@ -22,6 +22,7 @@ from synthesis.blocks import (
     pixel_shuffle3d,
     pixel_unshuffle3d,
 )
+from synthesis.nets.rtfsyn import Upsample2x
 
 TEXT, FEAT, COND = 24, 10, 8
 
@@ -95,6 +96,7 @@ def test_condition_embedding_shapes(args: tuple[int, int, int], inputs: tuple[tu
     ("decoder", "volume", "n"),
     [
         (lambda: ImplicitDecoder(6, hidden=8, layers=2, cond_dim=COND, chunk=7), (2, 6, 5, 4, 6), 50),
+        (lambda: ImplicitDecoder(6, hidden=8, cond_dim=COND, bases=4, chunk=7), (2, 6, 5, 4, 6), 50),
         (lambda: ImplicitDecoder(6, hidden=4, layers=1, cond_dim=None), (1, 6, 3, 3, 3), 9),  # projected table
         (lambda: ConvDecoder(6, hidden=8, cond_dim=COND, render_voxels=20), (2, 6, 5, 4, 6), 50),
     ],
@@ -113,15 +115,44 @@ def test_decoder_shapes(decoder: Callable[[], Any], volume: tuple[int, ...], n: 
 
 @pytest.mark.parametrize("hidden", [8, 4])  # gather-then-project and project-then-gather paths
 @pytest.mark.parametrize("render_voxels", [1 << 20, 25])
-def test_implicit_query_at_centres_equals_render_grid(hidden: int, render_voxels: int) -> None:
+@pytest.mark.parametrize("bases", [1, 3])
+def test_implicit_query_at_centres_equals_render_grid(hidden: int, render_voxels: int, bases: int) -> None:
     torch.manual_seed(1)
-    head = ImplicitDecoder(6, hidden=hidden, cond_dim=COND, chunk=50, render_voxels=render_voxels)
+    head = ImplicitDecoder(6, hidden=hidden, cond_dim=COND, bases=bases, chunk=50, render_voxels=render_voxels)
     feats = Features(torch.randn(2, 6, 4, 5, 3), torch.randn(2, COND))
     centres = torch.stack(torch.meshgrid(*(torch.arange(n) for n in (4, 5, 3)), indexing="ij"), -1)
     coords = centres.reshape(1, -1, 3).float().expand(2, -1, -1)
     grid = head.render_grid(feats)
     queried = head.query(feats, coords, torch.ones(2, 3)).reshape(2, 1, 4, 5, 3)
     torch.testing.assert_close(queried, grid, atol=1e-5, rtol=1e-5)
+
+
+def test_output_bases_are_mixed_linearly_by_the_condition() -> None:
+    torch.manual_seed(4)
+    head = ImplicitDecoder(6, hidden=8, cond_dim=COND, bases=3)
+    feats = Features(torch.randn(1, 6, 3, 4, 5), torch.randn(1, COND))
+    coords = torch.rand(1, 20, 3) * 2
+
+    def outputs(mix: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            head.mix.weight.zero_()
+            head.mix.bias.copy_(torch.tensor(mix))
+            return head.render_grid(feats), head.query(feats, coords, torch.ones(1, 3))
+
+    for got, a, b in zip(outputs([1.0, 2.0, 0.0]), outputs([1.0, 0.0, 0.0]), outputs([0.0, 2.0, 0.0])):
+        torch.testing.assert_close(got, a + b, atol=1e-5, rtol=1e-5)  # linear in the mixing weights
+    assert not torch.allclose(outputs([1.0, 0.0, 0.0])[0], outputs([0.0, 1.0, 0.0])[0])  # bases differ
+    assert ImplicitDecoder(6, hidden=8, cond_dim=None, bases=3).mix is None  # no condition: one output
+
+
+def test_upsampling_makes_no_checkerboard() -> None:
+    torch.manual_seed(5)
+    up = Upsample2x(4, 3)
+    out = up(torch.ones(1, 4, 3, 3, 3))
+    assert out.shape == (1, 3, 6, 6, 6)
+    torch.testing.assert_close(out, out[:, :, :1, :1, :1].expand_as(out))  # constant in, constant out
+    transposed = torch.nn.ConvTranspose3d(4, 3, 2, stride=2)(torch.ones(1, 4, 3, 3, 3))
+    assert not torch.allclose(transposed, transposed[:, :, :1, :1, :1].expand_as(transposed))
 
 
 def test_implicit_query_blends_neighbours_and_extrapolates_at_borders() -> None:

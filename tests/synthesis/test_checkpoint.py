@@ -9,7 +9,8 @@ import torch
 
 from synthesis import checkpoint
 from synthesis.nets.rtfsyn import RTFSyn, RTFSynConfig
-from synthesis.protocol import PAIR_FEATURE_DIM
+from synthesis.nets.config import LEGACY_FIELDS
+from synthesis.protocol import FEATURE_DIM, PAIR_FEATURE_DIM
 from synthesis.text import TEXT_DIM, TextCondition
 
 
@@ -119,3 +120,20 @@ def test_extra_is_stored_as_plain_values(tmp_path: Path) -> None:
     assert type(stored["torch"]) is str
     with pytest.raises(TypeError, match=r"Found Namespace at extra\['args'\]"):
         checkpoint.save(RTFSyn(RTFSynConfig.tiny()), tmp_path / "n.pt", extra={"args": argparse.Namespace()})
+
+
+def test_checkpoints_from_before_the_newer_fields_still_load(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    old = RTFSyn(RTFSynConfig.tiny(upsample="transpose", head_bases=1, stage_film=False,
+                                   feature_dim=2 * FEATURE_DIM)).eval()
+    path = checkpoint.save(old, tmp_path / "old.pt")
+    payload = torch.load(path, weights_only=True)
+    for key in LEGACY_FIELDS:  # written before these fields existed
+        del payload["config"][key]
+    torch.save(payload, path)
+    loaded, _ = checkpoint.load(path)
+    assert loaded.config == old.config
+    x, text, feats = _inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, text, feats[:, :2 * FEATURE_DIM]),
+                                   old(x, text, feats[:, :2 * FEATURE_DIM]), atol=0, rtol=0)

@@ -9,11 +9,13 @@ import pytest
 from synthesis.protocol import (
     FEATURE_DIM,
     PAIR_FEATURE_DIM,
+    PHYSICS_DIM,
     PRESETS,
     Contrast,
     MRProtocol,
     SequenceKind,
     pair_features,
+    physics_features,
     preset,
     prompt,
     protocol_features,
@@ -98,3 +100,26 @@ def test_features_shape_flags_and_range() -> None:
     pair = pair_features(preset("T1"), preset("T2"))
     assert pair.shape == (PAIR_FEATURE_DIM,)
     np.testing.assert_array_equal(pair[:FEATURE_DIM], protocol_features(preset("T1")))
+
+
+def test_physics_features_say_which_tissue_is_bright() -> None:
+    csf, gm, wm, lesion, fat = range(5)
+    t2 = physics_features(preset("T2", 3.0), relative_to="brain")
+    assert t2.shape == (PHYSICS_DIM,) and t2[-1] == 1.0
+    assert t2[csf] == pytest.approx(1.0) and t2[wm] < t2[gm] < t2[csf]      # CSF bright on T2w
+    flair = physics_features(preset("FLAIR", 3.0), relative_to="brain")
+    assert flair[csf] < 0.1 and flair[lesion] == pytest.approx(1.0)         # CSF nulled, lesion bright
+    t1 = physics_features(preset("T1", 3.0), relative_to="all")
+    assert t1[fat] == pytest.approx(1.0) and t1[csf] < t1[gm] < t1[wm]      # a source: scaled by fat
+    no_ti = MRProtocol(contrast="FLAIR", sequence="IR", tr_ms=9000.0, te_ms=100.0, field_t=3.0)
+    np.testing.assert_array_equal(physics_features(no_ti, relative_to="brain"), 0.0)  # not computable
+    with pytest.raises(ValueError, match="relative_to must be 'brain' or 'all'. Found 'head'"):
+        physics_features(preset("T2"), relative_to="head")
+
+
+def test_pair_features_put_the_physics_after_the_plain_features() -> None:
+    pair = pair_features(preset("T1"), preset("T2"))
+    np.testing.assert_array_equal(pair[2 * FEATURE_DIM:2 * FEATURE_DIM + PHYSICS_DIM],
+                                  physics_features(preset("T1"), relative_to="all"))
+    np.testing.assert_array_equal(pair[2 * FEATURE_DIM + PHYSICS_DIM:],
+                                  physics_features(preset("T2"), relative_to="brain"))

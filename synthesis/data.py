@@ -27,6 +27,7 @@ import numpy as np
 from synthesis.grid import percentile_normalize, resample, scale_to_range
 from synthesis.protocol import Contrast, MRProtocol
 from synthesis.simulate import Effects, Subject, degrade, random_effects, random_protocol, render
+from synthesis.simulate.protocols import PRESET_SHARE
 
 __all__ = ["Pair", "PairSampler", "VolumeStats", "volume_scale", "volume_stats", "fit_to_shape"]
 
@@ -111,7 +112,10 @@ class PairSampler:
     source_contrasts / target_contrasts: contrast families to draw from;
     split: the protocol split ("train" avoids the zero-shot band, "zeroshot" draws from it);
     effects: "random" (``random_effects``), or a fixed :class:`Effects`;
-    target_weights: relative sampling weight of each target contrast (uniform when None).
+    target_weights: relative sampling weight of each target contrast (uniform when None);
+    source_preset_share / target_preset_share: how often a protocol is a clinical preset
+    (jittered) rather than drawn from the realistic ranges. The node asks for preset
+    targets; its sources come from any scanner.
     """
 
     def __init__(
@@ -124,6 +128,8 @@ class PairSampler:
         split: str = "train",
         effects: str | Effects = "random",
         target_weights: Sequence[float] | None = None,
+        source_preset_share: float = PRESET_SHARE,
+        target_preset_share: float = PRESET_SHARE,
     ) -> None:
         if not subjects:
             raise ValueError("PairSampler needs at least one subject.")
@@ -136,6 +142,7 @@ class PairSampler:
         self.split = split
         self.target_p = _weights(target_weights, len(self.targets))
         self.effects = effects
+        self.preset_share = {"source": float(source_preset_share), "target": float(target_preset_share)}
         self._scales: dict[tuple[int, MRProtocol], VolumeStats] = {}
         self._brain_boxes = [self._box(s.brain_mask) for s in self.subjects]
 
@@ -171,8 +178,10 @@ class PairSampler:
             tgt_c = self.targets[int(rng.integers(len(self.targets)))]
         else:
             tgt_c = self.targets[int(rng.choice(len(self.targets), p=self.target_p))]
-        src_p = random_protocol(src_c, rng, field_t=field, split=self.split)
-        tgt_p = random_protocol(tgt_c, rng, field_t=field, split=self.split)
+        src_p = random_protocol(src_c, rng, field_t=field, split=self.split,
+                                preset_share=self.preset_share["source"])
+        tgt_p = random_protocol(tgt_c, rng, field_t=field, split=self.split,
+                                preset_share=self.preset_share["target"])
         effects = random_effects(rng) if self.effects == "random" else self.effects
         region = self._region(i, rng)
         src_stats, tgt_stats = self._stats(i, src_p), self._stats(i, tgt_p)

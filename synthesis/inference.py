@@ -228,10 +228,10 @@ class Synthesizer:
         if math.prod(padded) <= self.max_tile_voxels:
             with self._autocast():
                 feats = self.model.encode(x.to(self.device), text, features)
-            return Features(feats.volume.float(), feats.cond)
+            return feats.with_volume(feats.volume.float())
         tiles = grid.plan_tiles(work.shape, self.max_tile_voxels, m, self.tile_overlap)
         logger.info("Encoding %s in %d tiles of %s", work.shape, len(tiles), tiles[0][1])
-        accum = weight_sum = cond = None
+        accum = weight_sum = last = None
         for start, size in tiles:
             region = tuple(slice(s, s + n) for s, n in zip(start, size))
             with self._autocast():
@@ -242,9 +242,9 @@ class Synthesizer:
                 weight_sum = torch.zeros(work.shape, device=self.device)
             accum[(slice(None), *region)] += feats.volume[0].float() * weights
             weight_sum[region] += weights
-            cond = feats.cond
+            last = feats
         accum /= weight_sum
-        return Features(accum[None], cond)
+        return last.with_volume(accum[None])
 
     def _decode(self, feats: Features, in_shape: Sequence[int], spacing: tuple[float, float, float],
                 work_spacing: tuple[float, float, float], out_spacing: tuple[float, ...]) -> np.ndarray:
@@ -268,7 +268,7 @@ class Synthesizer:
             # the working planes these queries touch, plus one halo plane each side (conv head)
             lo = max(0, int(math.floor(float(zc.min()))) - 1)
             hi = min(work_shape[0], int(math.floor(float(zc.max()))) + 3)
-            sub = Features(feats.volume[:, :, lo:hi], feats.cond)
+            sub = feats.with_volume(feats.volume[:, :, lo:hi])
             zz, yy, xx = torch.meshgrid(zc - lo, axes[1], axes[2], indexing="ij")
             coords = torch.stack([zz, yy, xx], dim=-1).reshape(1, -1, 3).to(self.device)
             with self._autocast():

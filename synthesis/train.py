@@ -6,8 +6,9 @@ function of the step, so a run restarted from its last checkpoint continues
 exactly where it stopped.  Loss: L1 on the regular grid (voxel centres) plus L1
 at random continuous query positions (the implicit decoder off the grid). Brain
 voxels count in the units evaluation uses (an error divided by the width of the
-target's brain percentile band, :attr:`synthesis.data.Pair.target_brain_range`);
-voxels outside the brain count ``outside_weight`` times their plain error.
+target's brain percentile band, :attr:`synthesis.data.Pair.target_brain_range`, at
+most ``brain_weight_cap`` times); voxels outside the brain count ``outside_weight``
+times their plain error.
 """
 from __future__ import annotations
 
@@ -53,6 +54,8 @@ class TrainConfig:
     target_contrasts: tuple[str, ...] = ("T2w", "PDw", "FLAIR")
     source_contrasts: tuple[str, ...] = ("T1w",)
     target_weights: tuple[float, ...] | None = None  # relative sampling weight per target contrast
+    source_preset_share: float = 0.3  # share of source protocols that are (jittered) presets
+    target_preset_share: float = 0.3  # the same for targets (the node asks for presets)
     # optimisation
     steps: int = 4000
     batch: int = 2
@@ -63,7 +66,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     queries: int = 4096
     query_weight: float = 1.0
-    outside_weight: float = 0.25  # weight of a voxel outside the brain (inside: 1 / brain range)
+    outside_weight: float = 0.25  # weight of a voxel outside the brain
+    brain_weight_cap: float = 2.0  # weight inside the brain: 1 / brain range, at most this
     # bookkeeping
     checkpoint_every: int = 200
     validate_every: int = 500
@@ -155,10 +159,15 @@ def _sample_queries(target: torch.Tensor, mask: torch.Tensor, n: int, gen: torch
     return coords.to(target.device), values.view(b, n), inside.view(b, n)
 
 
-def voxel_weights(mask: torch.Tensor, brain_range: torch.Tensor, outside_weight: float) -> torch.Tensor:
-    """Loss weight per voxel: ``1 / brain_range`` of its sample inside the brain, else
-    ``outside_weight``. mask: (B, ...) with 1 inside the brain; brain_range: (B,)."""
-    inside = (1.0 / brain_range.clamp(min=1e-3)).view(-1, *([1] * (mask.ndim - 1)))
+def voxel_weights(mask: torch.Tensor, brain_range: torch.Tensor, outside_weight: float,
+                  cap: float = 2.0) -> torch.Tensor:
+    """Loss weight per voxel: ``min(1 / brain_range, cap)`` of its sample inside the brain,
+    else ``outside_weight``. mask: (B, ...) with 1 inside the brain; brain_range: (B,).
+
+    ``1 / brain_range`` puts an error in the units evaluation uses; the cap keeps
+    targets whose brain spans a narrow band (proton density) from drowning the
+    others' gradients in what no source reveals (the subject's own PD and T2)."""
+    inside = (1.0 / brain_range.clamp(min=1e-3)).clamp(max=cap).view(-1, *([1] * (mask.ndim - 1)))
     return torch.where(mask > 0, inside, torch.full_like(inside, float(outside_weight)))
 
 
@@ -167,14 +176,14 @@ def loss_on_batch(model: RTFSyn, batch: dict[str, Any], cfg: TrainConfig, step: 
     ``query_weight``, at ``queries`` random continuous positions per patch."""
     feats = model.encode(batch["source"], batch["text"], batch["features"])
     grid = model.render_grid(feats)
-    weight = voxel_weights(batch["mask"], batch["brain_range"], cfg.outside_weight)
+    weight = voxel_weights(batch["mask"], batch["brain_range"], cfg.outside_weight, cfg.brain_weight_cap)
     loss = ((grid - batch["target"]).abs() * weight).mean()
     if cfg.queries > 0 and cfg.query_weight > 0:
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         coords, values, inside = _sample_queries(batch["target"], batch["mask"], cfg.queries, gen)
         cell = torch.ones(coords.shape[0], 3, device=coords.device)
         pred = model.query(feats, coords, cell)
-        q_weight = voxel_weights(inside, batch["brain_range"], cfg.outside_weight)
+        q_weight = voxel_weights(inside, batch["brain_range"], cfg.outside_weight, cfg.brain_weight_cap)
         loss = loss + cfg.query_weight * ((pred - values).abs() * q_weight).mean()
     return loss
 
@@ -228,7 +237,8 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
     log.info("Loading %d training and %d validation subjects", len(train_seeds), len(val_seeds))
     sampler = PairSampler([load_or_make_subject(s, cache) for s in train_seeds], patch=cfg.patch,
                           target_contrasts=cfg.target_contrasts, source_contrasts=cfg.source_contrasts,
-                          target_weights=cfg.target_weights)
+                          target_weights=cfg.target_weights, source_preset_share=cfg.source_preset_share,
+                          target_preset_share=cfg.target_preset_share)
     val_sampler = PairSampler([load_or_make_subject(s, cache) for s in val_seeds], patch=cfg.patch,
                               target_contrasts=cfg.target_contrasts, source_contrasts=cfg.source_contrasts)
     val_rng = np.random.default_rng([cfg.seed, 10**9])

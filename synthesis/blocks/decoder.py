@@ -44,15 +44,22 @@ class Features:
 
     volume: (B, C, D, H, W) feature volume on the input grid.
     cond: (B, cond_dim) condition vector, or None when the model uses no text.
+    mix_prior: (B, bases) output mixing weights known before learning (the target
+    protocol's nominal tissue signals), added to the learned ones; or None.
     """
 
     volume: torch.Tensor
     cond: torch.Tensor | None
+    mix_prior: torch.Tensor | None = None
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "Features":
         kw = {"dtype": dtype} if dtype is not None else {}
-        cond = None if self.cond is None else self.cond.to(device, **kw)
-        return Features(self.volume.to(device, **kw), cond)
+        move = lambda t: None if t is None else t.to(device, **kw)  # noqa: E731
+        return Features(self.volume.to(device, **kw), move(self.cond), move(self.mix_prior))
+
+    def with_volume(self, volume: torch.Tensor) -> "Features":
+        """The same condition with another feature volume (a crop, a tile, a cast)."""
+        return Features(volume, self.cond, self.mix_prior)
 
 
 def slabs(depth: int, plane_voxels: int, budget_voxels: int) -> Iterator[tuple[int, int]]:
@@ -79,12 +86,14 @@ class ImplicitDecoder(nn.Module):
         layers: number of hidden layers (>= 1).
         cond_dim: width of the condition vector, or None for an unconditioned head.
         bases: outputs of the MLP mixed by condition-generated weights (1 without a condition).
+        mix_prior: the mixing weights are learned corrections to ``Features.mix_prior``.
         chunk: queries evaluated at once in :meth:`query`.
         render_voxels: voxels per slab in :meth:`render_grid`.
     """
 
     def __init__(self, in_channels: int, *, hidden: int = 64, layers: int = 2, cond_dim: int | None = None,
-                 bases: int = 1, chunk: int = 32768, render_voxels: int = 1 << 20) -> None:
+                 bases: int = 1, mix_prior: bool = False, chunk: int = 32768,
+                 render_voxels: int = 1 << 20) -> None:
         super().__init__()
         for name, value in (("in_channels", in_channels), ("hidden", hidden), ("layers", layers),
                             ("bases", bases), ("chunk", chunk), ("render_voxels", render_voxels)):
@@ -98,12 +107,16 @@ class ImplicitDecoder(nn.Module):
         self.hidden = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(layers - 1))
         self.out = nn.Linear(hidden, bases)
         self.mix = nn.Linear(cond_dim, bases) if bases > 1 else None
-        # start as Σ_k out_k / sqrt(K): the output's spread at initialization does not
-        # depend on K, and its mean is OUTPUT_INIT
-        nn.init.constant_(self.out.bias, OUTPUT_INIT / bases**0.5)
         if self.mix is not None:
             nn.init.zeros_(self.mix.weight)
-            nn.init.constant_(self.mix.bias, 1.0 / bases**0.5)
+        if self.mix is not None and mix_prior:  # start as the prior's mix of equal bases
+            nn.init.zeros_(self.mix.bias)
+            nn.init.constant_(self.out.bias, 1.0 / bases)
+        elif self.mix is not None:  # start as Σ_k out_k / sqrt(K): the spread at initialization
+            nn.init.constant_(self.mix.bias, 1.0 / bases**0.5)  # does not depend on K, the
+            nn.init.constant_(self.out.bias, OUTPUT_INIT / bases**0.5)  # mean is OUTPUT_INIT
+        else:
+            nn.init.constant_(self.out.bias, OUTPUT_INIT)
 
     # -- per-sample terms ---------------------------------------------------
     def _sample_terms(self, feats: Features, cell: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -114,6 +127,8 @@ class ImplicitDecoder(nn.Module):
             return bias, torch.ones_like(bias), torch.zeros_like(bias), None
         gamma, beta = self.film(feats.cond).chunk(2, dim=-1)
         mix = self.mix(feats.cond) if self.mix is not None else None
+        if mix is not None and feats.mix_prior is not None:
+            mix = mix + feats.mix_prior.to(mix.dtype)
         return bias, 1.0 + gamma, beta, mix
 
     def _tail(self, z: torch.Tensor, mix: torch.Tensor | None, linear: bool) -> torch.Tensor:

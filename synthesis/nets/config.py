@@ -5,7 +5,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from synthesis.protocol import PAIR_FEATURE_DIM
+from synthesis.protocol import PAIR_FEATURE_DIM, PHYSICS_DIM
 from synthesis.text import TEXT_DIM
 
 __all__ = ["RTFSynConfig", "REFINEMENTS", "FUSIONS", "DECODERS", "UPSAMPLERS", "LEGACY_FIELDS"]
@@ -16,7 +16,7 @@ DECODERS = ("implicit", "conv")
 UPSAMPLERS = ("trilinear", "transpose")
 #: Values of fields added after the first released checkpoints, as those checkpoints used them
 #: (:func:`synthesis.checkpoint.load` fills them in when a stored config lacks them).
-LEGACY_FIELDS = {"upsample": "transpose", "head_bases": 1, "stage_film": False}
+LEGACY_FIELDS = {"upsample": "transpose", "head_bases": 1, "stage_film": False, "physics_mix": False}
 
 
 def _int(name: str, value: Any, minimum: int = 1) -> None:
@@ -44,6 +44,9 @@ class RTFSynConfig:
     head_bases: K outputs of the decoder MLP mixed by weights generated from the
     condition (a text-conditioned dynamic output layer; 1 = a plain output).
     stage_film: scale and shift each encoder stage's input per channel from the condition.
+    physics_mix: the output mixing weights start from the target protocol's nominal tissue
+    signals (:func:`synthesis.protocol.physics_features`), so each of the ``head_bases`` =
+    8 bases stands for one tissue class and the learned weights are corrections.
     upsample: decoder upsampling, ``trilinear`` (1x1x1 projection, then trilinear x2:
     no checkerboard) or ``transpose`` (2x2x2 stride-2 transposed convolution).
     query_chunk: queries per chunk; render_voxels: voxels per slab when rendering.
@@ -69,6 +72,7 @@ class RTFSynConfig:
     head_bases: int = 8
     upsample: str = "trilinear"
     stage_film: bool = True
+    physics_mix: bool = True
     query_chunk: int = 32768
     render_voxels: int = 1 << 20
     text_dim: int = TEXT_DIM
@@ -98,6 +102,12 @@ class RTFSynConfig:
         _choice("fusion", self.fusion, FUSIONS)
         _choice("decoder", self.decoder, DECODERS)
         _choice("upsample", self.upsample, UPSAMPLERS)
+        if self.physics_mix and self.fusion != "none":
+            if self.head_bases != PHYSICS_DIM - 1 or self.feature_dim != PAIR_FEATURE_DIM:
+                raise ValueError(
+                    f"physics_mix needs head_bases={PHYSICS_DIM - 1} (one per tissue class) and "
+                    f"feature_dim={PAIR_FEATURE_DIM}. Found head_bases={self.head_bases}, "
+                    f"feature_dim={self.feature_dim}.")
         for s in self.fusion_scales:
             if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < len(self.channels):
                 raise ValueError(

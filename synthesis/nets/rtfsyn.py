@@ -25,6 +25,7 @@ from synthesis.blocks import (
     ResBlock3d,
 )
 from synthesis.nets.config import RTFSynConfig
+from synthesis.protocol import PHYSICS_DIM
 from synthesis.text import TextCondition
 
 __all__ = ["RTFSyn", "RTFSynConfig", "Features"]
@@ -100,10 +101,16 @@ class RTFSyn(nn.Module):
         if cfg.decoder == "implicit":
             self.head: ImplicitDecoder | ConvDecoder = ImplicitDecoder(
                 ch[0], hidden=cfg.head_hidden, layers=cfg.head_layers, cond_dim=cond_dim,
-                bases=cfg.head_bases, chunk=cfg.query_chunk, render_voxels=cfg.render_voxels,
+                bases=cfg.head_bases, mix_prior=self.uses_physics_mix, chunk=cfg.query_chunk,
+                render_voxels=cfg.render_voxels,
             )
         else:
             self.head = ConvDecoder(ch[0], hidden=cfg.head_hidden, cond_dim=cond_dim, render_voxels=cfg.render_voxels)
+
+    @property
+    def uses_physics_mix(self) -> bool:
+        """True when the output mixing starts from the target's nominal tissue signals."""
+        return self.config.physics_mix and self.config.fusion != "none" and self.config.decoder == "implicit"
 
     @property
     def uses_text(self) -> bool:
@@ -163,7 +170,10 @@ class RTFSyn(nn.Module):
             h = self.decoder[s](h)
         if any(pads):
             h = h[:, :, :depth, :height, :width].contiguous()
-        return Features(h, cond)
+        prior = None
+        if self.uses_physics_mix:  # the target's nominal tissue signals: the last PHYSICS_DIM
+            prior = features[:, -PHYSICS_DIM:-1].to(device=h.device, dtype=torch.float32)  # (B, 8)
+        return Features(h, cond, prior)
 
     def _fuse(self, scale: int, h: torch.Tensor, text: TextCondition, features: torch.Tensor,
               cond: torch.Tensor) -> torch.Tensor:

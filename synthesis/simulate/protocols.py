@@ -144,10 +144,11 @@ def _jittered_preset(name: str, field: float, rng: np.random.Generator) -> MRPro
 
 
 def random_protocol(contrast: str | Contrast, rng: np.random.Generator, *,
-                    field_t: float | None = None, split: str = "train") -> MRProtocol:
+                    field_t: float | None = None, split: str = "train",
+                    preset_share: float = PRESET_SHARE) -> MRProtocol:
     """A realistic random protocol of ``contrast`` (T1w, T2w, PDw or FLAIR).
 
-    With probability ``PRESET_SHARE`` (training splits only) the protocol is a
+    With probability ``preset_share`` (training splits only) the protocol is a
     clinical preset of :mod:`synthesis.protocol` with TR/TE/TI jittered by ±5 %,
     so the protocols the node actually asks for are well covered.
     T1w: MPRAGE (1/2), 3-D SPGR (1/4) or 2-D SE (1/4); T2w and PDw: 2-D or 3-D
@@ -163,7 +164,9 @@ def random_protocol(contrast: str | Contrast, rng: np.random.Generator, *,
         raise ValueError(f"split must be one of {', '.join(SPLITS)}. Found {split!r}.")
     contrast = parse_contrast(contrast)
     field = nearest_field(field_t) if field_t is not None else float(rng.choice([1.5, 3.0]))
-    if split != "zeroshot" and contrast in _PRESET_OF and rng.random() < PRESET_SHARE:
+    if not 0.0 <= preset_share <= 1.0:
+        raise ValueError(f"preset_share must be in [0, 1]. Found {preset_share!r}.")
+    if split != "zeroshot" and contrast in _PRESET_OF and rng.random() < preset_share:
         return _jittered_preset(_PRESET_OF[contrast], field, rng)
     if contrast is Contrast.T1w:
         values = _t1w(rng, field, split)

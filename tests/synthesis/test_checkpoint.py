@@ -124,7 +124,7 @@ def test_extra_is_stored_as_plain_values(tmp_path: Path) -> None:
 
 def test_checkpoints_from_before_the_newer_fields_still_load(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    old = RTFSyn(RTFSynConfig.tiny(upsample="transpose", head_bases=1, stage_film=False,
+    old = RTFSyn(RTFSynConfig.tiny(upsample="transpose", head_bases=1, stage_film=False, physics_mix=False,
                                    feature_dim=2 * FEATURE_DIM)).eval()
     path = checkpoint.save(old, tmp_path / "old.pt")
     payload = torch.load(path, weights_only=True)

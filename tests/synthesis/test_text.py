@@ -53,3 +53,16 @@ def test_condition_helpers() -> None:
     assert half.tokens.dtype == torch.float64 and half.mask.dtype == torch.bool
     with pytest.raises(ValueError, match="at least one prompt"):
         get_text_encoder().encode([])
+
+
+def test_the_cache_is_bounded_and_keeps_the_newest(monkeypatch: pytest.MonkeyPatch) -> None:
+    import synthesis.text as text
+
+    monkeypatch.setattr(text, "_CACHE_SIZE", 3)
+    encoder = get_text_encoder()
+    encoder._cache.clear()
+    first = encoder.encode(["p0."]).pooled
+    encoder.encode(["p1.", "p2.", "p3."])
+    assert list(encoder._cache) == ["p1.", "p2.", "p3."]  # the oldest prompt made room
+    torch.testing.assert_close(encoder.encode(["p0."]).pooled, first)  # encoded again, the same
+    assert len(encoder._cache) == 3

@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Collection, Iterable
 
 import numpy as np
 
@@ -179,8 +179,12 @@ class LookupBaseline:
 
 def evaluate(predictors: dict[str, Predictor], cases: Iterable[EvalCase], *,
              on_case: Callable[[EvalCase, dict[str, np.ndarray]], None] | None = None,
-             progress: bool = True) -> Evaluation:
-    """Run every predictor on every case; ``on_case`` sees each case's predictions (for pictures)."""
+             progress: bool = True, clean_only: Collection[str] = ()) -> Evaluation:
+    """Run every predictor on every case; ``on_case`` sees each case's predictions (for pictures).
+
+    Predictors named in ``clean_only`` (references compared only on the clean source) skip the
+    degraded and zero-shot cases.
+    """
     from tqdm import tqdm
 
     result = Evaluation()
@@ -189,6 +193,8 @@ def evaluate(predictors: dict[str, Predictor], cases: Iterable[EvalCase], *,
         for name, predict in predictors.items():
             if name == "lookup" and case.condition == "zeroshot":
                 continue  # the LUT is fitted per preset; it has no notion of other protocols
+            if name in clean_only and case.condition != "clean":
+                continue
             t0 = time.perf_counter()
             pred = fit_to_shape(predict(case), case.truth.shape)
             seconds = time.perf_counter() - t0

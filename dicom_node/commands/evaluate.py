@@ -22,6 +22,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="the --ablation entry that is the full architecture trained on the ablations' "
                         "budget: the ablations are compared with it instead of with --checkpoint")
     p.add_argument("--no-lookup", action="store_true", help="skip the look-up-table baseline")
+    p.add_argument("--references-everywhere", action="store_true",
+                   help="run the ablations, look-up and oracle on every condition (default: on the clean "
+                        "source only, where the report compares them)")
     p.add_argument("--cache-dir", default="var/sim-cache", help="simulated subject cache")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -121,7 +124,12 @@ def run(args: argparse.Namespace) -> int:
         pictures[case.target_contrast] = rel
 
     cases = ev.evaluation_cases(ev.test_seeds(args.subjects), cache_dir=cache, crop=crop, conditions=conditions)
-    evaluation = ev.evaluate(predictors, cases, on_case=on_case, progress=not args.no_progress)
+    clean_only = () if args.references_everywhere else [name for name in predictors if name != "rtfsyn"]
+    if clean_only:
+        notes.append("Ablations and references ran on the clean source only; the robustness and "
+                     "zero-shot tables are the full model's.")
+    evaluation = ev.evaluate(predictors, cases, on_case=on_case, progress=not args.no_progress,
+                             clean_only=clean_only)
     from synthesis import checkpoint as ckpt
 
     ckpt_path = ckpt.default_checkpoint_path() if args.checkpoint == "default" else Path(args.checkpoint)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from dicom_node.spool_recovery import SpoolRecovery, recover_spool
 __all__ = ["Node", "SynthesisProcessor"]
 
 logger = logging.getLogger(__name__)
+WARM_UP_DONE = "pipeline warm-up done in"  # logged at start-up; benchmarks wait for it
 
 
 class SynthesisProcessor:
@@ -70,6 +72,7 @@ class SynthesisProcessor:
         """Import the pipeline and load what its first assembly would load, so that the
         first job does not pay for it (run in a background thread at start-up; never
         raises)."""
+        t0 = time.monotonic()
         try:
             import dicom_node.pipeline  # noqa: F401 - the import is part of the warm-up
             from dicom_node.assemble import warm_up
@@ -77,6 +80,7 @@ class SynthesisProcessor:
             warm_up()
         except Exception:  # the first job will report what is wrong
             logger.warning("pipeline warm-up failed", exc_info=True)
+        logger.info("%s %.1f s", WARM_UP_DONE, time.monotonic() - t0)
 
     def __call__(self, job: JobSpec, files: list[Path], out_dir: Path) -> ProcessResult:
         from dicom_node.pipeline import NodeInfo, process_series

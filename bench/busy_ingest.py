@@ -29,9 +29,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-
 from bench.e2e import checkpoint_for, newest_job
+from bench.ingest import phantom_volume
 from bench.peers import DcmtkStoreSCP, NodeServer, send_concurrently, wait_until
 
 logger = logging.getLogger(__name__)
@@ -52,13 +51,7 @@ def ingest_copies(cache_dir: Path, n_slices: int = 500, copies: int = 3,
         files = sorted(folder.glob("IM*.dcm"))
         if len(files) != n_slices:
             shutil.rmtree(folder, ignore_errors=True)
-            rng = np.random.default_rng(7)
-            z = np.linspace(0.0, 1.0, n_slices, dtype=np.float32)[:, None, None]
-            yy, xx = np.meshgrid(*(np.linspace(-1, 1, n, dtype=np.float32) for n in _SIZE),
-                                 indexing="ij")
-            head = ((yy**2 + xx**2) < 0.8).astype(np.float32)[None]
-            volume = 1000.0 * head * (0.5 + 0.3 * z) + 50.0 * rng.random(
-                (n_slices, *_SIZE), dtype=np.float32)
+            volume = phantom_volume(n_slices, _SIZE)
             logger.info("writing ingest series copy %d (%d slices) into %s", copy, n_slices,
                         folder)
             files = write_series(volume, (1.0, 1.0, 1.0), preset("T1"), folder,

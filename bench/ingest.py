@@ -42,16 +42,20 @@ def mr_series(cache_dir: Path, n_slices: int = SERIES_SHAPE[0],
     if len(files) == n_slices:
         return files
     shutil.rmtree(folder, ignore_errors=True)
+    logger.info("writing the benchmark series (%d slices) into %s", n_slices, folder)
+    return write_series(phantom_volume(n_slices, size), (1.0, 1.0, 1.0), preset("T1"), folder,
+                        series_description="BENCH MR", seed=11)
+
+
+def phantom_volume(n_slices: int, size: tuple[int, int]) -> np.ndarray:
+    """The benchmark's pixel data: an elliptic "head" brightening along z, plus noise (seeded)."""
     rng = np.random.default_rng(7)
     z = np.linspace(0.0, 1.0, n_slices, dtype=np.float32)[:, None, None]
     yy, xx = np.meshgrid(*(np.linspace(-1, 1, n, dtype=np.float32) for n in size),
                          indexing="ij")
     head = ((yy**2 + xx**2) < 0.8).astype(np.float32)[None]
-    volume = 1000.0 * head * (0.5 + 0.3 * z) + 50.0 * rng.random((n_slices, *size),
-                                                                   dtype=np.float32)
-    logger.info("writing the benchmark series (%d slices) into %s", n_slices, folder)
-    return write_series(volume, (1.0, 1.0, 1.0), preset("T1"), folder,
-                        series_description="BENCH MR", seed=11)
+    return 1000.0 * head * (0.5 + 0.3 * z) + 50.0 * rng.random((n_slices, *size),
+                                                                 dtype=np.float32)
 
 
 def add_baseline(src: Path) -> str:

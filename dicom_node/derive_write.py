@@ -32,10 +32,10 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import correct_ambiguous_vr, write_data_element, write_file_meta_info
-from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_node.derive_mr import MRSeries
 from dicom_node.errors import DerivedSeriesError
+from dicom_node.simseries import _file_meta
 
 __all__ = ["IMPLEMENTATION_CLASS_UID", "IMPLEMENTATION_VERSION", "file_meta",
            "TemplateEncoder", "write_mr_series", "write_and_verify"]
@@ -47,13 +47,7 @@ _PREAMBLE = bytes(128) + b"DICM"
 
 def file_meta(sop_class_uid: str, sop_instance_uid: str) -> FileMetaDataset:
     """The node's file meta information for one instance (Explicit VR Little Endian)."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class_uid
-    meta.MediaStorageSOPInstanceUID = sop_instance_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION
-    return meta
+    return _file_meta(sop_class_uid, sop_instance_uid, (IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION))
 
 
 def _encode_element(element: DataElement | RawDataElement,

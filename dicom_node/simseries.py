@@ -218,13 +218,16 @@ def _mr_acquisition(ds: Dataset, protocol: MRProtocol, slice_thickness: float) -
     ds.TransmitCoilName = "Body"
 
 
-def _file_meta(sop_class: str, sop_instance: str) -> FileMetaDataset:
+def _file_meta(sop_class: str, sop_instance: str,
+               implementation: tuple[str, str] = (IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION),
+               ) -> FileMetaDataset:
+    """File meta information (Explicit VR Little Endian); ``implementation``: class UID
+    and version name (the simulator's unless given; the node's derived series pass theirs)."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
     meta.MediaStorageSOPInstanceUID = sop_instance
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION
+    meta.ImplementationClassUID, meta.ImplementationVersionName = implementation
     return meta
 
 

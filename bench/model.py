@@ -40,7 +40,8 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
 
 from synthesis.nets.rtfsyn import RTFSyn, RTFSynConfig  # noqa: E402
-from synthesis.protocol import PAIR_FEATURE_DIM, preset  # noqa: E402
+from synthesis.protocol import preset  # noqa: E402
+from synthesis.condition import PAIR_FEATURE_DIM
 
 logger = logging.getLogger("bench.model")
 

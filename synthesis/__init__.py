@@ -16,8 +16,12 @@ def __getattr__(name: str) -> Any:
         from synthesis import inference
 
         return getattr(inference, name)
-    if name in ("MRProtocol", "preset", "prompt"):
+    if name in ("MRProtocol", "preset"):
         from synthesis import protocol
 
         return getattr(protocol, name)
+    if name == "prompt":
+        from synthesis import condition
+
+        return condition.prompt
     raise AttributeError(f"module 'synthesis' has no attribute {name!r}")

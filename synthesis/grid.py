@@ -20,7 +20,6 @@ __all__ = [
     "working_spacing",
     "output_shape",
     "axis_coords",
-    "output_coords",
     "origin_offset_mm",
     "resample",
     "percentile_normalize",
@@ -64,14 +63,6 @@ def axis_coords(n_out: int, sp_in: float, sp_out: float) -> np.ndarray:
     Output centre ``j`` lies at ``(j + 0.5) * sp_out / sp_in - 0.5`` input voxels.
     """
     return (np.arange(n_out, dtype=np.float64) + 0.5) * (sp_out / sp_in) - 0.5
-
-
-def output_coords(in_shape: Sequence[int], in_spacing: Sequence[float],
-                  out_spacing: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-axis continuous input-voxel coordinates ``(z, y, x)`` of the output grid centres."""
-    shape = output_shape(in_shape, in_spacing, out_spacing)
-    sp_in, sp_out = _spacing("in_spacing", in_spacing), _spacing("out_spacing", out_spacing)
-    return tuple(axis_coords(n, a, b) for n, a, b in zip(shape, sp_in, sp_out))  # type: ignore[return-value]
 
 
 def origin_offset_mm(in_spacing: Sequence[float], out_spacing: Sequence[float]) -> tuple[float, float, float]:

@@ -25,7 +25,8 @@ import torch
 
 from synthesis import grid
 from synthesis.nets.rtfsyn import Features, RTFSyn
-from synthesis.protocol import MRProtocol, pair_features, prompt
+from synthesis.protocol import MRProtocol
+from synthesis.condition import pair_features, prompt
 from synthesis.text import TextCondition
 
 __all__ = ["Synthesizer", "SynthesisResult", "OUTPUT_MAX"]

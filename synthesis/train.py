@@ -29,7 +29,7 @@ from synthesis import checkpoint as ckpt
 from synthesis.data import Pair, PairSampler
 from synthesis.metrics import normalize_in_mask, psnr
 from synthesis.nets.rtfsyn import RTFSyn, RTFSynConfig
-from synthesis.protocol import pair_features, prompt
+from synthesis.condition import pair_features, prompt
 from synthesis.simulate import SPLIT_SEEDS, load_or_make_subject
 from synthesis.text import get_text_encoder
 

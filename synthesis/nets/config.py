@@ -3,17 +3,49 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, Mapping
 
-from synthesis.protocol import PAIR_FEATURE_DIM, PHYSICS_DIM
+from synthesis.condition import PAIR_FEATURE_DIM, PHYSICS_DIM
 from synthesis.text import TEXT_DIM
 
-__all__ = ["RTFSynConfig", "REFINEMENTS", "FUSIONS", "DECODERS", "UPSAMPLERS", "LEGACY_FIELDS"]
+__all__ = ["RTFSynConfig", "Refinement", "Fusion", "Decoder", "Upsampler", "REFINEMENTS", "FUSIONS",
+           "DECODERS", "UPSAMPLERS", "LEGACY_FIELDS"]
 
-REFINEMENTS = ("axis", "none")
-FUSIONS = ("rtf", "global", "none")
-DECODERS = ("implicit", "conv")
-UPSAMPLERS = ("trilinear", "transpose")
+
+class Refinement(str, Enum):
+    """Ablation switch: axis-aware visual refinement before fusion, or none."""
+
+    AXIS = "axis"
+    NONE = "none"
+
+
+class Fusion(str, Enum):
+    """Ablation switch: RTF cross-modal fusion, a TUMSyn-style global text gate, or no text."""
+
+    RTF = "rtf"
+    GLOBAL = "global"
+    NONE = "none"
+
+
+class Decoder(str, Enum):
+    """Ablation switch: implicit (LIIF-style) decoder or a conv head."""
+
+    IMPLICIT = "implicit"
+    CONV = "conv"
+
+
+class Upsampler(str, Enum):
+    """Decoder upsampling: trilinear (no checkerboard) or a stride-2 transposed convolution."""
+
+    TRILINEAR = "trilinear"
+    TRANSPOSE = "transpose"
+
+
+REFINEMENTS = tuple(m.value for m in Refinement)
+FUSIONS = tuple(m.value for m in Fusion)
+DECODERS = tuple(m.value for m in Decoder)
+UPSAMPLERS = tuple(m.value for m in Upsampler)
 #: Values of fields added after the first released checkpoints, as those checkpoints used them
 #: (:func:`synthesis.checkpoint.load` fills them in when a stored config lacks them).
 LEGACY_FIELDS = {"upsample": "transpose", "head_bases": 1, "stage_film": False, "physics_mix": False}
@@ -24,9 +56,13 @@ def _int(name: str, value: Any, minimum: int = 1) -> None:
         raise ValueError(f"{name} must be an integer >= {minimum}. Found {value!r}.")
 
 
-def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(allowed)}. Found {value!r}.")
+def _choice(name: str, value: Any, kind: type[Enum]) -> str:
+    """``value`` (a str or a member of ``kind``) as the plain string of its member."""
+    try:
+        return kind(value).value
+    except ValueError:
+        allowed = ", ".join(m.value for m in kind)
+        raise ValueError(f"{name} must be one of {allowed}. Found {value!r}.") from None
 
 
 @dataclass(frozen=True)
@@ -45,7 +81,7 @@ class RTFSynConfig:
     condition (a text-conditioned dynamic output layer; 1 = a plain output).
     stage_film: scale and shift each encoder stage's input per channel from the condition.
     physics_mix: the output mixing weights start from the target protocol's nominal tissue
-    signals (:func:`synthesis.protocol.physics_features`), so each of the ``head_bases`` =
+    signals (:func:`synthesis.condition.physics_features`), so each of the ``head_bases`` =
     8 bases stands for one tissue class and the learned weights are corrections.
     upsample: decoder upsampling, ``trilinear`` (1x1x1 projection, then trilinear x2:
     no checkerboard) or ``transpose`` (2x2x2 stride-2 transposed convolution).
@@ -98,10 +134,9 @@ class RTFSynConfig:
             raise ValueError("axis_dilations must hold at least one dilation. Found ().")
         for d in self.axis_dilations:
             _int("axis_dilations[i]", d)
-        _choice("refinement", self.refinement, REFINEMENTS)
-        _choice("fusion", self.fusion, FUSIONS)
-        _choice("decoder", self.decoder, DECODERS)
-        _choice("upsample", self.upsample, UPSAMPLERS)
+        for name, kind in (("refinement", Refinement), ("fusion", Fusion), ("decoder", Decoder),
+                           ("upsample", Upsampler)):
+            set_(self, name, _choice(name, getattr(self, name), kind))
         if self.physics_mix and self.fusion != "none":
             if self.head_bases != PHYSICS_DIM - 1 or self.feature_dim != PAIR_FEATURE_DIM:
                 raise ValueError(

@@ -25,7 +25,7 @@ from synthesis.blocks import (
     ResBlock3d,
 )
 from synthesis.nets.config import RTFSynConfig
-from synthesis.protocol import PHYSICS_DIM
+from synthesis.condition import PHYSICS_DIM
 from synthesis.text import TextCondition
 
 __all__ = ["RTFSyn", "RTFSynConfig", "Features"]

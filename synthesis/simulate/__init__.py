@@ -31,7 +31,7 @@ from synthesis.simulate.protocols import (
     random_protocol,
 )
 from synthesis.simulate.render import render, tissue_weights
-from synthesis.simulate.tissues import NOMINAL_PARAMS, TISSUES, tissue_signal
+from synthesis.physics import NOMINAL_PARAMS, TISSUES, tissue_signal
 
 __all__ = [
     "Subject", "make_subject", "load_or_make_subject", "PHANTOM_VERSION",

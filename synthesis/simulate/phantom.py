@@ -22,7 +22,7 @@ import numpy as np
 from scipy import ndimage
 
 from synthesis.simulate.fields import smooth_field
-from synthesis.simulate.tissues import FIELDS_T, TISSUES, jittered_params
+from synthesis.physics import FIELDS_T, TISSUES, jittered_params
 
 __all__ = ["Subject", "make_subject", "load_or_make_subject", "PHANTOM_VERSION"]
 

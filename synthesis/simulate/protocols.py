@@ -22,7 +22,7 @@ import math
 import numpy as np
 
 from synthesis.protocol import Contrast, MRProtocol, SequenceKind, preset
-from synthesis.simulate.tissues import NOMINAL_PARAMS, TISSUES, nearest_field
+from synthesis.physics import NOMINAL_PARAMS, TISSUES, nearest_field
 
 __all__ = ["SPLIT_SEEDS", "ZERO_SHOT_BAND", "in_zero_shot_band", "random_protocol",
            "parse_contrast", "SPLITS"]

@@ -5,7 +5,7 @@ import numpy as np
 
 from synthesis.protocol import MRProtocol
 from synthesis.simulate.phantom import Subject
-from synthesis.simulate.tissues import NOMINAL_PARAMS, nearest_field, tissue_signal
+from synthesis.physics import NOMINAL_PARAMS, nearest_field, tissue_signal
 
 __all__ = ["render", "tissue_weights"]
 
@@ -21,7 +21,7 @@ def render(subject: Subject, protocol: MRProtocol, *,
            region: tuple[slice, slice, slice] | None = None, nominal: bool = False) -> np.ndarray:
     """The clean magnitude image, float32 ``(D, H, W)`` (of ``region`` when given).
 
-    Each tissue's signal (see :mod:`synthesis.simulate.tissues`) at the field
+    Each tissue's signal (see :mod:`synthesis.physics`) at the field
     nearest ``protocol.field_t`` (1.5 or 3 T), weighted by its fraction and
     summed; air gives 0. Values are on the physical scale (PD of CSF = 1).
     ``nominal``: use the nominal tissue parameters, not the subject's jittered ones

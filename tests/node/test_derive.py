@@ -21,7 +21,8 @@ from dicom_node.derive import NodeInfo, write_derived_series
 from dicom_node.derive_mr import INTENSITY_SCALE
 from dicom_node.errors import RejectedSeries
 from dicom_node.tags import protocol_from_dataset
-from synthesis.protocol import preset, prompt
+from synthesis.protocol import preset
+from synthesis.condition import prompt
 
 MODEL_INFO = {"model_name": "RTFSyn", "model_version": "0.1.0+test",
               "checkpoint_sha256": "c0ffee" * 10 + "abcd",

@@ -14,7 +14,8 @@ from dicom_node.errors import RejectedSeries
 from dicom_node.pipeline import NodeInfo, process_series
 from dicom_node.simseries import write_series
 from synthesis import grid
-from synthesis.protocol import Contrast, MRProtocol, preset, prompt
+from synthesis.protocol import Contrast, MRProtocol, preset
+from synthesis.condition import prompt
 
 STAGES = {"assembly", "conditioning", "synthesis", "encoding"}
 

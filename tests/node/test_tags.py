@@ -13,7 +13,8 @@ from dicom_factory import make_enhanced, make_series
 from dicom_node.errors import RejectedSeries
 from dicom_node.simseries import write_series
 from dicom_node.tags import protocol_from_dataset
-from synthesis.protocol import Contrast, SequenceKind, preset, prompt
+from synthesis.protocol import Contrast, SequenceKind, preset
+from synthesis.condition import prompt
 
 
 def _ds(**tags: object) -> Dataset:

@@ -10,7 +10,7 @@ import torch
 from synthesis import checkpoint
 from synthesis.nets.rtfsyn import RTFSyn, RTFSynConfig
 from synthesis.nets.config import LEGACY_FIELDS
-from synthesis.protocol import FEATURE_DIM, PAIR_FEATURE_DIM
+from synthesis.condition import FEATURE_DIM, PAIR_FEATURE_DIM
 from synthesis.text import TEXT_DIM, TextCondition
 
 

@@ -12,7 +12,8 @@ from scipy import ndimage
 
 from synthesis import checkpoint, grid
 from synthesis.inference import OUTPUT_MAX, SynthesisResult, Synthesizer
-from synthesis.protocol import preset, prompt
+from synthesis.protocol import preset
+from synthesis.condition import prompt
 
 SOURCE, TARGET = preset("T1", 3.0), preset("T2", 3.0)
 
@@ -38,7 +39,8 @@ def test_working_spacing_upsamples_only_thick_axes() -> None:
 
 def test_output_grid_covers_the_field_of_view() -> None:
     assert grid.output_shape((10, 20, 4), (1, 1, 5), (1, 1, 1)) == (10, 20, 20)
-    z, _, x = grid.output_coords((10, 20, 4), (1, 1, 5), (1, 1, 1))
+    z = grid.axis_coords(10, 1.0, 1.0)
+    x = grid.axis_coords(20, 5.0, 1.0)
     np.testing.assert_allclose(x[:3], [-0.4, -0.2, 0.0])
     np.testing.assert_allclose(z, np.arange(10))
     assert grid.origin_offset_mm((1, 1, 5), (1, 1, 1)) == (0.0, 0.0, -2.0)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from synthesis.nets.rtfsyn import Features, RTFSyn, RTFSynConfig
-from synthesis.protocol import PAIR_FEATURE_DIM
+from synthesis.condition import PAIR_FEATURE_DIM
 from synthesis.text import TEXT_DIM, TextCondition
 
 
@@ -203,3 +203,13 @@ def test_bf16_autocast_runs_close_to_fp32(ablation: dict) -> None:
     for g, e in zip(got, expected):
         assert torch.isfinite(g).all()
         assert (g.float() - e).abs().max() < 0.03
+
+
+def test_ablation_switches_accept_enums_and_name_bad_values() -> None:
+    from synthesis.nets.config import Decoder, Fusion, Refinement
+
+    cfg = RTFSynConfig.tiny(refinement=Refinement.NONE, fusion=Fusion.GLOBAL, decoder="conv")
+    assert (cfg.refinement, cfg.fusion, cfg.decoder) == ("none", "global", Decoder.CONV.value)
+    assert type(cfg.to_dict()["fusion"]) is str
+    with pytest.raises(ValueError, match=r"fusion must be one of rtf, global, none. Found 'clip'"):
+        RTFSynConfig.tiny(fusion="clip")

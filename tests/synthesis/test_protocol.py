@@ -6,20 +6,16 @@ import re
 import numpy as np
 import pytest
 
-from synthesis.protocol import (
+from synthesis.condition import (
     FEATURE_DIM,
     PAIR_FEATURE_DIM,
     PHYSICS_DIM,
-    PRESETS,
-    Contrast,
-    MRProtocol,
-    SequenceKind,
     pair_features,
     physics_features,
-    preset,
     prompt,
     protocol_features,
 )
+from synthesis.protocol import PRESETS, Contrast, MRProtocol, SequenceKind, preset
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,7 @@ from synthesis.simulate import (
     with_acquisition,
 )
 from synthesis.simulate import phantom
-from synthesis.simulate.tissues import jittered_params
+from synthesis.physics import jittered_params
 
 SEED = 7
 

@@ -42,7 +42,7 @@ _SIZE = (256, 256)
 def ingest_copies(cache_dir: Path, n_slices: int = 500, copies: int = 3,
                   name: str = "copy") -> list[list[Path]]:
     """``copies`` copies of the ingest series (same pixels, each its own study), cached."""
-    from dicom_node.simseries import write_series
+    from dicom_node.tools.simseries import write_series
     from synthesis.protocol import preset
 
     out = []

@@ -36,7 +36,7 @@ def t1_series(cache_dir: Path, n_slices: int = 180, seed: int = 3,
     """The simulated subject's T1, ``n_slices`` central axial slices at 1 mm (cached);
     ``uid_seed`` (default ``seed``) seeds the UIDs: another value, another series."""
     uid_seed = seed if uid_seed is None else uid_seed
-    from dicom_node.simseries import write_series
+    from dicom_node.tools.simseries import write_series
     from synthesis.protocol import preset
     from synthesis.simulate import make_subject, render
 

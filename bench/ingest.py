@@ -34,7 +34,7 @@ RECEIVERS: dict[str, Callable[[Path], Receiver]] = {
 def mr_series(cache_dir: Path, n_slices: int = SERIES_SHAPE[0],
               size: tuple[int, int] = SERIES_SHAPE[1:]) -> list[Path]:
     """The benchmark series (written once into ``cache_dir/mr<n>_<rows>``); its files."""
-    from dicom_node.simseries import write_series
+    from dicom_node.tools.simseries import write_series
     from synthesis.protocol import preset
 
     folder = Path(cache_dir) / f"mr{n_slices}_{size[0]}"

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 from typing import Mapping, Protocol, Sequence
 
-from dicom_node.peers import (LOOPBACK, DcmtkStoreSCP, ManagedProcess,  # noqa: F401
-                              OrthancServer, dcmtk_env, dicom_echo, free_port, storescu_args,
-                              wait_until)
+from tests.helpers.peers import (LOOPBACK, DcmtkStoreSCP, ManagedProcess,  # noqa: F401
+                                 OrthancServer, dcmtk_env, dicom_echo, free_port, storescu_args,
+                                 wait_until)
 
 
 class Receiver(Protocol):
@@ -95,7 +95,7 @@ class NodeServer:
         wait_until(lambda: dicom_echo(self.port, self.ae_title), timeout_s=120,
                    what="node C-ECHO", alive=self.process.exited, interval_s=0.3)
         if self.src is None:  # measure the running node, not its start-up (torch import etc.)
-            from dicom_node.service import WARM_UP_DONE
+            from dicom_node.node import WARM_UP_DONE
 
             log_path = self.workdir / "node.log"
             wait_until(lambda: WARM_UP_DONE in log_path.read_text(errors="replace"), timeout_s=120,

@@ -20,8 +20,8 @@ logger = logging.getLogger(__name__)
 
 
 def _node_send(files: Sequence[Path], scp: DcmtkStoreSCP) -> float:
-    from dicom_node.db import DeliveryStatus
-    from dicom_node.sender import Endpoint, send_files
+    from dicom_node.store.db import DeliveryStatus
+    from dicom_node.send.sender import Endpoint, send_files
 
     start = time.perf_counter()
     outcome = send_files(files, Endpoint(scp.ae_title, LOOPBACK, scp.port),

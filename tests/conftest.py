@@ -1,4 +1,5 @@
-"""Shared test fixtures: a tiny seeded RTFSyn checkpoint and a CPU Synthesizer.
+"""Shared test fixtures: a tiny seeded RTFSyn checkpoint and a CPU Synthesizer, a test
+storage SCP and a small MR series (helpers live in the :mod:`tests.helpers` package).
 
 Heavy imports stay inside the fixtures so test collection is cheap for the
 DICOM-only tests.
@@ -6,10 +7,12 @@ DICOM-only tests.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import pytest
 import torch
+
+from tests.helpers.node import TestStorageSCP
 
 if TYPE_CHECKING:  # pragma: no cover
     from synthesis.inference import Synthesizer
@@ -41,3 +44,19 @@ def tiny_synthesizer(tiny_checkpoint: Path) -> "Synthesizer":
     from synthesis.inference import Synthesizer
 
     return Synthesizer(tiny_checkpoint, device="cpu")
+
+
+@pytest.fixture
+def pacs() -> Iterator[TestStorageSCP]:
+    """A running test storage SCP (AE ``TESTPACS``), stopped after the test."""
+    scp = TestStorageSCP().start()
+    yield scp
+    scp.stop()
+
+
+@pytest.fixture
+def mr_series(tmp_path: Path) -> list[Path]:
+    """A small classic MR series (5 slices of 12x10) from the shared test factory."""
+    from tests.helpers.dicom_factory import make_series
+
+    return make_series(tmp_path / "src")

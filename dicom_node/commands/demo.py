@@ -80,7 +80,7 @@ def _hold_until_signal(result: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dicom_node.demo import DemoError, DemoOptions, run_demo
+    from dicom_node.tools.demo import DemoError, DemoOptions, run_demo
 
     try:
         options = DemoOptions(workdir=args.workdir, target=args.target, checkpoint=args.checkpoint,

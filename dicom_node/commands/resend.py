@@ -28,8 +28,8 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dicom_node.config import ConfigError, load_config
-    from dicom_node.jobqueue import JobQueue
-    from dicom_node.joblog import JobLog, UnknownJob
+    from dicom_node.store.jobqueue import JobQueue
+    from dicom_node.store.joblog import JobLog, UnknownJob
 
     try:
         config = load_config(args.config)

@@ -49,9 +49,9 @@ def _prepare_process(data_dir: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM; exit 0, 2 (bad configuration) or 3 (cannot start)."""
     from dicom_node.config import ConfigError, load_config
-    from dicom_node.db import SchemaMismatch
-    from dicom_node.security import TLSConfigError
-    from dicom_node.service import Node
+    from dicom_node.store.db import SchemaMismatch
+    from dicom_node.net.tls import TLSConfigError
+    from dicom_node.node import Node
 
     try:
         config = load_config(args.config)

@@ -154,7 +154,7 @@ def _write_dicom(records: list[dict[str, Any]], out_dir: Path, sub: str, seed: i
                  enhanced: bool) -> None:
     from pydicom.uid import generate_uid
 
-    from dicom_node.simseries import PatientInfo, write_series
+    from dicom_node.tools.simseries import PatientInfo, write_series
 
     study_uid = generate_uid(entropy_srcs=["rtfsyn-simulate", "study", str(seed)])
     for_uid = generate_uid(entropy_srcs=["rtfsyn-simulate", "for", str(seed)])

@@ -61,8 +61,8 @@ def build_report(database: Path, limit: int | None = None) -> dict[str, Any]:
     """The status object (see the module docstring) from the job log at ``database``."""
     from sqlalchemy import func, select
 
-    from dicom_node import db
-    from dicom_node.joblog import JobLog
+    from dicom_node.store import db
+    from dicom_node.store.joblog import JobLog
 
     def newest(s: Any, model: Any, order: Any) -> list[Any]:
         query = select(model).order_by(order.desc())

@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     (files,) = series.values()
 
     from dicom_node.errors import DerivedSeriesError, RejectedSeries
-    from dicom_node.pipeline import process_series
+    from dicom_node.process.pipeline import process_series
     from synthesis.inference import Synthesizer
 
     try:

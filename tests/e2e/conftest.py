@@ -12,8 +12,9 @@ from typing import Callable, Iterator, Sequence
 
 import pytest
 
-from e2e_harness import (ORTHANC_BIN, STORESCP_BIN, DcmtkStoreSCP, NodeProcess, OrthancServer,
-                         autorouting_orthanc, free_port, require, write_node_config)
+from tests.helpers.harness import (ORTHANC_BIN, STORESCP_BIN, DcmtkStoreSCP, NodeProcess,
+                                   OrthancServer, autorouting_orthanc, free_port, require,
+                                   write_node_config)
 
 # Calling AEs the test node accepts: Orthanc, dcmtk's defaults, the workstation.
 ALLOWED_CALLERS = ("ORTHANC", "ECHOSCU", "STORESCU", "WORKSTATION", "E2E_ECHO")

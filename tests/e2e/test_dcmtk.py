@@ -13,9 +13,9 @@ import numpy as np
 import pydicom
 import pytest
 
-from e2e_data import dciodvfy_errors, write_t1_series
-from e2e_harness import (DCIODVFY_BIN, ECHOSCU_BIN, LOOPBACK, STORESCU_BIN, DcmtkStoreSCP,
-                         NodeProcess, dcmtk_env, require, run_storescu, wait_for_jobs)
+from tests.e2e.data import dciodvfy_errors, write_t1_series
+from tests.helpers.harness import (DCIODVFY_BIN, ECHOSCU_BIN, LOOPBACK, STORESCU_BIN, DcmtkStoreSCP,
+                                   NodeProcess, dcmtk_env, require, run_storescu, wait_for_jobs)
 
 pytestmark = [pytest.mark.external, pytest.mark.timeout(300)]
 

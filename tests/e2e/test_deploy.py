@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from e2e_harness import (AUTOROUTE_LUA, ORTHANC_BIN, REPO_ROOT, ManagedProcess, autoroute_script,
-                         free_port, require, wait_until)
+from tests.helpers.harness import (AUTOROUTE_LUA, ORTHANC_BIN, REPO_ROOT, ManagedProcess,
+                                   autoroute_script, free_port, require, wait_until)
 
 DEPLOY = REPO_ROOT / "deploy"
 

@@ -15,9 +15,9 @@ from typing import Any
 import pydicom
 import pytest
 
-from e2e_data import SOURCE_DESCRIPTION, write_t1_series
-from e2e_harness import (STORESCU_BIN, NodeProcess, OrthancServer, require, run_storescu,
-                         wait_for_jobs, wait_until)
+from tests.e2e.data import SOURCE_DESCRIPTION, write_t1_series
+from tests.helpers.harness import (STORESCU_BIN, NodeProcess, OrthancServer, require, run_storescu,
+                                   wait_for_jobs, wait_until)
 
 pytestmark = [pytest.mark.external, pytest.mark.timeout(300)]
 

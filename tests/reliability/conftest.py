@@ -2,28 +2,14 @@
 and the summary of measured figures printed at the end of the run."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
-HERE = Path(__file__).parent
-for folder in (HERE, HERE.parent / "node", HERE.parent / "e2e"):
-    if str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))
-
-from node_helpers import TestStorageSCP  # noqa: E402
-from rel_figures import summary_lines  # noqa: E402
-from rel_helpers import NodeFactory, RelNode  # noqa: E402
-
-
-@pytest.fixture
-def pacs() -> Iterator[TestStorageSCP]:
-    """A running test storage SCP (AE ``TESTPACS``), stopped after the test."""
-    scp = TestStorageSCP().start()
-    yield scp
-    scp.stop()
+from tests.helpers.node import TestStorageSCP
+from tests.reliability.figures import summary_lines
+from tests.reliability.helpers import NodeFactory, RelNode
 
 
 @pytest.fixture

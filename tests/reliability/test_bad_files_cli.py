@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from dicom_node.cli import main
-from rel_figures import input_tried
-from rel_helpers import small_series
+from tests.reliability.figures import input_tried
+from tests.reliability.helpers import small_series
 
 
 def _synthesize(src: Path, out: Path, checkpoint: Path) -> int:

@@ -15,12 +15,12 @@ from pynetdicom import AE, _config
 from pynetdicom.sop_class import MRImageStorage
 from sqlalchemy import select
 
-from dicom_factory import make_enhanced
-from dicom_node import db
-from node_helpers import make_ct_file, send_files
-from rel_figures import input_tried
-from rel_helpers import (RelNode, associate_rq_pdu, connection_closed, raw_connect,
-                         received_by, series_uid_of, small_series)
+from tests.helpers.dicom_factory import make_enhanced
+from dicom_node.store import db
+from tests.helpers.node import make_ct_file, send_files
+from tests.reliability.figures import input_tried
+from tests.reliability.helpers import (RelNode, associate_rq_pdu, connection_closed, raw_connect,
+                                       received_by, series_uid_of, small_series)
 
 
 def send_raw(files: list[Path], port: int) -> list[int]:

@@ -15,10 +15,10 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage
 
-from node_helpers import TestStorageSCP, send_files
-from rel_figures import delivered, fault_survived, instances
-from rel_helpers import received_by, series_uid_of, small_series
-from rel_process import ProcNode, wait_fast
+from tests.helpers.node import TestStorageSCP, send_files
+from tests.reliability.figures import delivered, fault_survived, instances
+from tests.reliability.helpers import received_by, series_uid_of, small_series
+from tests.reliability.process import ProcNode, wait_fast
 
 
 @pytest.fixture

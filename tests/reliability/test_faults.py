@@ -11,13 +11,14 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 from sqlalchemy import select
 
-from dicom_node import db
+from dicom_node.store import db
 from dicom_node.cli import main
-from dicom_node.scp import DiskGuard
-from node_helpers import TestStorageSCP, free_port, send_files, wait_for
-from rel_figures import delivered, fault_survived
-from rel_helpers import (NodeFactory, RelNode, associate_rq_pdu, connection_closed, echo_ok,
-                         raw_connect, received_by, series_uid_of, small_series)
+from dicom_node.receive.scp import DiskGuard
+from tests.helpers.node import TestStorageSCP, free_port, send_files, wait_for
+from tests.reliability.figures import delivered, fault_survived
+from tests.reliability.helpers import (NodeFactory, RelNode, associate_rq_pdu, connection_closed,
+                                       echo_ok, raw_connect, received_by, series_uid_of,
+                                       small_series)
 
 RETRYING = {"export": {"max_attempts": 50, "backoff_seconds": 0.2, "backoff_max_seconds": 0.8}}
 

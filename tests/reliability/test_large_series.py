@@ -12,10 +12,10 @@ import numpy as np
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
-from e2e_harness import STORESCU_BIN, dcmtk_env, require
-from rel_figures import input_tried, instances, measure
-from rel_helpers import echo_ok, small_series
-from rel_process import ProcNode, peak_rss_mb
+from tests.helpers.harness import STORESCU_BIN, dcmtk_env, require
+from tests.reliability.figures import input_tried, instances, measure
+from tests.reliability.helpers import echo_ok, small_series
+from tests.reliability.process import ProcNode, peak_rss_mb
 
 N_SLICES, SIZE = 1000, 512
 GROWTH_LIMIT_MB = 250.0  # the series is 500 MiB of pixel data

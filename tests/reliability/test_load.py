@@ -6,10 +6,10 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from node_helpers import TestStorageSCP, send_files
-from rel_figures import delivered, fault_survived, instances, measure
-from rel_helpers import echo_ok, received_by, series_uid_of, small_series
-from rel_process import ProcNode, peak_rss_mb
+from tests.helpers.node import TestStorageSCP, send_files
+from tests.reliability.figures import delivered, fault_survived, instances, measure
+from tests.reliability.helpers import echo_ok, received_by, series_uid_of, small_series
+from tests.reliability.process import ProcNode, peak_rss_mb
 
 SENDERS = 8
 SERIES_PER_SENDER = 3

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from pydicom.dataset import Dataset
 
-from node_helpers import TestStorageSCP, make_tls_material, send_files, wait_for
-from rel_figures import fault_survived, input_tried
-from rel_helpers import (NodeFactory, connection_closed, echo_ok, raw_connect, series_uid_of,
-                         small_series)
-from rel_process import ProcNode
+from tests.helpers.node import TestStorageSCP, make_tls_material, send_files, wait_for
+from tests.reliability.figures import fault_survived, input_tried
+from tests.reliability.helpers import (NodeFactory, connection_closed, echo_ok, raw_connect,
+                                       series_uid_of, small_series)
+from tests.reliability.process import ProcNode
 
 SENTINELS = {"PatientName": "Sentinel^Patient^Zyx", "PatientID": "PID-SENTINEL-913",
              "PatientBirthDate": "19230407"}

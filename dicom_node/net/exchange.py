@@ -1,0 +1,160 @@
+"""The P-DATA/DIMSE exchange of one established association (:mod:`dicom_node.ul`).
+
+:class:`MessageReceiver` takes the PDVs the association reads, one at a time:
+command fragments are collected (at most 64 KiB) and decoded; C-ECHO is
+answered; a C-STORE data set is streamed fragment by fragment into a temporary
+file behind a DICOM file meta header (bounded memory, whatever the instance
+size; :mod:`dicom_node.ul_incoming`), then handed to the handler, whose status
+is sent back. Requests of other services get "unrecognized operation" (0x0211),
+once their data set, if any, has been read and dropped.
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Callable
+
+from dicom_node.net import dimse
+from dicom_node.net.incoming import Incoming, TempFiles
+from dicom_node.net.interface import PeerClosed, ProtocolViolation, ReceivedInstance
+
+if TYPE_CHECKING:
+    from dicom_node.net.association import Association
+
+__all__ = ["MessageReceiver", "MAX_COMMAND", "CHUNK"]
+
+logger = logging.getLogger("dicom_node.net.acceptor")  # one log for the acceptor's modules
+
+MAX_COMMAND = 1 << 16       # a command set larger is refused
+CHUNK = 1 << 18             # data set bytes copied to the file per read
+
+
+class MessageReceiver:
+    """DIMSE messages over ``assoc``'s accepted contexts. ``read_exact(n)`` returns n bytes
+    of the PDV being read, ``read_into(view)`` fills up to ``len(view)`` (0: the peer closed),
+    ``respond(context_id, command)`` sends an encoded response command set."""
+
+    def __init__(self, assoc: "Association", temp_files: TempFiles,
+                 read_exact: Callable[[int], bytes], read_into: Callable[[memoryview], int],
+                 respond: Callable[[int, bytes], None]) -> None:
+        self.assoc, self.temp_files = assoc, temp_files
+        self._read_exact, self._read_into, self._respond = read_exact, read_into, respond
+        self._command = bytearray()
+        self._command_context: int | None = None
+        self._incoming: Incoming | None = None
+        self._chunk = memoryview(bytearray(CHUNK))
+
+    def discard(self) -> None:
+        """Drop the data set being received, if any (the association ended)."""
+        if self._incoming is not None:
+            self._incoming.discard()
+
+    # -- PDV fragments ---------------------------------------------------------------------
+    def command_fragment(self, context_id: int, size: int, last: bool) -> None:
+        """A command PDV of ``size`` bytes (not yet read)."""
+        if self._incoming is not None:
+            raise ProtocolViolation("command fragment while a data set is expected")
+        if self._command_context not in (None, context_id):
+            raise ProtocolViolation("command fragments on two presentation contexts")
+        if len(self._command) + size > MAX_COMMAND:
+            raise ProtocolViolation(f"command set larger than {MAX_COMMAND} bytes")
+        self._command_context = context_id
+        self._command += self._read_exact(size)
+        if last:
+            raw = bytes(self._command)
+            self._command.clear()
+            self._command_context = None
+            self._on_command(context_id, raw)
+
+    def data_fragment(self, context_id: int, size: int, last: bool) -> None:
+        """A data set PDV of ``size`` bytes (not yet read), streamed to the temporary file."""
+        incoming = self._incoming
+        if incoming is None:
+            raise ProtocolViolation("data set fragment without a command")
+        if context_id != incoming.context_id:
+            raise ProtocolViolation(f"data set fragment on context {context_id}, its command "
+                                    f"came on {incoming.context_id}")
+        chunk, read_into = self._chunk, self._read_into
+        while size:
+            n = read_into(chunk[:min(size, CHUNK)])
+            if not n:
+                raise PeerClosed()
+            incoming.write(chunk[:n])
+            size -= n
+        if last:
+            self._incoming = None
+            try:
+                self._on_data_set(incoming)
+            finally:
+                incoming.discard()
+
+    # -- DIMSE -----------------------------------------------------------------------------
+    def _on_command(self, context_id: int, raw: bytes) -> None:
+        command = dimse.decode_command(raw)
+        field = dimse.command_us(command, dimse.COMMAND_FIELD)
+        message_id = dimse.command_us(command, dimse.MESSAGE_ID)
+        data_set_type = dimse.command_us(command, dimse.DATA_SET_TYPE)
+        if field == dimse.C_CANCEL_RQ:  # cancels nothing here: every request is answered
+            return
+        if field is None or message_id is None or data_set_type is None:
+            raise ProtocolViolation("command set without Command Field, Message ID or Command "
+                                    "Data Set Type")
+        has_data = data_set_type != dimse.NO_DATA_SET
+        if field == dimse.C_STORE_RQ:
+            if not has_data:
+                raise ProtocolViolation("C-STORE-RQ without a data set")
+            self._incoming = self._open_store(context_id, command)
+        elif field == dimse.C_ECHO_RQ or field in dimse.REQUESTS_WITH_RESPONSE:
+            if has_data:  # answered once its data set has been read (and dropped)
+                self._incoming = Incoming(context_id, command, field)
+            else:
+                self._answer(context_id, command, field)
+        else:
+            raise ProtocolViolation(f"unexpected command field 0x{field:04X}")
+
+    def _open_store(self, context_id: int, command: dict[int, bytes]) -> Incoming:
+        sop_class = dimse.command_uid(command, dimse.AFFECTED_SOP_CLASS)
+        sop_instance = dimse.command_uid(command, dimse.AFFECTED_SOP_INSTANCE)
+        if not sop_class or not sop_instance:
+            raise ProtocolViolation("C-STORE-RQ without Affected SOP Class or Instance UID")
+        settings = self.assoc.settings
+        meta = dimse.file_meta(sop_class, sop_instance, self.assoc.accepted[context_id][1],
+                               settings.implementation_class_uid,
+                               settings.implementation_version_name)
+        incoming = Incoming(context_id, command, dimse.C_STORE_RQ)
+        try:
+            incoming.out, incoming.path = self.temp_files.create()
+            incoming.out.write(meta)
+            incoming.meta_size = len(meta)
+        except OSError as exc:
+            incoming.error = exc.strerror or type(exc).__name__
+            incoming.close()
+        return incoming
+
+    def _on_data_set(self, incoming: Incoming) -> None:
+        if incoming.field != dimse.C_STORE_RQ:
+            self._answer(incoming.context_id, incoming.command, incoming.field)
+            return
+        incoming.close()
+        command, assoc = incoming.command, self.assoc
+        sop_instance = dimse.command_uid(command, dimse.AFFECTED_SOP_INSTANCE) or ""
+        if incoming.error is not None or incoming.path is None:
+            logger.error("%r: cannot write SOP instance %s to a temporary file: %s", assoc,
+                         sop_instance, incoming.error)
+            status = dimse.STATUS_OUT_OF_RESOURCES
+        else:
+            status = assoc.handler.store(assoc, ReceivedInstance(
+                dimse.command_uid(command, dimse.AFFECTED_SOP_CLASS) or "", sop_instance,
+                assoc.accepted[incoming.context_id][1], incoming.path,
+                size=incoming.meta_size + incoming.size, head=bytes(incoming.head),
+                head_complete=len(incoming.head) == incoming.size))
+        self._respond(incoming.context_id, dimse.response(command, dimse.C_STORE_RSP, status))
+
+    def _answer(self, context_id: int, command: dict[int, bytes], field: int) -> None:
+        """C-ECHO-RSP, or "unrecognized operation" for another service's request."""
+        if field == dimse.C_ECHO_RQ:
+            status, rsp = self.assoc.handler.echo(self.assoc), dimse.C_ECHO_RSP
+        else:
+            logger.info("%r: answering command 0x%04X with 'unrecognized operation'",
+                        self.assoc, field)
+            status, rsp = dimse.STATUS_UNRECOGNIZED_OPERATION, field | 0x8000
+        self._respond(context_id, dimse.response(command, rsp, status))

@@ -1,0 +1,107 @@
+"""What the native acceptor (:mod:`dicom_node.ul`) and the node agree on: its settings, the
+handler interface, the received instance, why an association ended, and the A-ASSOCIATE-RJ
+and A-ABORT codes. Re-exported by :mod:`dicom_node.ul`; import them from there."""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Mapping, Protocol
+
+if TYPE_CHECKING:
+    from dicom_node.net.association import Association
+
+__all__ = ["AbortCause", "AcceptorSettings", "ReceivedInstance", "AssociationHandler",
+           "PeerClosed", "ProtocolViolation", "IMPLEMENTATION_CLASS_UID",
+           "IMPLEMENTATION_VERSION_NAME", "REJECT_PROTOCOL_VERSION", "REJECT_CALLING_AE",
+           "REJECT_CALLED_AE", "REJECT_TOO_MANY", "ABORT_UNRECOGNIZED_PDU",
+           "ABORT_UNEXPECTED_PDU", "ABORT_INVALID_PARAMETER"]
+
+IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.8.498.77.2"  # the node's (dicom_node.derive)
+IMPLEMENTATION_VERSION_NAME = "RTFSYN_NODE_01"
+# A-ASSOCIATE-RJ (result, source, reason/diagnostic), PS3.8 section 9.3.4
+REJECT_PROTOCOL_VERSION = (0x01, 0x02, 0x02)
+REJECT_CALLING_AE = (0x01, 0x01, 0x03)
+REJECT_CALLED_AE = (0x01, 0x01, 0x07)
+REJECT_TOO_MANY = (0x02, 0x03, 0x02)
+# A-ABORT reasons of the service provider (source 2)
+ABORT_UNRECOGNIZED_PDU, ABORT_UNEXPECTED_PDU, ABORT_INVALID_PARAMETER = 0x01, 0x02, 0x06
+
+
+class AbortCause(enum.Enum):
+    """Why an association ended without A-RELEASE."""
+
+    PEER_ABORT = "A-ABORT from the peer"
+    CONNECTION_LOST = "connection closed without A-RELEASE"
+    TIMEOUT = "network timeout"
+    PROTOCOL_ERROR = "protocol error"
+    SHUTDOWN = "aborted at shutdown"
+    INTERNAL_ERROR = "internal error"
+
+
+@dataclass(frozen=True)
+class AcceptorSettings:
+    """What the acceptor negotiates. ``supported``: abstract syntax -> transfer syntaxes;
+    ``max_pdu`` 0 means no limit; ``temp_dir`` None: :func:`tempfile.gettempdir`."""
+
+    ae_title: str
+    supported: Mapping[str, frozenset[str]]
+    max_pdu: int = 16382
+    max_associations: int = 10
+    network_timeout: float = 60.0
+    called_aet_check: bool = True
+    allowed_calling_aets: tuple[str, ...] = ()
+    temp_dir: Path | None = None
+    implementation_class_uid: str = IMPLEMENTATION_CLASS_UID
+    implementation_version_name: str = IMPLEMENTATION_VERSION_NAME
+
+
+@dataclass(frozen=True)
+class ReceivedInstance:
+    """A C-STORE data set received into ``path`` (file meta + the data set as sent, ``size``
+    bytes in all); ``head``: the data set's first bytes (all of it when ``head_complete``)."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str
+    path: Path
+    size: int | None = None
+    head: bytes = b""
+    head_complete: bool = False
+
+
+class AssociationHandler(Protocol):
+    """What the node does with an association. Every method runs in the association's
+    thread; an exception escaping one aborts that association (and is logged)."""
+
+    def requested(self, assoc: "Association") -> tuple[int, int, int] | None:
+        """A-ASSOCIATE-RQ received: record it; a (result, source, reason) refuses it (the
+        handler has then recorded the refusal itself)."""
+
+    def rejected(self, assoc: "Association", rejection: tuple[int, int, int]) -> None:
+        """The acceptor refused the association (AE titles, too many associations)."""
+
+    def released(self, assoc: "Association") -> None:
+        """A-RELEASE completed."""
+
+    def aborted(self, assoc: "Association", cause: AbortCause, detail: str) -> None:
+        """The association ended without A-RELEASE."""
+
+    def echo(self, assoc: "Association") -> int:
+        """C-ECHO: the status to answer."""
+
+    def store(self, assoc: "Association", instance: ReceivedInstance) -> int:
+        """C-STORE: keep the instance (move its file away or leave it to be deleted);
+        the status to answer."""
+
+
+class PeerClosed(Exception):
+    """The peer closed the connection."""
+
+
+class ProtocolViolation(Exception):
+    """The peer broke PS3.8/PS3.7; abort with this A-ABORT reason."""
+
+    def __init__(self, message: str, reason: int = 0) -> None:
+        super().__init__(message)
+        self.reason = reason

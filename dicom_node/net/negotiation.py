@@ -1,0 +1,92 @@
+"""Association establishment for the native acceptor (:mod:`dicom_node.ul`), PS3.8 section 9.3:
+which A-ASSOCIATE-RQ the acceptor itself refuses, and the A-ASSOCIATE-AC it answers with.
+
+Pure functions of the request and the :class:`~dicom_node.ul_types.AcceptorSettings`; the
+association (:mod:`dicom_node.ul_association`) sends what they return and tells its handler.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dicom_node.net.pdu import (PDV_HEADER, AssociateAC, AssociateRQ, ContextResult, RoleSelection,
+                                UserInformation, encode_associate_ac)
+from dicom_node.net.interface import (ABORT_INVALID_PARAMETER, REJECT_CALLED_AE, REJECT_CALLING_AE,
+                                      REJECT_TOO_MANY, AcceptorSettings, ProtocolViolation)
+
+__all__ = ["Negotiated", "acceptor_rejection", "peer_max_pdu", "negotiate_contexts",
+           "associate_ac"]
+
+
+@dataclass(frozen=True)
+class Negotiated:
+    """The answer to the proposed presentation contexts: ``results`` per proposed context,
+    ``roles`` (SCU only) and ``accepted`` (context id -> (abstract syntax, transfer syntax))."""
+
+    results: tuple[ContextResult, ...]
+    roles: tuple[RoleSelection, ...]
+    accepted: dict[int, tuple[str, str]]
+
+
+def acceptor_rejection(rq: AssociateRQ, settings: AcceptorSettings,
+                       live_count: int) -> tuple[int, int, int] | None:
+    """The (result, source, reason) the acceptor refuses ``rq`` with, or None. ``live_count``:
+    connections being served, this one included. Later checks take precedence."""
+    rejection = None
+    if settings.allowed_calling_aets and rq.calling_ae_title not in settings.allowed_calling_aets:
+        rejection = REJECT_CALLING_AE
+    if settings.called_aet_check and rq.called_ae_title != settings.ae_title:
+        rejection = REJECT_CALLED_AE
+    if live_count > settings.max_associations:
+        rejection = REJECT_TOO_MANY
+    return rejection
+
+
+def peer_max_pdu(rq: AssociateRQ) -> int:
+    """The requestor's maximum PDU length (0: no limit); raises
+    :class:`~dicom_node.ul_types.ProtocolViolation` if it leaves no room for a PDV."""
+    peer_max = rq.user.max_pdu_length or 0
+    if 0 < peer_max <= PDV_HEADER.size:
+        raise ProtocolViolation(f"maximum length {peer_max} leaves no room for a PDV",
+                                ABORT_INVALID_PARAMETER)
+    return peer_max
+
+
+def negotiate_contexts(rq: AssociateRQ, settings: AcceptorSettings) -> Negotiated:
+    """Per proposed context: accepted with the requestor's first supported transfer
+    syntax (0), abstract syntax (3) or transfer syntaxes (4) not supported, or rejected
+    (1) when the requestor declined the SCU role for it; the role replies (SCU only)."""
+    scu_declined = {r.sop_class_uid for r in rq.user.roles if not r.scu_role}
+    results: list[ContextResult] = []
+    accepted: dict[int, tuple[str, str]] = {}
+    for cx in rq.contexts:
+        if cx.context_id in {r.context_id for r in results}:
+            raise ProtocolViolation(f"presentation context id {cx.context_id} proposed twice",
+                                    ABORT_INVALID_PARAMETER)
+        supported = settings.supported.get(cx.abstract_syntax)
+        chosen = next((ts for ts in cx.transfer_syntaxes if ts in supported), None) \
+            if supported is not None else None
+        if supported is None:
+            results.append(ContextResult(cx.context_id, 3, cx.transfer_syntaxes[0]))
+        elif chosen is None:
+            results.append(ContextResult(cx.context_id, 4, cx.transfer_syntaxes[0]))
+        elif cx.abstract_syntax in scu_declined:
+            results.append(ContextResult(cx.context_id, 1, chosen))
+        else:
+            results.append(ContextResult(cx.context_id, 0, chosen))
+            accepted[cx.context_id] = (cx.abstract_syntax, chosen)
+    accepted_classes = {abstract for abstract, _ts in accepted.values()}
+    roles = tuple(RoleSelection(r.sop_class_uid, True, False) for r in rq.user.roles
+                  if r.sop_class_uid in accepted_classes)
+    return Negotiated(tuple(results), roles, accepted)
+
+
+def associate_ac(rq: AssociateRQ, settings: AcceptorSettings, negotiated: Negotiated) -> bytes:
+    """The encoded A-ASSOCIATE-AC: the node's maximum PDU length and implementation, an
+    asynchronous operations window of 1/1 when one was proposed, the negotiated contexts."""
+    async_ops = (1, 1) if rq.user.async_ops is not None else None
+    user = UserInformation(max_pdu_length=settings.max_pdu,
+                           implementation_class_uid=settings.implementation_class_uid,
+                           implementation_version_name=settings.implementation_version_name,
+                           async_ops=async_ops, roles=negotiated.roles)
+    return encode_associate_ac(AssociateAC(rq.called_ae_title, rq.calling_ae_title,
+                                           negotiated.results, user))

@@ -1,0 +1,121 @@
+"""One series in, one derived series out: assemble → condition → synthesize → encode.
+
+:func:`process_series` is the whole per-series path of the node, readable in
+one function; the scheduler calls it for every (series, target) job and
+``rtfsyn synthesize`` calls it on a folder. Each stage is a plain function of
+its own module:
+
+1. :func:`dicom_node.assemble.assemble_series` — files → volume + geometry;
+2. :func:`dicom_node.tags.protocol_from_dataset` — tags → source ``MRProtocol``;
+   the target is the named preset at the source's field strength, on the
+   output voxel grid;
+3. the ``Synthesizer`` (``synthesis.inference``) — the RTFSyn network;
+4. :func:`dicom_node.derive.write_derived_series` — the derived DICOM series.
+
+Stages 1–2 raise :class:`~dicom_node.errors.RejectedSeries` for a series the
+node will not process.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Protocol, Sequence
+
+import numpy as np
+from pydicom.uid import generate_uid
+
+from dicom_node.process.assemble import AssembledVolume, assemble_series
+from dicom_node.process.encode.derived import OUTPUT_FORMATS, NodeInfo, write_derived_series
+from dicom_node.errors import RejectedSeries
+from dicom_node.process.condition import protocol_from_dataset
+from synthesis import grid
+from synthesis.protocol import PRESETS, MRProtocol, preset
+
+__all__ = ["NodeInfo", "DerivedSeries", "process_series", "target_protocol", "RejectedSeries"]
+
+logger = logging.getLogger(__name__)
+
+
+class SynthesizerLike(Protocol):
+    """What :func:`process_series` needs of ``synthesis.inference.Synthesizer``."""
+
+    info: dict[str, Any]
+
+    def __call__(self, volume: np.ndarray, spacing: Sequence[float], source: MRProtocol,
+                 target: MRProtocol, output_spacing: Sequence[float] | None = None) -> Any: ...
+
+
+@dataclass(frozen=True)
+class DerivedSeries:
+    """What one :func:`process_series` call wrote.
+
+    ``timings`` maps stage name (assembly, conditioning, synthesis, encoding)
+    to wall-clock seconds.
+    """
+
+    files: list[Path]
+    series_instance_uid: str
+    prompt: str
+    source_protocol: MRProtocol
+    target_protocol: MRProtocol
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@contextmanager
+def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = round(time.perf_counter() - start, 4)
+
+
+def target_protocol(name: str, source: MRProtocol,
+                    output_spacing: Sequence[float]) -> MRProtocol:
+    """The preset ``name`` at the source's field strength (3 T when unknown), with the
+    output voxel grid ``(dz, dy, dx)`` mm as its voxel size and slice thickness."""
+    if str(name).upper() not in PRESETS:
+        raise ValueError(f"Unknown target {name!r}. Known targets: {', '.join(PRESETS)}.")
+    dz, dy, dx = (float(s) for s in output_spacing)
+    return preset(name, field_t=source.field_t or 3.0).with_(voxel_mm=(dy, dx, dz),
+                                                             slice_thickness_mm=dz)
+
+
+def process_series(files: Sequence[Path], target: str, out_dir: Path,
+                   synthesizer: SynthesizerLike, *, output_format: str = "mr",
+                   series_number_offset: int = 1000, node: NodeInfo = NodeInfo(),
+                   series_uid: str | None = None,
+                   output_spacing: Sequence[float] | None = None) -> DerivedSeries:
+    """Synthesize ``target`` (a preset name: T1, T1SE, T2, PD, FLAIR) from the MR series in
+    ``files`` and write the derived series into ``out_dir``.
+
+    ``output_spacing`` (dz, dy, dx) mm picks the output grid; by default the
+    synthesizer's working grid (the input grid, with axes much coarser than the
+    finest made isotropic). ``series_uid`` reuses a Series Instance UID (a
+    retried job writes the same UIDs). Raises :class:`RejectedSeries`.
+    """
+    if output_format not in OUTPUT_FORMATS:
+        raise ValueError(f"output_format must be one of {', '.join(OUTPUT_FORMATS)}. "
+                         f"Found {output_format!r}.")
+    series_uid = str(series_uid or generate_uid())
+    timings: dict[str, float] = {}
+    with _timed(timings, "assembly"):
+        assembled: AssembledVolume = assemble_series(files)
+    with _timed(timings, "conditioning"):
+        source = protocol_from_dataset(assembled.header, slice_spacing_mm=assembled.spacing[0])
+        out_spacing = tuple(output_spacing or grid.working_spacing(assembled.spacing))
+        target_proto = target_protocol(target, source, out_spacing)
+    with _timed(timings, "synthesis"):
+        result = synthesizer(assembled.volume, assembled.spacing, source, target_proto,
+                             output_spacing=out_spacing)
+    with _timed(timings, "encoding"):
+        files_out = write_derived_series(
+            result, assembled, target_proto, Path(out_dir), prompt=result.prompt,
+            model_info=synthesizer.info, node=node, output_format=output_format,
+            series_number_offset=series_number_offset, series_uid=series_uid, source=source)
+    logger.info("Series done: %s -> %s, %d files; timings %s", source.contrast.value,
+                target_proto.contrast.value, len(files_out), timings)
+    return DerivedSeries(files_out, series_uid, result.prompt, source, target_proto, timings)

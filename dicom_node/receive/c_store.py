@@ -1,0 +1,174 @@
+"""The C-STORE of both receivers: spool the data set, make it durable, record it, answer.
+
+:func:`store_instance` is what :mod:`dicom_node.scp` (native receiver) and
+:mod:`dicom_node.scp_pynetdicom` call for every received data set, given a
+:class:`StoreRequest`. It never raises: every failure becomes one of the named
+statuses below and a log line with UIDs only.
+
+1. The header attributes the job log keeps come from the data set's first
+   bytes, which the native receiver keeps in memory
+   (:func:`dicom_node.store_header.parse_head`), or from ``dcmread`` of the
+   file when those bytes do not settle it.
+2. The file is renamed into the spool; then its fsync, its folder's fsync
+   (group-committed across associations) and the job-log insert run at the
+   same time (two pool threads and this thread), and the status waits for all
+   three. The insert is committed; its log sync is left to the next full commit
+   (:mod:`dicom_node.joblog_fast`), the spool file being the record until then
+   (:mod:`dicom_node.spool_recovery`).
+3. An instance refused with 0x0111 (its SOP Instance UID is recorded in another
+   series) is removed from the spool again.
+"""
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydicom.uid import MRImageStorage, UID
+
+from dicom_node.store.joblog import DATABASE_ERRORS, InstanceConflict, InstanceRecord
+from dicom_node.store.spool import Placed, SpoolError
+from dicom_node.dicom.header import StoreHeader, parse_head, read_header
+
+if TYPE_CHECKING:
+    from dicom_node.receive.scp import Receiver
+
+__all__ = ["StoreRequest", "store_instance", "instance_record", "SUCCESS", "OUT_OF_RESOURCES",
+           "DATASET_DOES_NOT_MATCH_SOP_CLASS", "CANNOT_UNDERSTAND", "PROCESSING_FAILURE",
+           "DUPLICATE_SOP_INSTANCE", "ELIGIBLE_SOP_CLASSES", "NOT_ELIGIBLE_REASON"]
+
+logger = logging.getLogger(__name__)
+
+# C-STORE response statuses (PS3.4 B.2.3 and PS3.7 C.4)
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+PROCESSING_FAILURE = 0x0110
+DUPLICATE_SOP_INSTANCE = 0x0111  # the UID is already recorded under another series
+
+EnhancedMRImageStorage = UID("1.2.840.10008.5.1.4.1.1.4.1")
+ELIGIBLE_SOP_CLASSES = frozenset({MRImageStorage, EnhancedMRImageStorage})
+NOT_ELIGIBLE_REASON = "SOP class not eligible"
+
+
+@dataclass(frozen=True)
+class StoreRequest:
+    """One received C-STORE: the request's affected SOP class and instance, the accepted
+    transfer syntax, and the data set behind its file meta, either streamed to ``path``
+    (``size`` bytes, when the receiver counted them) or ``encoded`` in memory;
+    ``association_id`` is the job-log row it belongs to. ``head``: the data set's first
+    bytes, when the receiver kept them (all of it when ``head_complete``)."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str
+    path: Path | None = None
+    encoded: bytes | None = None
+    association_id: int | None = None
+    size: int | None = None
+    head: bytes = b""
+    head_complete: bool = False
+
+
+def store_instance(rx: Receiver, request: StoreRequest) -> int:
+    """Spool and record one instance; returns a C-STORE status, never raises."""
+    try:
+        return _store(rx, request)
+    except Exception:  # the boundary: nothing may escape into the association
+        logger.exception("unexpected error storing SOP instance %s", request.sop_instance_uid)
+        return PROCESSING_FAILURE
+
+
+def _header(rq: StoreRequest) -> StoreHeader:
+    """The header attributes: from the data set's first bytes when the receiver kept them
+    and they settle it, else from the file (or the encoded bytes); raises for non-DICOM."""
+    if rq.head:
+        header = parse_head(rq.head, rq.transfer_syntax, complete=rq.head_complete)
+        if header is not None:
+            return header
+    return read_header(rq.path if rq.path else io.BytesIO(rq.encoded or b""))
+
+
+def _store(rx: Receiver, rq: StoreRequest) -> int:
+    sop_uid, sop_class = rq.sop_instance_uid, rq.sop_class_uid
+    if rx.disk.is_short():
+        logger.warning("refusing SOP instance %s: disk above the watermark", sop_uid)
+        return OUT_OF_RESOURCES
+    try:
+        header = _header(rq)
+    except Exception as exc:  # arbitrary bytes from the network can fail in any way
+        logger.warning("cannot understand SOP instance %s: %s", sop_uid, type(exc).__name__)
+        return CANNOT_UNDERSTAND
+    study_uid, series_uid = header.study_uid, header.series_uid
+    if study_uid is None or series_uid is None:
+        logger.warning("cannot understand SOP instance %s: no Study or Series Instance UID",
+                       sop_uid)
+        return CANNOT_UNDERSTAND
+    ds_class = header.sop_class_uid or sop_class
+    if ds_class != sop_class:
+        logger.warning("SOP instance %s: data set SOP class %s differs from the request's %s",
+                       sop_uid, ds_class, sop_class)
+        return DATASET_DOES_NOT_MATCH_SOP_CLASS
+    try:
+        if rq.path:
+            placed = rx.spool.place_file(rq.path, study_uid, series_uid, sop_uid, size=rq.size)
+        else:
+            placed = rx.spool.place_bytes(rq.encoded or b"", study_uid, series_uid, sop_uid)
+    except SpoolError as exc:
+        logger.warning("SOP instance %s: %s", sop_uid, exc)
+        return CANNOT_UNDERSTAND
+    except OSError as exc:
+        logger.error("cannot spool SOP instance %s: %s", sop_uid, exc.strerror)
+        return OUT_OF_RESOURCES
+    durable = placed.start_sync(rx.syncer)
+    status = _record(rx, rq, header, placed)
+    try:
+        for future in durable:
+            future.result()
+    except OSError as exc:
+        logger.error("cannot make SOP instance %s durable: %s", sop_uid, exc.strerror)
+        return OUT_OF_RESOURCES
+    if status == DUPLICATE_SOP_INSTANCE:  # refused: its file must not stay in the spool
+        placed.path.unlink(missing_ok=True)
+    return status
+
+
+def instance_record(header: StoreHeader, sop_instance_uid: str, sop_class_uid: str,
+                    transfer_syntax: str, path: Path, size: int,
+                    association_id: int | None) -> InstanceRecord:
+    """What the job log keeps about a spooled instance (eligibility by SOP class; Modality
+    and Series Description cut to their column sizes)."""
+    eligible = sop_class_uid in ELIGIBLE_SOP_CLASSES
+    return InstanceRecord(
+        sop_instance_uid=sop_instance_uid, sop_class_uid=sop_class_uid,
+        transfer_syntax_uid=transfer_syntax, series_uid=header.series_uid or "",
+        study_uid=header.study_uid or "", path=path, size_bytes=size,
+        association_id=association_id, eligible=eligible,
+        reason=None if eligible else NOT_ELIGIBLE_REASON,
+        modality=(header.modality or "")[:16] or None,
+        description=(header.description or "")[:64] or None,
+        series_number=header.series_number)
+
+
+def _record(rx: Receiver, rq: StoreRequest, header: StoreHeader, placed: Placed) -> int:
+    """Record the spooled instance in the job log; the C-STORE status."""
+    sop_uid = rq.sop_instance_uid
+    record = instance_record(header, sop_uid, rq.sop_class_uid, rq.transfer_syntax,
+                             placed.path, placed.size, rq.association_id)
+    try:
+        new = rx.log.record_instance(record)
+    except InstanceConflict as exc:  # the UID belongs to another series: never mix them
+        logger.warning("refusing SOP instance: %s", exc)
+        return DUPLICATE_SOP_INSTANCE
+    except DATABASE_ERRORS as exc:
+        logger.error("cannot record SOP instance %s in the job log: %s", sop_uid,
+                     type(exc).__name__)
+        return PROCESSING_FAILURE
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug("stored SOP instance %s of series %s (%s, %d bytes%s)", sop_uid,
+                     record.series_uid, "eligible" if record.eligible else "not eligible",
+                     placed.size, "" if new else ", duplicate")
+    return SUCCESS

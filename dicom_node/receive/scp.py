@@ -1,0 +1,319 @@
+"""The storage SCP: C-ECHO and C-STORE into the spool and the job log.
+
+Two receivers share everything below the wire (``[node] receiver``):
+
+* ``"native"`` (default): :mod:`dicom_node.ul`, blocking sockets and one thread
+  per association, no polling; data sets are streamed to ``data_dir/tmp``.
+* ``"pynetdicom"``: pynetdicom's ``AE.start_server`` (:mod:`dicom_node.scp_pynetdicom`),
+  streaming data sets to the process's temporary folder.
+
+Both call the same functions, through thin adapters: the association
+bookkeeping here (:func:`association_requested`, :func:`association_rejected`,
+:func:`association_ended`) and the store (:func:`~dicom_node.scp_store.store_instance`,
+given a :class:`~dicom_node.scp_store.StoreRequest`).
+
+* Every standard storage SOP class is accepted, with uncompressed, deflated
+  and the common compressed transfer syntaxes; MR Image and Enhanced MR Image
+  instances are *eligible*, any other class is stored and recorded as not
+  eligible (reason ``"SOP class not eligible"``). Data sets are moved
+  atomically into the spool as they were sent.
+* The C-STORE itself (:mod:`dicom_node.scp_store`): the status is sent only
+  once the instance is durable (file and folder fsynced) and recorded.
+* Associations are recorded (open -> released | aborted | rejected). Callers
+  outside ``allowed_calling_aets`` and requests for another called AE title
+  are rejected; when the data folder's file system is at or above
+  ``disk_watermark_percent`` new associations are rejected (transient, local
+  limit exceeded) and C-STOREs answer *out of resources*.
+* Handlers never raise: every failure becomes a named DICOM status and a log
+  line with UIDs and AE titles only (never patient data).
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+import weakref
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from pydicom.uid import (DeflatedExplicitVRLittleEndian,
+                         ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian,
+                         JPEG2000, JPEG2000Lossless, JPEGBaseline8Bit, JPEGExtended12Bit,
+                         JPEGLosslessSV1, JPEGLossless, JPEGLSLossless, JPEGLSNearLossless,
+                         RLELossless)
+from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.sop_class import Verification
+
+from dicom_node.net import acceptor as ul
+from dicom_node.config import Config
+from dicom_node.store.db import AssociationState
+from dicom_node.store.joblog import DATABASE_ERRORS, JobLog
+from dicom_node.receive.c_store import (CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                                        DUPLICATE_SOP_INSTANCE, ELIGIBLE_SOP_CLASSES,
+                                        NOT_ELIGIBLE_REASON, OUT_OF_RESOURCES, PROCESSING_FAILURE,
+                                        SUCCESS, StoreRequest, instance_record, store_instance)
+from dicom_node.store.spool import Spool
+
+__all__ = ["StorageSCP", "DiskGuard", "Receiver", "Peer", "StoreRequest", "SUCCESS",
+           "OUT_OF_RESOURCES", "DATASET_DOES_NOT_MATCH_SOP_CLASS", "CANNOT_UNDERSTAND",
+           "PROCESSING_FAILURE", "DUPLICATE_SOP_INSTANCE", "ELIGIBLE_SOP_CLASSES",
+           "TRANSFER_SYNTAXES", "NOT_ELIGIBLE_REASON", "ABORTED_REASON", "supported_contexts",
+           "association_requested", "association_rejected", "association_ended",
+           "store_instance", "instance_record"]
+
+logger = logging.getLogger(__name__)
+
+# A-ASSOCIATE-RJ: transient, service provider (presentation), local limit exceeded
+REJECT_TRANSIENT_LOCAL_LIMIT = (0x02, 0x03, 0x02)
+_REJECT_REASONS = {(0x01, 0x01, 0x03): "calling AE title not recognized",
+                   (0x01, 0x01, 0x07): "called AE title not recognized",
+                   (0x02, 0x03, 0x02): "local limit exceeded (too many associations)",
+                   (0x02, 0x02, 0x01): "user identity not accepted"}
+ABORTED_REASON = "A-ABORT (or the connection was lost)"
+
+TRANSFER_SYNTAXES = [ImplicitVRLittleEndian, ExplicitVRLittleEndian,
+                     DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, JPEGBaseline8Bit,
+                     JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1, JPEGLSLossless,
+                     JPEGLSNearLossless, JPEG2000Lossless, JPEG2000, RLELossless]
+
+
+def supported_contexts() -> dict[str, list[str]]:
+    """Abstract syntax -> transfer syntaxes the node accepts (both receivers): every storage
+    SOP class with :data:`TRANSFER_SYNTAXES`, Verification uncompressed or deflated."""
+    storage = [str(ts) for ts in TRANSFER_SYNTAXES]
+    out = {str(cx.abstract_syntax): storage for cx in AllStoragePresentationContexts}
+    out[str(Verification)] = storage[:3]
+    return out
+
+
+class DiskGuard:
+    """Is the file system holding ``path`` at or above ``watermark_percent`` used?
+
+    ``usage`` returns ``(total, used, free)`` bytes (default
+    :func:`shutil.disk_usage`); the answer is cached for ``cache_seconds``.
+    """
+
+    def __init__(self, path: Path, watermark_percent: float, *,
+                 usage: Callable[[Path], Any] = shutil.disk_usage,
+                 cache_seconds: float = 1.0) -> None:
+        self.path, self.watermark = Path(path), float(watermark_percent)
+        self._usage, self._cache_seconds = usage, cache_seconds
+        self._checked, self._percent = -1e9, 0.0
+        self._lock = threading.Lock()
+
+    def percent_used(self) -> float:
+        """Used space of the file system, percent (cached)."""
+        with self._lock:
+            now = time.monotonic()
+            if now - self._checked >= self._cache_seconds:
+                total, used, _free = self._usage(self.path)[:3]
+                self._percent = 100.0 * used / total if total else 100.0
+                self._checked = now
+            return self._percent
+
+    def is_short(self) -> bool:
+        """True when new data must be refused."""
+        return self.percent_used() >= self.watermark
+
+
+@dataclass
+class Receiver:
+    """What the handlers need: the log, the spool, the disk guard, open association ids
+    (keyed by the receiver's association object)."""
+
+    log: JobLog
+    spool: Spool
+    disk: DiskGuard
+    syncer: Executor | None = None  # runs the spool fsyncs (None: in the handler thread)
+    assoc_ids: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def assoc_id(self, assoc: Any) -> int | None:
+        """The job-log id of a live association (None if unknown)."""
+        with self.lock:
+            try:
+                return self.assoc_ids.get(assoc)
+            except TypeError:  # not weakly referenceable: never recorded
+                return None
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Who asked for an association (AE titles stripped)."""
+
+    calling: str
+    called: str
+    host: str | None
+    port: int | None
+
+
+# -- association bookkeeping (both receivers) -------------------------------------------------
+def association_requested(rx: Receiver, key: Any, peer: Peer) -> tuple[int, int, int] | None:
+    """A-ASSOCIATE-RQ: record it under ``key``; the rejection to send (already recorded)
+    when the disk is above the watermark, else None."""
+    try:
+        assoc_id = rx.log.open_association(peer.calling, peer.called, peer.host, peer.port)
+        with rx.lock:
+            rx.assoc_ids[key] = assoc_id
+        if rx.disk.is_short():
+            reason = (f"disk {rx.disk.percent_used():.1f}% used, at or above the watermark "
+                      f"{rx.disk.watermark:g}%")
+            logger.warning("rejecting association from %s (%s): %s", peer.calling, peer.host,
+                           reason)
+            rx.log.end_association(assoc_id, AssociationState.REJECTED, reason)
+            return REJECT_TRANSIENT_LOCAL_LIMIT
+    except (*DATABASE_ERRORS, OSError) as exc:
+        logger.error("cannot record association request: %s", type(exc).__name__)
+    return None
+
+
+def association_ended(rx: Receiver, key: Any, peer: Peer, state: AssociationState,
+                      reason: str | None) -> None:
+    """Record the end of the association known under ``key`` (once; later calls no-op)."""
+    assoc_id = rx.assoc_id(key)
+    if assoc_id is None:
+        return
+    try:
+        if rx.log.end_association(assoc_id, state, reason):
+            log = logger.info if state == AssociationState.RELEASED else logger.warning
+            log("association %d from %s (%s) %s%s", assoc_id, peer.calling, peer.host,
+                state.value, f": {reason}" if reason else "")
+    except DATABASE_ERRORS as exc:
+        logger.error("cannot record the end of association %d: %s", assoc_id,
+                     type(exc).__name__)
+
+
+def association_rejected(rx: Receiver, key: Any, peer: Peer,
+                         rejection: tuple[Any, Any, Any]) -> None:
+    """Record an A-ASSOCIATE-RJ (result, source, diagnostic) with its reason in words."""
+    reason = _REJECT_REASONS.get(rejection, f"rejected (result, source, diagnostic) = "
+                                            f"{rejection}")
+    reason = f"{reason}: calling {peer.calling!r}, called {peer.called!r}"
+    association_ended(rx, key, peer, AssociationState.REJECTED, reason)
+
+
+# -- the native receiver's adapter ------------------------------------------------------------
+class NativeHandler:
+    """:class:`dicom_node.ul.AssociationHandler` for the node: the shared bookkeeping and
+    store above, keyed by the native association object."""
+
+    def __init__(self, rx: Receiver) -> None:
+        self.rx = rx
+
+    @staticmethod
+    def _peer(assoc: ul.Association) -> Peer:
+        return Peer(assoc.calling_ae_title, assoc.called_ae_title, assoc.peer_host,
+                    assoc.peer_port)
+
+    def requested(self, assoc: ul.Association) -> tuple[int, int, int] | None:
+        """Record the request; the disk-watermark rejection, if any."""
+        return association_requested(self.rx, assoc, self._peer(assoc))
+
+    def rejected(self, assoc: ul.Association, rejection: tuple[int, int, int]) -> None:
+        """Record the rejection with its reason."""
+        association_rejected(self.rx, assoc, self._peer(assoc), rejection)
+
+    def released(self, assoc: ul.Association) -> None:
+        """A-RELEASE: the association's instances now count towards series completion."""
+        association_ended(self.rx, assoc, self._peer(assoc), AssociationState.RELEASED, None)
+
+    def aborted(self, assoc: ul.Association, cause: ul.AbortCause, detail: str) -> None:
+        """Recorded as aborted; the association's instances trigger nothing."""
+        if cause in (ul.AbortCause.PEER_ABORT, ul.AbortCause.CONNECTION_LOST):
+            reason = ABORTED_REASON
+        else:
+            reason = f"{cause.value}: {detail}" if detail else cause.value
+        association_ended(self.rx, assoc, self._peer(assoc), AssociationState.ABORTED, reason)
+
+    def echo(self, assoc: ul.Association) -> int:
+        """C-ECHO: always success."""
+        return SUCCESS
+
+    def store(self, assoc: ul.Association, instance: ul.ReceivedInstance) -> int:
+        """C-STORE: the shared store, with the association's job-log id."""
+        return store_instance(self.rx, StoreRequest(
+            instance.sop_class_uid, instance.sop_instance_uid, instance.transfer_syntax,
+            path=instance.path, association_id=self.rx.assoc_id(assoc), size=instance.size,
+            head=instance.head, head_complete=instance.head_complete))
+
+
+# -- the server ------------------------------------------------------------------------------
+class StorageSCP:
+    """The listening AE. ``start()`` returns at once; ``stop()`` ends it cleanly."""
+
+    def __init__(self, config: Config, log: JobLog, spool: Spool, *,
+                 disk: DiskGuard | None = None) -> None:
+        self.config = config
+        self.receiver = Receiver(log=log, spool=spool, disk=disk or DiskGuard(
+            config.node.data_dir, config.node.disk_watermark_percent))
+        self._server: Any = None  # ul.Acceptor or scp_pynetdicom.PynetdicomServer
+
+    def _native(self, ssl_context: Any) -> ul.Acceptor:
+        node = self.config.node
+        temp_dir = node.data_dir / "tmp"  # on the spool's file system: an atomic rename
+        temp_dir.mkdir(parents=True, exist_ok=True)
+        settings = ul.AcceptorSettings(
+            ae_title=node.ae_title,
+            supported={k: frozenset(v) for k, v in supported_contexts().items()},
+            max_pdu=node.max_pdu, max_associations=node.max_associations,
+            network_timeout=node.network_timeout_seconds,
+            called_aet_check=node.called_aet_check,
+            allowed_calling_aets=tuple(node.allowed_calling_aets), temp_dir=temp_dir)
+        return ul.Acceptor((node.host, node.port), settings, NativeHandler(self.receiver),
+                           ssl_context)
+
+    def start(self) -> None:
+        """Listen on ``[node] host:port`` (TLS when ``[node.tls]`` is set); non-blocking."""
+        if self._server is not None:
+            raise RuntimeError("the storage SCP is already running")
+        node = self.config.node
+        ssl_context = None
+        if node.tls is not None:
+            from dicom_node.net.tls import server_context
+
+            ssl_context = server_context(node.tls)
+        rx = self.receiver
+        rx.syncer = ThreadPoolExecutor(max_workers=2 * max(1, node.max_associations),
+                                       thread_name_prefix="spool-sync")
+        try:
+            if node.receiver == "pynetdicom":
+                from dicom_node.receive.pynetdicom_scp import PynetdicomServer
+
+                server: Any = PynetdicomServer(self.config, rx, ssl_context)
+            else:
+                server = self._native(ssl_context)
+            server.start()
+        except BaseException:
+            rx.syncer.shutdown(wait=False)
+            rx.syncer = None
+            raise
+        self._server = server
+        logger.info("storage SCP %s listening on %s:%d%s (%s receiver)", node.ae_title,
+                    *self.address, " (TLS)" if ssl_context else "", node.receiver)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """(host, port) the server is bound to."""
+        if self._server is None:
+            raise RuntimeError("the storage SCP is not running")
+        return self._server.address
+
+    @property
+    def active_associations(self) -> int:
+        """How many associations (connections) are being served now."""
+        return len(self._server.active_associations) if self._server is not None else 0
+
+    def stop(self, grace_seconds: float = 10.0) -> None:
+        """Stop accepting; let open associations finish for ``grace_seconds``, then abort
+        them (their instances stay recorded and trigger nothing)."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.stop(grace_seconds)
+        syncer, self.receiver.syncer = self.receiver.syncer, None
+        if syncer is not None:
+            syncer.shutdown(wait=True)
+        logger.info("storage SCP stopped")

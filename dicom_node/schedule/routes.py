@@ -1,0 +1,147 @@
+"""Route rules: which complete series are synthesized, into what, and sent where.
+
+A route (``[[routes]]`` in ``node.toml``) selects a series when each ``match``
+regex is found in its attribute (``re.search`` on the value as text,
+case-sensitive unless the regex says ``(?i)``) and no ``exclude`` regex is.
+Multi-valued attributes are matched as their values joined by backslashes
+(``DERIVED\\SECONDARY``); a missing attribute fails ``match`` and never
+triggers ``exclude``. Every matching route contributes its targets; a (target,
+destination) pair is planned once, by the first route that names it.
+
+Destination ``"caller"`` sends the result back to the AE that sent the series:
+its address is the association's peer address (or ``[callers.<AE>] host``) and
+its port comes from ``[callers.<AE>] port``; a caller without that entry gets a
+job that fails with a reason saying what to configure.
+
+Loop guard (before any route): never process Synthetic Data = YES, a DERIVED
+image that this node's equipment contributed to, or a series UID that one of
+our jobs produced.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+
+from dicom_node.config import CALLER, Caller, Destination, Route
+from dicom_node.store.db import SeriesState
+from dicom_node.store.joblog import PlannedJob
+
+__all__ = ["RouteDecision", "attribute_text", "route_matches", "loop_guard", "plan_routes",
+           "caller_endpoint"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RouteDecision:
+    """What routing decided for one series: jobs (maybe none) and the series' new state."""
+
+    state: SeriesState
+    reason: str | None = None
+    jobs: tuple[PlannedJob, ...] = ()
+    routes: tuple[str, ...] = field(default=())
+    failed: Mapping[int, str] = field(default_factory=dict)  # job index -> reason
+
+
+def attribute_text(ds: Dataset, keyword: str) -> str | None:
+    """The attribute's value as matchable text; None when absent or empty."""
+    value = ds.get(keyword)
+    if value is None or value == "" or (isinstance(value, (list, MultiValue)) and not value):
+        return None
+    if isinstance(value, (list, MultiValue)):
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
+def route_matches(route: Route, ds: Dataset) -> bool:
+    """True when every ``match`` regex finds its attribute and no ``exclude`` regex does."""
+    for keyword, pattern in route.match:
+        text = attribute_text(ds, keyword)
+        if text is None or pattern.search(text) is None:
+            return False
+    for keyword, pattern in route.exclude:
+        text = attribute_text(ds, keyword)
+        if text is not None and pattern.search(text) is not None:
+            return False
+    return True
+
+
+def loop_guard(ds: Dataset, *, is_ours: Callable[[str], bool],
+               manufacturer: str | None = None) -> str | None:
+    """The reason this series must never be processed, or None.
+
+    ``is_ours(series_uid)`` says whether one of our jobs produced that series;
+    ``manufacturer`` is what our Contributing Equipment items carry (default:
+    :data:`dicom_node.assemble.NODE_MANUFACTURER`).
+    """
+    if manufacturer is None:
+        from dicom_node.process.assemble import NODE_MANUFACTURER as manufacturer
+    if str(ds.get("SyntheticData", "")).strip().upper() == "YES":
+        return "loop guard: Synthetic Data (0008,001C) is YES"
+    image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
+    if "DERIVED" in image_type:
+        for item in ds.get("ContributingEquipmentSequence") or []:
+            if str(item.get("Manufacturer", "")).strip() == manufacturer:
+                return (f"loop guard: a DERIVED image whose Contributing Equipment is this node "
+                        f"({manufacturer!r})")
+    series_uid = str(ds.get("SeriesInstanceUID", ""))
+    if series_uid and is_ours(series_uid):
+        return "loop guard: this node produced the series"
+    return None
+
+
+def caller_endpoint(calling_aet: str | None, peer_host: str | None,
+                    callers: Mapping[str, Caller]) -> tuple[str | None, int | None, str | None]:
+    """(host, port, error) of the ``caller`` destination for a calling AE."""
+    if not calling_aet:
+        return None, None, "destination 'caller': no released association names the caller"
+    caller = callers.get(calling_aet)
+    if caller is None:
+        return peer_host, None, (f"destination 'caller': no port configured for calling AE "
+                                 f"{calling_aet!r}; add [callers.{calling_aet}] port = ...")
+    return caller.host or peer_host, caller.port, None
+
+
+def plan_routes(ds: Dataset, routes: tuple[Route, ...], *,
+                destinations: Mapping[str, Destination], callers: Mapping[str, Caller],
+                caller: tuple[str | None, str | None],
+                is_ours: Callable[[str], bool]) -> RouteDecision:
+    """Decide what to do with a complete series whose header (one instance) is ``ds``.
+
+    ``caller`` is (calling AE title, peer host) of the association that sent it.
+    """
+    reason = loop_guard(ds, is_ours=is_ours)
+    if reason:
+        return RouteDecision(SeriesState.NOT_ELIGIBLE, reason)
+    jobs: list[PlannedJob] = []
+    failed: dict[int, str] = {}
+    applied: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    for route in routes:
+        if not route_matches(route, ds):
+            continue
+        applied.append(route.name)
+        for target in route.targets:
+            if (target, route.destination) in seen:
+                continue
+            seen.add((target, route.destination))
+            if route.destination == CALLER:
+                host, port, error = caller_endpoint(caller[0], caller[1], callers)
+                ae_title = caller[0]
+                if error:
+                    failed[len(jobs)] = error
+            else:
+                dest = destinations[route.destination]
+                ae_title, host, port = dest.ae_title, dest.host, dest.port
+            jobs.append(PlannedJob(route=route.name, target=target,
+                                   destination=route.destination, dest_ae_title=ae_title,
+                                   dest_host=host, dest_port=port,
+                                   output_format=route.output_format,
+                                   series_number_offset=route.series_number_offset))
+    if not jobs:
+        return RouteDecision(SeriesState.IGNORED, "no route matched")
+    return RouteDecision(SeriesState.ROUTED, None, tuple(jobs), tuple(applied), failed)

@@ -1,0 +1,109 @@
+"""process_series: assemble → condition → synthesize → encode, with a stub and the tiny model."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pydicom
+import pytest
+
+from tests.helpers.dicom_factory import T2_TSE, make_series
+from dicom_node.errors import RejectedSeries
+from dicom_node.process.pipeline import NodeInfo, process_series
+from dicom_node.tools.simseries import write_series
+from synthesis import grid
+from synthesis.protocol import Contrast, MRProtocol, preset
+from synthesis.condition import prompt
+
+STAGES = {"assembly", "conditioning", "synthesis", "encoding"}
+
+
+@dataclass
+class StubSynthesizer:
+    """Follows the ``Synthesizer`` contract: resamples the input onto the output grid."""
+
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=lambda: {
+        "model_name": "RTFSyn", "model_version": "stub", "checkpoint_sha256": "0" * 64,
+        "architecture": "stub", "device": "cpu"})
+
+    def __call__(self, volume: np.ndarray, spacing: Sequence[float], source: MRProtocol,
+                 target: MRProtocol, output_spacing: Sequence[float] | None = None) -> Any:
+        self.calls.append(dict(shape=volume.shape, spacing=tuple(spacing), source=source,
+                               target=target, output_spacing=output_spacing))
+        out_spacing = tuple(output_spacing or grid.working_spacing(spacing))
+        normalized = (volume - volume.min()) / max(float(np.ptp(volume)), 1e-6)
+        out = grid.resample(normalized.astype(np.float32), spacing, out_spacing, order=1)
+        from synthesis.inference import SynthesisResult
+
+        return SynthesisResult(1.0 - out, out_spacing, grid.origin_offset_mm(spacing, out_spacing),
+                               prompt(source, target))
+
+
+def _phantom(shape: tuple[int, int, int] = (12, 16, 16)) -> np.ndarray:
+    """A bright ellipsoid in a dark background (z, y, x)."""
+    z, y, x = np.meshgrid(*(np.linspace(-1, 1, n) for n in shape), indexing="ij")
+    return np.where(z**2 + y**2 + x**2 < 0.6, 800.0, 50.0) + 100.0 * (x + 1)
+
+
+def test_stub_pipeline_stages_and_target(tmp_path: Path) -> None:
+    files = make_series(tmp_path / "src", spacing=(2.0, 1.0, 1.0), tags=T2_TSE)
+    stub = StubSynthesizer()
+    derived = process_series(files, "flair", tmp_path / "out", stub,
+                             node=NodeInfo(ae_title="NODE"))
+    (call,) = stub.calls
+    assert call["source"].contrast is Contrast.T2w and call["output_spacing"] == (1.0, 1.0, 1.0)
+    target = derived.target_protocol
+    assert target.contrast is Contrast.FLAIR and target.tr_ms == preset("FLAIR", 1.5).tr_ms
+    assert target.voxel_mm == (1.0, 1.0, 1.0) and target.slice_thickness_mm == 1.0
+    assert derived.source_protocol.field_t == 1.5
+    assert set(derived.timings) == STAGES and all(t >= 0 for t in derived.timings.values())
+    assert len(derived.files) == 10  # 5 slices of 2 mm -> 10 of 1 mm
+    ds = pydicom.dcmread(derived.files[0])
+    assert ds.SeriesInstanceUID == derived.series_instance_uid
+    assert derived.prompt in ds.DerivationDescription and ds.StationName == "NODE"
+
+
+def test_output_spacing_override_keeps_the_source_grid(tmp_path: Path) -> None:
+    files = make_series(tmp_path / "src", spacing=(2.0, 1.0, 1.0), tags=T2_TSE)
+    derived = process_series(files, "T1", tmp_path / "out", StubSynthesizer(),
+                             output_spacing=(2.0, 1.0, 1.0), series_uid="1.2.826.0.1.3680043.9")
+    assert len(derived.files) == 5 and derived.series_instance_uid == "1.2.826.0.1.3680043.9"
+    assert derived.target_protocol.voxel_mm == (1.0, 1.0, 2.0)
+
+
+def test_rejected_series_writes_nothing(tmp_path: Path) -> None:
+    files = make_series(tmp_path / "src", mutate=lambda ds, k: setattr(ds, "SyntheticData", "YES"))
+    stub = StubSynthesizer()
+    with pytest.raises(RejectedSeries, match="synthetic"):
+        process_series(files, "T2", tmp_path / "out", stub)
+    assert stub.calls == [] and not (tmp_path / "out").exists()
+
+
+def test_unknown_target_is_refused(tmp_path: Path) -> None:
+    files = make_series(tmp_path / "src")
+    with pytest.raises(ValueError, match="Unknown target 'DWI'"):
+        process_series(files, "DWI", tmp_path / "out", StubSynthesizer())
+
+
+def test_tiny_model_on_a_simulated_series(tmp_path: Path, tiny_synthesizer: Any) -> None:
+    """The must-show path without networking: geometry equals the source's, provenance, pixels."""
+    src_files = write_series(_phantom(), (1.0, 1.0, 1.0), preset("T1"), tmp_path / "src", seed=3)
+    derived = process_series(src_files, "T2", tmp_path / "out", tiny_synthesizer)
+    source = [pydicom.dcmread(p) for p in src_files]
+    out = [pydicom.dcmread(p) for p in derived.files]
+    assert len(out) == len(source)
+    for got, want in zip(out, source):
+        assert [float(v) for v in got.ImagePositionPatient] == pytest.approx(
+            [float(v) for v in want.ImagePositionPatient], abs=1e-4)
+        assert got.ImageOrientationPatient == want.ImageOrientationPatient
+        assert got.PixelSpacing == want.PixelSpacing
+        assert got.pixel_array.shape == want.pixel_array.shape
+        assert got.SyntheticData == "YES"
+        assert got.StudyInstanceUID == want.StudyInstanceUID
+    info = tiny_synthesizer.info
+    assert info["checkpoint_sha256"] in out[0].DerivationDescription
+    assert derived.source_protocol.contrast is Contrast.T1w
+    assert derived.target_protocol.contrast is Contrast.T2w

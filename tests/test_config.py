@@ -1,0 +1,156 @@
+"""Configuration loading and validation: the shipped file, defaults, and clear errors."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dicom_node.config import Config, ConfigError, ExportConfig, load_config, parse_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _base(**overrides: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "node": {"ae_title": "RTFSYN", "port": 11112},
+        "destinations": {"PACS": {"ae_title": "PACS", "host": "127.0.0.1", "port": 4242}},
+        "routes": [{"match": {"Modality": "MR"}, "targets": ["T2"], "destination": "PACS"}],
+    }
+    data.update(overrides)
+    return data
+
+
+def test_shipped_config_loads_with_the_issue_keys() -> None:
+    config = load_config(REPO / "config" / "node.toml")
+    assert config.node.ae_title == "RTFSYN"
+    assert config.node.port == 11112
+    assert config.node.stable_seconds == 5
+    assert config.node.allowed_calling_aets == ()
+    assert config.node.disk_watermark_percent == 75
+    assert config.model.checkpoint == "default" and config.model.device == "auto"
+    assert config.destinations["PACS"].port == 4242
+    route = config.routes[0]
+    assert route.targets == ("T2", "FLAIR") and route.destination == "PACS"
+    assert route.match[0][0] == "Modality" and route.match[0][1].pattern == "MR"
+    assert config.export.max_attempts == 5
+
+
+def test_defaults_resolve_data_dir_against_the_working_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = Config.default()
+    assert config.node.data_dir == tmp_path / "var"
+    assert config.database_path == tmp_path / "var" / "joblog.sqlite"
+    assert parse_config({"node": {"data_dir": "spooly"}}).node.data_dir == tmp_path / "spooly"
+    assert config.routes == () and config.model.device == "auto"
+
+
+def test_backoff_doubles_and_is_capped() -> None:
+    export = ExportConfig(max_attempts=9, backoff_seconds=2, backoff_max_seconds=10)
+    assert [export.backoff(n) for n in (1, 2, 3, 4, 5)] == [2, 4, 8, 10, 10]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"node": {"port": 70000}}, "node.port must be an integer port in 1..65535. Found 70000"),
+    ({"node": {"port": "104"}}, "node.port must be an integer port"),
+    ({"node": {"ae_title": "A_VERY_LONG_AE_TITLE"}}, "node.ae_title must be at most 16"),
+    ({"node": {"ae_title": "BAD\\AE"}}, "without backslash"),
+    ({"node": {"stable_seconds": 0}}, "node.stable_seconds must be a number in (0.0"),
+    ({"node": {"disk_watermark_percent": 120}}, "node.disk_watermark_percent"),
+    ({"node": {"workers": 0}}, "node.workers must be an integer in [1, 64]. Found 0"),
+    ({"node": {"allowed_calling_aets": "SCU"}}, "node.allowed_calling_aets must be a list"),
+    ({"node": {"prot": 1}}, "node has unknown key(s) prot"),
+    ({"node": {"tls": {"certificate": "/nonexistent.crt", "private_key": "/nonexistent.key"}}},
+     "node.tls.certificate must name an existing file"),
+    ({"model": {"device": "gpu"}}, "model.device must be auto, cpu, cuda or cuda:N. Found 'gpu'"),
+    ({"export": {"backoff_seconds": 10, "backoff_max_seconds": 5}},
+     "export.backoff_max_seconds must be >= export.backoff_seconds"),
+    ({"destinations": {"PACS": {"ae_title": "PACS", "host": "h"}}},
+     "destinations.PACS.port is required"),
+    ({"destinations": {"PACS": {"ae_title": "PACS", "host": "h", "port": 1, "tls": True}}},
+     "destinations.PACS.tls = true needs [node.tls]"),
+    ({"callers": {"WS1": {}}}, "callers.WS1.port is required"),
+])
+def test_invalid_values_name_the_key_and_the_value(change: dict, message: str) -> None:
+    data = _base()
+    for key, value in change.items():
+        data[key] = {**data.get(key, {}), **value} if key == "node" else value
+    with pytest.raises(ConfigError) as info:
+        parse_config(data)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize("route, message", [
+    ({"destination": "NOWHERE"}, "routes[0].destination must be a [destinations] key or "
+                                 "'caller' (known: PACS, caller). Found 'NOWHERE'"),
+    ({"targets": ["T3"]}, "routes[0].targets: unknown target preset 'T3'"),
+    ({"targets": []}, "routes[0].targets must be a non-empty list"),
+    ({"targets": ["T2", "t2"]}, "lists a preset twice"),
+    ({"match": {"Modality": "MR("}}, "routes[0].match.Modality is not a valid regular expression"),
+    ({"match": {"Modalty": "MR"}}, "'Modalty' is not a DICOM attribute keyword"),
+    ({"match": {"ReferencedImageSequence": "x"}}, "is a sequence"),
+    ({"exclude": {"SeriesDescription": 3}}, "routes[0].exclude.SeriesDescription must be a "
+                                            "regular expression string. Found 3"),
+    ({"output_format": "nifti"}, "routes[0].output_format must be one of mr, enhanced-mr, "
+                                 "parametric-map. Found 'nifti'"),
+    ({"series_number_offset": -1}, "routes[0].series_number_offset"),
+    ({"colour": "red"}, "routes[0] has unknown key(s) colour"),
+])
+def test_invalid_routes_are_refused(route: dict, message: str) -> None:
+    data = _base()
+    data["routes"] = [{**data["routes"][0], **route}]
+    with pytest.raises(ConfigError) as info:
+        parse_config(data)
+    assert message in str(info.value)
+
+
+def test_route_options_are_parsed() -> None:
+    data = _base(callers={"WS1": {"port": 11113}})
+    data["routes"] = [{"name": "back", "match": {"SeriesDescription": "(?i)t1"},
+                       "exclude": {"ImageType": "LOCALIZER"}, "targets": ["flair", "PD"],
+                       "destination": "caller", "output_format": "enhanced-mr",
+                       "series_number_offset": 500}]
+    route = parse_config(data).routes[0]
+    assert route.name == "back" and route.targets == ("FLAIR", "PD")
+    assert route.destination == "caller" and route.output_format == "enhanced-mr"
+    assert route.series_number_offset == 500
+    assert route.exclude[0][0] == "ImageType"
+    assert parse_config(data).callers["WS1"].port == 11113
+
+
+def test_duplicate_route_names_are_refused() -> None:
+    data = _base()
+    data["routes"] = [dict(data["routes"][0], name="a"), dict(data["routes"][0], name="a")]
+    with pytest.raises(ConfigError, match="route names must be unique"):
+        parse_config(data)
+
+
+def test_load_config_reports_missing_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="configuration file not found"):
+        load_config(tmp_path / "absent.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[node\nport = 1\n")
+    with pytest.raises(ConfigError, match="is not valid TOML"):
+        load_config(bad)
+
+
+def test_tls_section_requires_ca_for_client_certificates(tmp_path: Path) -> None:
+    cert, key = tmp_path / "n.crt", tmp_path / "n.key"
+    cert.write_text("x")
+    key.write_text("x")
+    tls = {"certificate": str(cert), "private_key": str(key), "require_client_certificate": True}
+    with pytest.raises(ConfigError, match="needs node.tls.ca_certificates"):
+        parse_config({"node": {"tls": tls}})
+    del tls["require_client_certificate"]
+    parsed = parse_config({"node": {"tls": tls}}).node.tls
+    assert parsed is not None and parsed.certificate == cert and parsed.ca_certificates is None
+
+
+def test_model_checkpoint_must_exist_unless_default(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="model.checkpoint must be 'default' or an existing "
+                                          "checkpoint file. Found 'missing.pt'"):
+        parse_config({"model": {"checkpoint": "missing.pt"}})
+    weights = tmp_path / "tiny.pt"
+    weights.write_bytes(b"weights")
+    assert parse_config({"model": {"checkpoint": str(weights)}}).model.checkpoint == str(weights)

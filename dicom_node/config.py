@@ -20,6 +20,7 @@ from typing import Any, Mapping
 from dicom_node.config_checks import (ConfigError, check_ae_title, check_bool, check_integer,
                                       check_no_unknown, check_number, check_path, check_port,
                                       check_string, check_table)
+from dicom_node.http.settings import HttpConfig, NotifyConfig, parse_http, parse_notify
 
 if sys.version_info >= (3, 11):  # pragma: no cover - version dependent
     import tomllib
@@ -29,7 +30,7 @@ else:  # pragma: no cover
 __all__ = [
     "ConfigError", "TLSConfig", "NodeConfig", "ModelConfig", "ExportConfig", "Destination",
     "Caller", "Route", "Config", "load_config", "parse_config", "OUTPUT_FORMATS", "CALLER",
-    "RECEIVERS",
+    "RECEIVERS", "HttpConfig", "NotifyConfig",
 ]
 
 OUTPUT_FORMATS = ("mr", "enhanced-mr", "parametric-map")
@@ -142,6 +143,8 @@ class Config:
     destinations: Mapping[str, Destination] = field(default_factory=dict)
     callers: Mapping[str, Caller] = field(default_factory=dict)
     routes: tuple[Route, ...] = ()
+    http: HttpConfig | None = None  # [http]: the status service (None: none)
+    notify: NotifyConfig | None = None  # [notify]: the webhook (None: none)
     source: Path | None = None
 
     @classmethod
@@ -378,7 +381,7 @@ def _parse_route(i: int, raw: Any, destinations: Mapping[str, Destination]) -> R
 def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
     """Validate a parsed TOML document (a dict) into a :class:`Config`."""
     check_no_unknown("the top level", data, {"node", "model", "export", "destinations",
-                                             "callers", "routes"})
+                                             "callers", "routes", "http", "notify"})
     destinations = _parse_destinations(data.get("destinations", {}))
     raw_routes = data.get("routes", [])
     if not isinstance(raw_routes, list):
@@ -397,7 +400,9 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
                   export=_parse_export(check_table("export", data.get("export", {}))),
                   destinations=destinations,
                   callers=_parse_callers(data.get("callers", {})),
-                  routes=routes, source=source)
+                  routes=routes, source=source,
+                  http=parse_http(data["http"]) if "http" in data else None,
+                  notify=parse_notify(data["notify"]) if "notify" in data else None)
 
 
 def load_config(path: str | Path) -> Config:

@@ -49,6 +49,7 @@ def _prepare_process(data_dir: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM; exit 0, 2 (bad configuration) or 3 (cannot start)."""
     from dicom_node.config import ConfigError, load_config
+    from dicom_node.http.services import start_services
     from dicom_node.store.db import SchemaMismatch
     from dicom_node.net.tls import TLSConfigError
     from dicom_node.node import Node
@@ -71,17 +72,23 @@ def run(args: argparse.Namespace) -> int:
         print(f"rtfsyn serve: cannot open the node's data: {exc}", file=sys.stderr)
         return EXIT_START
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    services = None
     try:
         try:
             node.start()
+            services = start_services(config, node)  # [http], [notify]
         except (TLSConfigError, OSError) as exc:  # TLS files, port in use, permissions
             print(f"rtfsyn serve: cannot start the node: {exc}", file=sys.stderr)
             return EXIT_START
         host, port = node.address
         print(f"rtfsyn node {config.node.ae_title} listening on {host}:{port}", flush=True)
+        if services.http is not None:
+            print("rtfsyn status service on http://%s:%d/" % services.http.address, flush=True)
         while not stop.wait(0.5):
             pass
     finally:
+        if services is not None:
+            services.stop()
         node.stop(grace_seconds=args.grace)
         for sig, handler in previous.items():
             signal.signal(sig, handler)

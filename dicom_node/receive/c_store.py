@@ -76,10 +76,12 @@ class StoreRequest:
 def store_instance(rx: Receiver, request: StoreRequest) -> int:
     """Spool and record one instance; returns a C-STORE status, never raises."""
     try:
-        return _store(rx, request)
+        status = _store(rx, request)
     except Exception:  # the boundary: nothing may escape into the association
         logger.exception("unexpected error storing SOP instance %s", request.sop_instance_uid)
-        return PROCESSING_FAILURE
+        status = PROCESSING_FAILURE
+    rx.count_status(status)
+    return status
 
 
 def _header(rq: StoreRequest) -> StoreHeader:

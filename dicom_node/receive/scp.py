@@ -34,6 +34,7 @@ import shutil
 import threading
 import time
 import weakref
+from collections import Counter
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,7 +123,8 @@ class DiskGuard:
 @dataclass
 class Receiver:
     """What the handlers need: the log, the spool, the disk guard, open association ids
-    (keyed by the receiver's association object)."""
+    (keyed by the receiver's association object); ``answered`` counts the C-STORE
+    statuses sent since start (read by the metrics)."""
 
     log: JobLog
     spool: Spool
@@ -130,6 +132,12 @@ class Receiver:
     syncer: Executor | None = None  # runs the spool fsyncs (None: in the handler thread)
     assoc_ids: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    answered: Counter[int] = field(default_factory=Counter)
+
+    def count_status(self, status: int) -> None:
+        """Count one C-STORE response status."""
+        with self.lock:
+            self.answered[status] += 1
 
     def assoc_id(self, assoc: Any) -> int | None:
         """The job-log id of a live association (None if unknown)."""

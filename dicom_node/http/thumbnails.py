@@ -56,6 +56,19 @@ def _middle_frame_index(ds: Any, n_frames: int) -> int:
     return int(order[len(order) // 2])
 
 
+def _frame_rescale(ds: Any, index: int) -> tuple[float, float]:
+    """(slope, intercept) of one frame: its Pixel Value Transformation (per frame, else
+    shared), else the top-level Rescale Slope/Intercept, else identity."""
+    for groups, i in (("PerFrameFunctionalGroupsSequence", index),
+                      ("SharedFunctionalGroupsSequence", 0)):
+        try:
+            item = getattr(ds, groups)[i].PixelValueTransformationSequence[0]
+            return float(item.RescaleSlope), float(item.RescaleIntercept)
+        except (AttributeError, IndexError, KeyError, TypeError, ValueError):
+            continue
+    return float(getattr(ds, "RescaleSlope", 1.0)), float(getattr(ds, "RescaleIntercept", 0.0))
+
+
 def middle_slice(files: Sequence[Path]) -> tuple[np.ndarray, float]:
     """The middle slice of a series, ``(image (rows, columns) float32, aspect)``, with the
     modality rescale applied; ``aspect`` = row spacing / column spacing."""
@@ -67,7 +80,8 @@ def middle_slice(files: Sequence[Path]) -> tuple[np.ndarray, float]:
     if len(headers) == 1 and n_frames > 1:
         ds = dcmread(headers[0][0])
         index = _middle_frame_index(ds, n_frames)
-        image = np.asarray(apply_rescale(ds.pixel_array[index], ds), dtype=np.float32)
+        slope, intercept = _frame_rescale(ds, index)
+        image = np.asarray(ds.pixel_array[index], dtype=np.float32) * slope + intercept
         spacing = _spacing(ds, multi_frame=True)
     else:
         normal = _normal(getattr(first, "ImageOrientationPatient", None))
@@ -96,11 +110,12 @@ def _spacing(ds: Any, *, multi_frame: bool) -> tuple[float, float]:
 
 def thumbnail_png(files: Sequence[Path], size: int = THUMBNAIL_SIZE) -> bytes:
     """The middle slice of a series as an 8-bit grey PNG, its longer side ``size`` pixels
-    (window: percentiles 0.5-99.5 of the non-zero pixels)."""
+    (window: from the 0.5th percentile of all pixels to the 99.5th of the non-zero ones)."""
     from PIL import Image
 
     image, aspect = middle_slice(files)
-    vmin, vmax = display_range(image)
+    _low, vmax = display_range(image)  # the bright end from the non-zero (tissue) pixels
+    vmin = min(float(np.percentile(image, 0.5)), vmax - 1.0)  # background stays dark
     grey = np.clip((image - vmin) / (vmax - vmin), 0.0, 1.0)
     picture = Image.fromarray(np.round(grey * 255.0).astype(np.uint8))
     height_mm, width_mm = image.shape[0] * aspect, float(image.shape[1])

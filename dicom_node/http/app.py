@@ -36,8 +36,8 @@ from dicom_node.http.api import BadQuery, query_rows, report
 from dicom_node.http.metrics import exposition
 from dicom_node.http.readiness import Readiness
 from dicom_node.http.thumbnails import thumbnail_png
-from dicom_node.jobqueue import JobQueue
-from dicom_node.joblog import DATABASE_ERRORS, JobLog, UnknownJob
+from dicom_node.store.jobqueue import JobQueue
+from dicom_node.store.joblog import DATABASE_ERRORS, JobLog, UnknownJob
 
 __all__ = ["StatusContext", "create_app", "PAGE_ROWS"]
 

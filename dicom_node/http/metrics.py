@@ -19,11 +19,11 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
-from dicom_node.db import (Association, AssociationState, Delivery, DeliveryStatus, Instance,
+from dicom_node.store.db import (Association, AssociationState, Delivery, DeliveryStatus, Instance,
                            Job, JobState, Series, SeriesState)
-from dicom_node.joblog import DATABASE_ERRORS, JobLog
-from dicom_node.scp import DiskGuard
-from dicom_node.sender import classify_status
+from dicom_node.store.joblog import DATABASE_ERRORS, JobLog
+from dicom_node.receive.scp import DiskGuard
+from dicom_node.send.sender import classify_status
 
 __all__ = ["NodeCollector", "SYNTHESIS_BUCKETS", "build_registry", "exposition"]
 

@@ -17,9 +17,9 @@ from typing import Any
 from sqlalchemy import func, select
 
 from dicom_node.config import Config
-from dicom_node.db import Delivery, Job
-from dicom_node.joblog import DATABASE_ERRORS, JobLog
-from dicom_node.scp import DiskGuard
+from dicom_node.store.db import Delivery, Job
+from dicom_node.store.joblog import DATABASE_ERRORS, JobLog
+from dicom_node.receive.scp import DiskGuard
 
 __all__ = ["Check", "Readiness", "checkpoint_path"]
 

@@ -36,7 +36,7 @@ class Services:
 
 
 def status_app(config: Config, node: Any, notifier: Any = None) -> Any:
-    """The Starlette app of ``node`` (a :class:`~dicom_node.service.Node`)."""
+    """The Starlette app of ``node`` (a :class:`~dicom_node.node.Node`)."""
     from dicom_node.http.app import StatusContext, create_app
     from dicom_node.http.metrics import NodeCollector, build_registry
     from dicom_node.http.readiness import Readiness

@@ -17,8 +17,6 @@ import numpy as np
 from pydicom import dcmread
 from pydicom.pixels import apply_rescale
 
-from dicom_node.preview import display_range
-
 __all__ = ["middle_slice", "thumbnail_png", "THUMBNAIL_SIZE"]
 
 logger = logging.getLogger(__name__)
@@ -108,14 +106,25 @@ def _spacing(ds: Any, *, multi_frame: bool) -> tuple[float, float]:
         return 1.0, 1.0
 
 
+def _window(image: np.ndarray) -> tuple[float, float]:
+    """(low, high): the 0.5th percentile of all pixels (the background stays dark) and the
+    99.5th of the non-zero ones (the tissue decides the bright end)."""
+    finite = image[np.isfinite(image)]
+    if finite.size == 0:
+        return 0.0, 1.0
+    tissue = finite[finite != 0]
+    high = float(np.percentile(tissue if tissue.size else finite, 99.5))
+    low = min(float(np.percentile(finite, 0.5)), high - 1.0)
+    return low, high
+
+
 def thumbnail_png(files: Sequence[Path], size: int = THUMBNAIL_SIZE) -> bytes:
     """The middle slice of a series as an 8-bit grey PNG, its longer side ``size`` pixels
     (window: from the 0.5th percentile of all pixels to the 99.5th of the non-zero ones)."""
     from PIL import Image
 
     image, aspect = middle_slice(files)
-    _low, vmax = display_range(image)  # the bright end from the non-zero (tissue) pixels
-    vmin = min(float(np.percentile(image, 0.5)), vmax - 1.0)  # background stays dark
+    vmin, vmax = _window(image)
     grey = np.clip((image - vmin) / (vmax - vmin), 0.0, 1.0)
     picture = Image.fromarray(np.round(grey * 255.0).astype(np.uint8))
     height_mm, width_mm = image.shape[0] * aspect, float(image.shape[1])

@@ -27,9 +27,9 @@ from typing import Any, Callable
 
 from sqlalchemy import select
 
-from dicom_node.db import Job, JobState, Series, SeriesState, utcnow
+from dicom_node.store.db import Job, JobState, Series, SeriesState, utcnow
 from dicom_node.http.settings import NotifyConfig
-from dicom_node.joblog import DATABASE_ERRORS, JobLog
+from dicom_node.store.joblog import DATABASE_ERRORS, JobLog
 
 __all__ = ["Event", "Notifier", "event_document", "WINDOW", "post_json"]
 

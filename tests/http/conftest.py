@@ -1,28 +1,14 @@
 """Fixtures of the operations-service tests: a node (tiny CPU model) with its HTTP status
-service on a free port, a test PACS, and a local webhook receiver."""
+service on a free port, and a local webhook receiver (the test PACS is ``pacs`` from
+``tests/conftest.py``)."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
-HERE = Path(__file__).parent
-for folder in (HERE, HERE.parent / "node", HERE.parent / "reliability", HERE.parent / "e2e"):
-    if str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))
-
-from http_helpers import HttpNode, WebhookReceiver  # noqa: E402
-from node_helpers import TestStorageSCP  # noqa: E402
-
-
-@pytest.fixture
-def pacs() -> Iterator[TestStorageSCP]:
-    """A running test storage SCP (AE ``TESTPACS``), stopped after the test."""
-    scp = TestStorageSCP().start()
-    yield scp
-    scp.stop()
+from tests.http.helpers import HttpNode, WebhookReceiver
 
 
 @pytest.fixture

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from dicom_node.http.screenshot import capture, chromium_path
-from e2e_data import write_t1_series
-from http_helpers import TOKEN
-from node_helpers import TestStorageSCP, send_files
-from rel_helpers import series_uid_of
+from tests.e2e.data import write_t1_series
+from tests.http.helpers import TOKEN
+from tests.helpers.node import TestStorageSCP, send_files
+from tests.reliability.helpers import series_uid_of
 
 pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed "
                     "(pip install -e '.[test]')")

@@ -12,10 +12,10 @@ from sqlalchemy.exc import OperationalError
 
 from dicom_node.commands.status import build_report
 from dicom_node.http.readiness import Readiness
-from dicom_node.scp import DiskGuard
-from http_helpers import TOKEN, HttpNode
-from node_helpers import TestStorageSCP, send_files, wait_for
-from rel_helpers import series_uid_of, small_series
+from dicom_node.receive.scp import DiskGuard
+from tests.http.helpers import TOKEN, HttpNode
+from tests.helpers.node import TestStorageSCP, send_files, wait_for
+from tests.reliability.helpers import series_uid_of, small_series
 
 
 def _full_disk(_path: Path) -> tuple[int, int, int]:
@@ -69,7 +69,7 @@ class _UnreachableLog:
 
 
 def test_ready_reports_an_unreachable_job_log(tmp_path: Path) -> None:
-    from node_helpers import node_config
+    from tests.helpers.node import node_config
 
     config = node_config(tmp_path)
     ready, body = Readiness(config, _UnreachableLog(),  # type: ignore[arg-type]

@@ -9,8 +9,8 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
-from node_helpers import TestStorageSCP, send_files
-from rel_helpers import series_uid_of, small_series
+from tests.helpers.node import TestStorageSCP, send_files
+from tests.reliability.helpers import series_uid_of, small_series
 
 Key = tuple[str, tuple[tuple[str, str], ...]]
 
@@ -51,7 +51,7 @@ def test_counters_move_across_a_run(make_http_node: Any, pacs: TestStorageSCP,
 
 def test_refused_cstore_and_failed_delivery_are_counted(make_http_node: Any,
                                                         tmp_path: Path) -> None:
-    from node_helpers import free_port
+    from tests.helpers.node import free_port
 
     node = make_http_node(dest_port=free_port(), export={"max_attempts": 1})  # nobody there
     files = small_series(tmp_path / "src")

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from http_helpers import leaks, with_sentinels
-from node_helpers import TestStorageSCP, send_files
-from rel_helpers import series_uid_of, small_series
+from tests.http.helpers import leaks, with_sentinels
+from tests.helpers.node import TestStorageSCP, send_files
+from tests.reliability.helpers import series_uid_of, small_series
 
 
 def test_no_patient_data_in_pages_api_or_metrics(make_http_node: Any, pacs: TestStorageSCP,

@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from http_helpers import http_get
-from node_helpers import free_port, wait_for
-from rel_process import ProcNode
+from tests.http.helpers import http_get
+from tests.helpers.node import free_port, wait_for
+from tests.reliability.process import ProcNode
 
 
 def _answer(url: str) -> bytes | None:

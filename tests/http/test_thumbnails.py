@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dicom_factory import SAGITTAL, make_enhanced, make_series
+from tests.helpers.dicom_factory import SAGITTAL, make_enhanced, make_series
 from dicom_node.http.thumbnails import middle_slice, thumbnail_png
 
 

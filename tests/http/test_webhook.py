@@ -8,10 +8,10 @@ from typing import Any
 
 from dicom_node.http.settings import NotifyConfig
 from dicom_node.http.webhook import Notifier
-from dicom_node.joblog import JobLog
-from http_helpers import TOKEN, WebhookReceiver, leaks, with_sentinels
-from node_helpers import free_port, make_ct_file, send_files, wait_for
-from rel_helpers import series_uid_of, small_series
+from dicom_node.store.joblog import JobLog
+from tests.http.helpers import TOKEN, WebhookReceiver, leaks, with_sentinels
+from tests.helpers.node import free_port, make_ct_file, send_files, wait_for
+from tests.reliability.helpers import series_uid_of, small_series
 
 def _notify(url: str, **extra: Any) -> dict[str, Any]:
     return {"webhook_url": url, "backoff_seconds": 0.1, "backoff_max_seconds": 0.2, **extra}
@@ -65,9 +65,9 @@ class _FlakyPost:
 
 def _fail_a_job(tmp_path: Path) -> JobLog:
     """A job log with one series and one job that fails now."""
-    from dicom_node.jobqueue import JobQueue
-    from dicom_node.joblog import InstanceRecord, PlannedJob
-    from dicom_node.db import Series, SeriesState, utcnow
+    from dicom_node.store.jobqueue import JobQueue
+    from dicom_node.store.joblog import InstanceRecord, PlannedJob
+    from dicom_node.store.db import Series, SeriesState, utcnow
 
     log = JobLog(tmp_path / "joblog.sqlite")
     log.record_instance(InstanceRecord("1.2.3.1", "1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.1.2",

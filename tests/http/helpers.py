@@ -17,7 +17,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from dicom_node.http.services import Services, start_services
-from rel_helpers import RelNode
+from tests.reliability.helpers import RelNode
 
 __all__ = ["HttpNode", "WebhookReceiver", "http_get", "parse_metrics", "TOKEN", "SENTINELS",
            "NEEDLES", "with_sentinels", "leaks"]

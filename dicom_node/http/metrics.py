@@ -131,20 +131,23 @@ class NodeCollector(Collector):
         yield from _delivery_counters(deliveries)
 
 
-def _counter(name: str, doc: str, values: Mapping[tuple[str, ...], Any],
-             labels: list[str] | None = None) -> CounterMetricFamily:
-    family = CounterMetricFamily(name, doc, labels=labels or [])
+def _family(kind: type, name: str, doc: str, values: Mapping[tuple[str, ...], Any],
+            labels: list[str] | None = None) -> Metric:
+    """A counter or gauge family (``kind``) with one sample per label-value tuple."""
+    family = kind(name, doc, labels=labels or [])
     for key, value in values.items():
         family.add_metric(list(key), float(value))
     return family
+
+
+def _counter(name: str, doc: str, values: Mapping[tuple[str, ...], Any],
+             labels: list[str] | None = None) -> Metric:
+    return _family(CounterMetricFamily, name, doc, values, labels)
 
 
 def _gauge(name: str, doc: str, values: Mapping[tuple[str, ...], Any],
-           labels: list[str] | None = None) -> GaugeMetricFamily:
-    family = GaugeMetricFamily(name, doc, labels=labels or [])
-    for key, value in values.items():
-        family.add_metric(list(key), float(value))
-    return family
+           labels: list[str] | None = None) -> Metric:
+    return _family(GaugeMetricFamily, name, doc, values, labels)
 
 
 def _synthesis_histogram(row: Any) -> HistogramMetricFamily:

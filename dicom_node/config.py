@@ -21,6 +21,8 @@ from dicom_node.config_checks import (ConfigError, check_ae_title, check_bool, c
                                       check_no_unknown, check_number, check_path, check_port,
                                       check_string, check_table)
 from dicom_node.http.settings import HttpConfig, NotifyConfig, parse_http, parse_notify
+from dicom_node.process.encode.formats import OUTPUT_FORMATS, OutputFormat
+from dicom_node.receive.engine import RECEIVERS, ReceiverEngine
 
 if sys.version_info >= (3, 11):  # pragma: no cover - version dependent
     import tomllib
@@ -30,12 +32,10 @@ else:  # pragma: no cover
 __all__ = [
     "ConfigError", "TLSConfig", "NodeConfig", "ModelConfig", "ExportConfig", "Destination",
     "Caller", "Route", "Config", "load_config", "parse_config", "OUTPUT_FORMATS", "CALLER",
-    "RECEIVERS", "HttpConfig", "NotifyConfig",
+    "RECEIVERS", "HttpConfig", "NotifyConfig", "OutputFormat", "ReceiverEngine",
 ]
 
-OUTPUT_FORMATS = ("mr", "enhanced-mr", "parametric-map")
 CALLER = "caller"  # route destination meaning "the AE that sent the series"
-RECEIVERS = ("native", "pynetdicom")  # storage SCP engines ([node] receiver)
 
 
 # -- the dataclasses ---------------------------------------------------------------------
@@ -52,8 +52,7 @@ class TLSConfig:
 @dataclass(frozen=True)
 class NodeConfig:
     """The listening AE. ``stable_seconds``: quiet period (s) that completes a series;
-    ``receiver``: the storage SCP engine, ``"native"`` (:mod:`dicom_node.ul`) or
-    ``"pynetdicom"`` (pynetdicom's server)."""
+    ``receiver``: the storage SCP engine (:class:`ReceiverEngine`)."""
 
     ae_title: str = "RTFSYN"
     host: str = "0.0.0.0"
@@ -67,7 +66,7 @@ class NodeConfig:
     workers: int = 1  # synthesis worker threads
     max_associations: int = 10
     network_timeout_seconds: float = 60.0  # a peer silent this long is aborted
-    receiver: str = "native"
+    receiver: ReceiverEngine = ReceiverEngine.NATIVE
     tls: TLSConfig | None = None
 
 
@@ -129,7 +128,7 @@ class Route:
     destination: str
     match: tuple[tuple[str, re.Pattern[str]], ...] = ()
     exclude: tuple[tuple[str, re.Pattern[str]], ...] = ()
-    output_format: str = "mr"
+    output_format: OutputFormat = OutputFormat.MR
     series_number_offset: int = 1000
 
 
@@ -231,11 +230,12 @@ def _parse_node(raw: Mapping[str, Any]) -> NodeConfig:
     )
 
 
-def _receiver(value: Any) -> str:
-    if value not in RECEIVERS:
+def _receiver(value: Any) -> ReceiverEngine:
+    try:
+        return ReceiverEngine(value)
+    except ValueError:
         raise ConfigError(f"node.receiver must be one of {', '.join(map(repr, RECEIVERS))}. "
-                          f"Found {value!r}.")
-    return str(value)
+                          f"Found {value!r}.") from None
 
 
 def _max_pdu(value: Any) -> int:
@@ -362,10 +362,11 @@ def _parse_route(i: int, raw: Any, destinations: Mapping[str, Destination]) -> R
         known = ", ".join([*sorted(destinations), CALLER])
         raise ConfigError(f"{key}.destination must be a [destinations] key or {CALLER!r} "
                           f"(known: {known}). Found {destination!r}.")
-    fmt = t.get("output_format", "mr")
-    if fmt not in OUTPUT_FORMATS:
+    try:
+        fmt = OutputFormat(t.get("output_format", OutputFormat.MR))
+    except ValueError:
         raise ConfigError(f"{key}.output_format must be one of {', '.join(OUTPUT_FORMATS)}. "
-                          f"Found {fmt!r}.")
+                          f"Found {t.get('output_format')!r}.") from None
     return Route(
         name=check_string(f"{key}.name", t.get("name", f"route-{i + 1}")),
         targets=tuple(clean), destination=str(destination),

@@ -22,7 +22,7 @@ from pydicom import dcmread
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-from dicom_node.process.assemble import NODE_MANUFACTURER
+from dicom_node.dicom.identity import NODE_MANUFACTURER
 from dicom_node.cli import main
 from dicom_node.config import load_config
 from dicom_node.node import Node

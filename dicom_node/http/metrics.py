@@ -23,7 +23,7 @@ from dicom_node.store.db import (Association, AssociationState, Delivery, Delive
                            Job, JobState, Series, SeriesState)
 from dicom_node.store.joblog import DATABASE_ERRORS, JobLog
 from dicom_node.receive.scp import DiskGuard
-from dicom_node.send.sender import classify_status
+from dicom_node.dicom.status import classify_status
 
 __all__ = ["NodeCollector", "SYNTHESIS_BUCKETS", "build_registry", "exposition"]
 

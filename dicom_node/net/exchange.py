@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Callable
 
+from dicom_node.dicom.status import Status
 from dicom_node.net import dimse
 from dicom_node.net.incoming import Incoming, TempFiles
 from dicom_node.net.interface import PeerClosed, ProtocolViolation, ReceivedInstance
@@ -140,7 +141,7 @@ class MessageReceiver:
         if incoming.error is not None or incoming.path is None:
             logger.error("%r: cannot write SOP instance %s to a temporary file: %s", assoc,
                          sop_instance, incoming.error)
-            status = dimse.STATUS_OUT_OF_RESOURCES
+            status = Status.OUT_OF_RESOURCES
         else:
             status = assoc.handler.store(assoc, ReceivedInstance(
                 dimse.command_uid(command, dimse.AFFECTED_SOP_CLASS) or "", sop_instance,
@@ -156,5 +157,5 @@ class MessageReceiver:
         else:
             logger.info("%r: answering command 0x%04X with 'unrecognized operation'",
                         self.assoc, field)
-            status, rsp = dimse.STATUS_UNRECOGNIZED_OPERATION, field | 0x8000
+            status, rsp = Status.UNRECOGNIZED_OPERATION, field | 0x8000
         self._respond(context_id, dimse.response(command, rsp, status))

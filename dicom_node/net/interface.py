@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Protocol
 
+from dicom_node.dicom.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+
 if TYPE_CHECKING:
     from dicom_node.net.association import Association
 
@@ -17,8 +19,6 @@ __all__ = ["AbortCause", "AcceptorSettings", "ReceivedInstance", "AssociationHan
            "REJECT_CALLED_AE", "REJECT_TOO_MANY", "ABORT_UNRECOGNIZED_PDU",
            "ABORT_UNEXPECTED_PDU", "ABORT_INVALID_PARAMETER"]
 
-IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.8.498.77.2"  # the node's (dicom_node.derive)
-IMPLEMENTATION_VERSION_NAME = "RTFSYN_NODE_01"
 # A-ASSOCIATE-RJ (result, source, reason/diagnostic), PS3.8 section 9.3.4
 REJECT_PROTOCOL_VERSION = (0x01, 0x02, 0x02)
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)

@@ -29,8 +29,9 @@ import pydicom
 from highdicom.spatial import get_series_volume_positions, get_volume_positions
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import UID, ExplicitVRLittleEndian, MRImageStorage
+from pydicom.uid import UID, EnhancedMRImageStorage, ExplicitVRLittleEndian, MRImageStorage
 
+from dicom_node.dicom.identity import is_own_output
 from dicom_node.errors import RejectedSeries
 
 __all__ = [
@@ -39,18 +40,13 @@ __all__ = [
     "SliceReference",
     "assemble_series",
     "warm_up",
-    "is_own_output",
-    "EnhancedMRImageStorage",
-    "NODE_MANUFACTURER",
     "MIN_SLICES",
     "SLICE_SPACING_RTOL",
 ]
 
 logger = logging.getLogger(__name__)
 
-EnhancedMRImageStorage = UID("1.2.840.10008.5.1.4.1.1.4.1")
 MR_STORAGE_CLASSES = (MRImageStorage, EnhancedMRImageStorage)
-NODE_MANUFACTURER = "RTFSyn node"  # Manufacturer in our own Contributing Equipment items
 MIN_SLICES = 2
 SLICE_SPACING_RTOL = 0.02  # slice gaps may vary by 2 % of their mean
 ORIENTATION_TOL = 1e-4  # per direction cosine, between slices
@@ -83,10 +79,6 @@ class SliceGeometry:
     slice_direction: tuple[float, float, float]
     frame_of_reference_uid: str
 
-    def image_orientation(self) -> list[float]:
-        """Image Orientation (Patient): row then column direction cosines."""
-        return [*self.row_direction, *self.column_direction]
-
     def position(self, offset_zyx_mm: Sequence[float]) -> np.ndarray:
         """LPS position (3,) of a point given in mm along the (z, y, x) axes from the origin."""
         dz, dy, dx = (float(v) for v in offset_zyx_mm)
@@ -114,19 +106,7 @@ class AssembledVolume:
     def series_instance_uid(self) -> str:
         return str(self.header.SeriesInstanceUID)
 
-    @property
-    def study_instance_uid(self) -> str:
-        return str(self.header.StudyInstanceUID)
 
-
-def is_own_output(ds: Dataset) -> bool:
-    """True for synthetic data (Synthetic Data YES) or anything this node contributed to."""
-    if str(ds.get("SyntheticData", "")).upper() == "YES":
-        return True
-    for item in ds.get("ContributingEquipmentSequence", []):
-        if str(item.get("Manufacturer", "")) == NODE_MANUFACTURER:
-            return True
-    return False
 
 
 def assemble_series(files: Sequence[Path]) -> AssembledVolume:

@@ -5,12 +5,12 @@ one function; the scheduler calls it for every (series, target) job and
 ``rtfsyn synthesize`` calls it on a folder. Each stage is a plain function of
 its own module:
 
-1. :func:`dicom_node.assemble.assemble_series` — files → volume + geometry;
-2. :func:`dicom_node.tags.protocol_from_dataset` — tags → source ``MRProtocol``;
+1. :func:`dicom_node.process.assemble.assemble_series` — files → volume + geometry;
+2. :func:`dicom_node.process.condition.protocol_from_dataset` — tags → source ``MRProtocol``;
    the target is the named preset at the source's field strength, on the
    output voxel grid;
 3. the ``Synthesizer`` (``synthesis.inference``) — the RTFSyn network;
-4. :func:`dicom_node.derive.write_derived_series` — the derived DICOM series.
+4. :func:`dicom_node.process.encode.derived.write_derived_series` — the derived DICOM series.
 
 Stages 1–2 raise :class:`~dicom_node.errors.RejectedSeries` for a series the
 node will not process.
@@ -28,7 +28,9 @@ import numpy as np
 from pydicom.uid import generate_uid
 
 from dicom_node.process.assemble import AssembledVolume, assemble_series
-from dicom_node.process.encode.derived import OUTPUT_FORMATS, NodeInfo, write_derived_series
+from dicom_node.process.encode.derived import write_derived_series
+from dicom_node.process.encode.formats import OutputFormat, parse_output_format
+from dicom_node.process.encode.provenance import NodeInfo
 from dicom_node.errors import RejectedSeries
 from dicom_node.process.condition import protocol_from_dataset
 from synthesis import grid
@@ -85,7 +87,8 @@ def target_protocol(name: str, source: MRProtocol,
 
 
 def process_series(files: Sequence[Path], target: str, out_dir: Path,
-                   synthesizer: SynthesizerLike, *, output_format: str = "mr",
+                   synthesizer: SynthesizerLike, *,
+                   output_format: str | OutputFormat = OutputFormat.MR,
                    series_number_offset: int = 1000, node: NodeInfo = NodeInfo(),
                    series_uid: str | None = None,
                    output_spacing: Sequence[float] | None = None) -> DerivedSeries:
@@ -97,9 +100,7 @@ def process_series(files: Sequence[Path], target: str, out_dir: Path,
     finest made isotropic). ``series_uid`` reuses a Series Instance UID (a
     retried job writes the same UIDs). Raises :class:`RejectedSeries`.
     """
-    if output_format not in OUTPUT_FORMATS:
-        raise ValueError(f"output_format must be one of {', '.join(OUTPUT_FORMATS)}. "
-                         f"Found {output_format!r}.")
+    output_format = parse_output_format(output_format)
     series_uid = str(series_uid or generate_uid())
     timings: dict[str, float] = {}
     with _timed(timings, "assembly"):

@@ -26,30 +26,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydicom.uid import MRImageStorage, UID
+from pydicom.uid import EnhancedMRImageStorage, MRImageStorage
 
 from dicom_node.store.joblog import DATABASE_ERRORS, InstanceConflict, InstanceRecord
 from dicom_node.store.spool import Placed, SpoolError
 from dicom_node.dicom.header import StoreHeader, parse_head, read_header
+from dicom_node.dicom.status import Status
 
 if TYPE_CHECKING:
     from dicom_node.receive.scp import Receiver
 
-__all__ = ["StoreRequest", "store_instance", "instance_record", "SUCCESS", "OUT_OF_RESOURCES",
-           "DATASET_DOES_NOT_MATCH_SOP_CLASS", "CANNOT_UNDERSTAND", "PROCESSING_FAILURE",
-           "DUPLICATE_SOP_INSTANCE", "ELIGIBLE_SOP_CLASSES", "NOT_ELIGIBLE_REASON"]
+__all__ = ["StoreRequest", "store_instance", "instance_record", "ELIGIBLE_SOP_CLASSES",
+           "NOT_ELIGIBLE_REASON"]
 
 logger = logging.getLogger(__name__)
 
-# C-STORE response statuses (PS3.4 B.2.3 and PS3.7 C.4)
-SUCCESS = 0x0000
-OUT_OF_RESOURCES = 0xA700
-DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
-CANNOT_UNDERSTAND = 0xC000
-PROCESSING_FAILURE = 0x0110
-DUPLICATE_SOP_INSTANCE = 0x0111  # the UID is already recorded under another series
-
-EnhancedMRImageStorage = UID("1.2.840.10008.5.1.4.1.1.4.1")
 ELIGIBLE_SOP_CLASSES = frozenset({MRImageStorage, EnhancedMRImageStorage})
 NOT_ELIGIBLE_REASON = "SOP class not eligible"
 
@@ -79,7 +70,7 @@ def store_instance(rx: Receiver, request: StoreRequest) -> int:
         status = _store(rx, request)
     except Exception:  # the boundary: nothing may escape into the association
         logger.exception("unexpected error storing SOP instance %s", request.sop_instance_uid)
-        status = PROCESSING_FAILURE
+        status = Status.PROCESSING_FAILURE
     rx.count_status(status)
     return status
 
@@ -98,22 +89,22 @@ def _store(rx: Receiver, rq: StoreRequest) -> int:
     sop_uid, sop_class = rq.sop_instance_uid, rq.sop_class_uid
     if rx.disk.is_short():
         logger.warning("refusing SOP instance %s: disk above the watermark", sop_uid)
-        return OUT_OF_RESOURCES
+        return Status.OUT_OF_RESOURCES
     try:
         header = _header(rq)
     except Exception as exc:  # arbitrary bytes from the network can fail in any way
         logger.warning("cannot understand SOP instance %s: %s", sop_uid, type(exc).__name__)
-        return CANNOT_UNDERSTAND
+        return Status.CANNOT_UNDERSTAND
     study_uid, series_uid = header.study_uid, header.series_uid
     if study_uid is None or series_uid is None:
         logger.warning("cannot understand SOP instance %s: no Study or Series Instance UID",
                        sop_uid)
-        return CANNOT_UNDERSTAND
+        return Status.CANNOT_UNDERSTAND
     ds_class = header.sop_class_uid or sop_class
     if ds_class != sop_class:
         logger.warning("SOP instance %s: data set SOP class %s differs from the request's %s",
                        sop_uid, ds_class, sop_class)
-        return DATASET_DOES_NOT_MATCH_SOP_CLASS
+        return Status.DATASET_DOES_NOT_MATCH_SOP_CLASS
     try:
         if rq.path:
             placed = rx.spool.place_file(rq.path, study_uid, series_uid, sop_uid, size=rq.size)
@@ -121,10 +112,10 @@ def _store(rx: Receiver, rq: StoreRequest) -> int:
             placed = rx.spool.place_bytes(rq.encoded or b"", study_uid, series_uid, sop_uid)
     except SpoolError as exc:
         logger.warning("SOP instance %s: %s", sop_uid, exc)
-        return CANNOT_UNDERSTAND
+        return Status.CANNOT_UNDERSTAND
     except OSError as exc:
         logger.error("cannot spool SOP instance %s: %s", sop_uid, exc.strerror)
-        return OUT_OF_RESOURCES
+        return Status.OUT_OF_RESOURCES
     durable = placed.start_sync(rx.syncer)
     status = _record(rx, rq, header, placed)
     try:
@@ -132,8 +123,8 @@ def _store(rx: Receiver, rq: StoreRequest) -> int:
             future.result()
     except OSError as exc:
         logger.error("cannot make SOP instance %s durable: %s", sop_uid, exc.strerror)
-        return OUT_OF_RESOURCES
-    if status == DUPLICATE_SOP_INSTANCE:  # refused: its file must not stay in the spool
+        return Status.OUT_OF_RESOURCES
+    if status == Status.DUPLICATE_SOP_INSTANCE:  # refused: its file must not stay in the spool
         placed.path.unlink(missing_ok=True)
     return status
 
@@ -164,13 +155,13 @@ def _record(rx: Receiver, rq: StoreRequest, header: StoreHeader, placed: Placed)
         new = rx.log.record_instance(record)
     except InstanceConflict as exc:  # the UID belongs to another series: never mix them
         logger.warning("refusing SOP instance: %s", exc)
-        return DUPLICATE_SOP_INSTANCE
+        return Status.DUPLICATE_SOP_INSTANCE
     except DATABASE_ERRORS as exc:
         logger.error("cannot record SOP instance %s in the job log: %s", sop_uid,
                      type(exc).__name__)
-        return PROCESSING_FAILURE
+        return Status.PROCESSING_FAILURE
     if logger.isEnabledFor(logging.DEBUG):
         logger.debug("stored SOP instance %s of series %s (%s, %d bytes%s)", sop_uid,
                      record.series_uid, "eligible" if record.eligible else "not eligible",
                      placed.size, "" if new else ", duplicate")
-    return SUCCESS
+    return Status.SUCCESS

@@ -25,7 +25,8 @@ from pynetdicom import AE, evt
 from dicom_node.config import Config
 from dicom_node.store.db import AssociationState
 from dicom_node.receive.pynetdicom_tuning import stream_to_disk, stop_streaming, tune_association
-from dicom_node.receive.scp import (ABORTED_REASON, PROCESSING_FAILURE, Peer, Receiver,
+from dicom_node.dicom.status import Status
+from dicom_node.receive.scp import (ABORTED_REASON, Peer, Receiver,
                                     StoreRequest, association_ended, association_rejected,
                                     association_requested, store_instance, supported_contexts)
 
@@ -100,7 +101,7 @@ def handle_conn_open(event: Any, timeout: float) -> None:
 
 def handle_echo(event: Any, rx: Receiver) -> int:
     """C-ECHO: always success."""
-    return 0x0000
+    return Status.SUCCESS
 
 
 def _chunked_path(event: Any) -> Path | None:
@@ -124,7 +125,7 @@ def handle_store(event: Any, rx: Receiver) -> int:
             association_id=rx.assoc_id(event.assoc))
     except Exception:  # the boundary: nothing may escape into the association
         logger.exception("unexpected error reading a C-STORE request")
-        return PROCESSING_FAILURE
+        return Status.PROCESSING_FAILURE
     return store_instance(rx, request)
 
 

@@ -52,15 +52,13 @@ from dicom_node.net import acceptor as ul
 from dicom_node.config import Config
 from dicom_node.store.db import AssociationState
 from dicom_node.store.joblog import DATABASE_ERRORS, JobLog
-from dicom_node.receive.c_store import (CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                                        DUPLICATE_SOP_INSTANCE, ELIGIBLE_SOP_CLASSES,
-                                        NOT_ELIGIBLE_REASON, OUT_OF_RESOURCES, PROCESSING_FAILURE,
-                                        SUCCESS, StoreRequest, instance_record, store_instance)
+from dicom_node.dicom.status import Status
+from dicom_node.receive.engine import ReceiverEngine
+from dicom_node.receive.c_store import (ELIGIBLE_SOP_CLASSES, NOT_ELIGIBLE_REASON, StoreRequest,
+                                        instance_record, store_instance)
 from dicom_node.store.spool import Spool
 
-__all__ = ["StorageSCP", "DiskGuard", "Receiver", "Peer", "StoreRequest", "SUCCESS",
-           "OUT_OF_RESOURCES", "DATASET_DOES_NOT_MATCH_SOP_CLASS", "CANNOT_UNDERSTAND",
-           "PROCESSING_FAILURE", "DUPLICATE_SOP_INSTANCE", "ELIGIBLE_SOP_CLASSES",
+__all__ = ["StorageSCP", "DiskGuard", "Receiver", "Peer", "StoreRequest", "ELIGIBLE_SOP_CLASSES",
            "TRANSFER_SYNTAXES", "NOT_ELIGIBLE_REASON", "ABORTED_REASON", "supported_contexts",
            "association_requested", "association_rejected", "association_ended",
            "store_instance", "instance_record"]
@@ -238,7 +236,7 @@ class NativeHandler:
 
     def echo(self, assoc: ul.Association) -> int:
         """C-ECHO: always success."""
-        return SUCCESS
+        return Status.SUCCESS
 
     def store(self, assoc: ul.Association, instance: ul.ReceivedInstance) -> int:
         """C-STORE: the shared store, with the association's job-log id."""
@@ -287,7 +285,7 @@ class StorageSCP:
         rx.syncer = ThreadPoolExecutor(max_workers=2 * max(1, node.max_associations),
                                        thread_name_prefix="spool-sync")
         try:
-            if node.receiver == "pynetdicom":
+            if node.receiver is ReceiverEngine.PYNETDICOM:
                 from dicom_node.receive.pynetdicom_scp import PynetdicomServer
 
                 server: Any = PynetdicomServer(self.config, rx, ssl_context)

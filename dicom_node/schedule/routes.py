@@ -27,6 +27,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from dicom_node.config import CALLER, Caller, Destination, Route
+from dicom_node.dicom.identity import own_output_reason
 from dicom_node.store.db import SeriesState
 from dicom_node.store.joblog import PlannedJob
 
@@ -70,24 +71,13 @@ def route_matches(route: Route, ds: Dataset) -> bool:
     return True
 
 
-def loop_guard(ds: Dataset, *, is_ours: Callable[[str], bool],
-               manufacturer: str | None = None) -> str | None:
-    """The reason this series must never be processed, or None.
-
-    ``is_ours(series_uid)`` says whether one of our jobs produced that series;
-    ``manufacturer`` is what our Contributing Equipment items carry (default:
-    :data:`dicom_node.assemble.NODE_MANUFACTURER`).
-    """
-    if manufacturer is None:
-        from dicom_node.process.assemble import NODE_MANUFACTURER as manufacturer
-    if str(ds.get("SyntheticData", "")).strip().upper() == "YES":
-        return "loop guard: Synthetic Data (0008,001C) is YES"
-    image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
-    if "DERIVED" in image_type:
-        for item in ds.get("ContributingEquipmentSequence") or []:
-            if str(item.get("Manufacturer", "")).strip() == manufacturer:
-                return (f"loop guard: a DERIVED image whose Contributing Equipment is this node "
-                        f"({manufacturer!r})")
+def loop_guard(ds: Dataset, *, is_ours: Callable[[str], bool]) -> str | None:
+    """The reason this series must never be processed, or None: the node's own output
+    (:func:`dicom_node.dicom.identity.own_output_reason`), or a series one of our jobs
+    produced (``is_ours(series_uid)``)."""
+    reason = own_output_reason(ds)
+    if reason:
+        return reason
     series_uid = str(ds.get("SeriesInstanceUID", ""))
     if series_uid and is_ours(series_uid):
         return "loop guard: this node produced the series"

@@ -26,6 +26,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from dicom_node.dicom.status import classify_status
 from dicom_node.store.db import DeliveryStatus
 from dicom_node.store.joblog import DeliveryOutcome
 from dicom_node.net.requestor import (AcceptedContext, AssociationRejected, Requestor,
@@ -50,17 +51,6 @@ class Endpoint:
 
     def __str__(self) -> str:
         return f"{self.ae_title}@{self.host}:{self.port}{' (TLS)' if self.tls else ''}"
-
-
-def classify_status(code: int | None) -> str:
-    """``success`` (0x0000), ``warning`` (0x0001, 0xB000-0xBFFF) or ``failure``."""
-    if code is None:
-        return "failure"
-    if code == 0x0000:
-        return "success"
-    if code == 0x0001 or 0xB000 <= code <= 0xBFFF:
-        return "warning"
-    return "failure"
 
 
 def _read_headers(files: Sequence[Path]) -> list[tuple[Path, str, str, str]]:

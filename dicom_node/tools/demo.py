@@ -19,7 +19,6 @@ import logging
 import os
 import re
 import shutil
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,6 +26,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+
+from dicom_node.dicom.status import Status
+from dicom_node.tools.loopback import LOOPBACK, free_port
 
 __all__ = ["DemoOptions", "DemoResult", "DemoError", "DemoReceiver", "run_demo",
            "simulate_t1", "demo_config", "send_series"]
@@ -36,7 +38,6 @@ logger = logging.getLogger(__name__)
 NODE_AE = "RTFSYN"
 RECEIVER_AE = "DEMO_SCP"
 SENDER_AE = "DEMO_SCU"
-LOOPBACK = "127.0.0.1"
 _FINAL_JOB_STATES = ("done", "failed", "rejected")
 
 
@@ -90,13 +91,6 @@ class DemoResult:
     job: dict[str, Any]
     node_address: tuple[str, int]
     seconds: float
-
-
-def free_port() -> int:
-    """A TCP port free on loopback right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
 
 
 # -- the source series -------------------------------------------------------------------
@@ -159,7 +153,7 @@ class DemoReceiver:
         sop_uid = str(event.request.AffectedSOPInstanceUID)
         if not re.fullmatch(r"[0-9.]{1,64}", sop_uid):
             logger.error("refused an instance with an invalid SOP Instance UID")
-            return 0xA900  # data set does not match SOP class
+            return Status.DATASET_DOES_NOT_MATCH_SOP_CLASS
         path = self.out_dir / f"{sop_uid}.dcm"
         part = path.with_suffix(".part")
         try:
@@ -173,10 +167,10 @@ class DemoReceiver:
             os.replace(part, path)
         except OSError as exc:
             logger.error("could not write instance %s: %s", sop_uid, exc)
-            return 0xA700  # out of resources
+            return Status.OUT_OF_RESOURCES
         with self._lock:
             self.received.append(path)
-        return 0x0000
+        return Status.SUCCESS
 
     def files(self) -> list[Path]:
         """Received files so far, in arrival order."""
@@ -207,7 +201,7 @@ def send_series(files: Sequence[Path], port: int, *, called_ae: str = NODE_AE,
         for path in files:
             status = assoc.send_c_store(dcmread(path))
             code = int(status.Status) if status else None
-            if code != 0x0000:
+            if code != Status.SUCCESS:
                 raise DemoError(f"C-STORE of {Path(path).name} must answer 0x0000. "
                                 f"Found {'no response' if code is None else f'0x{code:04X}'}.")
     finally:

@@ -14,30 +14,27 @@ files are what the node and the tests receive, so they must pass ``dciodvfy``.
 """
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import (
-    ExplicitVRLittleEndian,
-    MRImageStorage,
-    UID,
-    generate_uid,
-)
+from pydicom.dataset import Dataset
+from pydicom.uid import UID, MRImageStorage, generate_uid
 
+from dicom_node.dicom.elements import ds_text, file_meta
+from dicom_node.process.encode.acquisition import imaging_frequency_mhz, mr_sequence_attributes
+from dicom_node.tools.simseries_enhanced import write_enhanced
 from synthesis.protocol import Contrast, MRProtocol, SequenceKind
 
-__all__ = ["PatientInfo", "write_series", "default_series_description", "mr_sequence_attributes",
-           "IMPLEMENTATION_CLASS_UID", "EnhancedMRImageStorage"]
+__all__ = ["PatientInfo", "write_series", "default_series_description", "SIMULATOR_IMPLEMENTATION"]
 
 logger = logging.getLogger(__name__)
 
-EnhancedMRImageStorage = UID("1.2.840.10008.5.1.4.1.1.4.1")
-IMPLEMENTATION_CLASS_UID = UID("1.2.826.0.1.3680043.8.498.77.1")
-IMPLEMENTATION_VERSION = "RTFSYN_SIM_01"
+#: Implementation Class UID and Version Name of the simulator (it poses as another program).
+SIMULATOR_IMPLEMENTATION = ("1.2.826.0.1.3680043.8.498.77.1", "RTFSYN_SIM_01")
 _DEFAULT_MANUFACTURER = {1.5: ("SIEMENS", "Avanto"), 3.0: ("SIEMENS", "Prisma")}
 
 
@@ -89,34 +86,6 @@ def default_series_description(protocol: MRProtocol) -> str:
     return " ".join(parts)
 
 
-def mr_sequence_attributes(protocol: MRProtocol) -> dict[str, object]:
-    """Scanning Sequence, Sequence Variant, Scan Options, MR Acquisition Type,
-    Echo Train Length and Sequence Name for ``protocol`` (DICOM defined terms)."""
-    seq = protocol.sequence
-    if seq is None:
-        seq = {Contrast.T1w: SequenceKind.SE, Contrast.FLAIR: SequenceKind.IR,
-               Contrast.T2starw: SequenceKind.GRE}.get(protocol.contrast, SequenceKind.TSE)
-    three_d = protocol.dimension == "3D"
-    table: dict[SequenceKind, tuple[list[str], list[str], int, str]] = {
-        SequenceKind.SE: (["SE"], ["SP"], 1, "se"),
-        SequenceKind.TSE: (["SE"], ["SK", "SP", "OSP"], 15 if not three_d else 80, "tse"),
-        SequenceKind.GRE: (["GR"], ["SP"], 1, "fl"),
-        SequenceKind.SPGR: (["GR"], ["SS", "SP"], 1, "fl"),
-        SequenceKind.IR: (["SE", "IR"], ["SK", "SP", "MP"], 16 if not three_d else 120, "tir"),
-        SequenceKind.MPRAGE: (["GR", "IR"], ["SK", "SP", "MP"], 1, "tfl"),
-    }
-    scanning, variant, etl, name = table[seq]
-    return {
-        "ScanningSequence": scanning,
-        "SequenceVariant": variant,
-        "ScanOptions": "",
-        "MRAcquisitionType": protocol.dimension or ("3D" if seq is SequenceKind.MPRAGE else "2D"),
-        "EchoTrainLength": etl,
-        "SequenceName": ("*" + name + ("3d1" if three_d else "2d1"))[:16],
-        "inversion": "IR" in scanning,
-    }
-
-
 def _scale_to_uint(volume: np.ndarray, bits: int) -> tuple[np.ndarray, float, float]:
     """Map ``volume`` linearly onto ``0 .. 2**bits - 1``; returns (pixels, slope, intercept)."""
     vmin = float(np.min(volume))
@@ -140,13 +109,6 @@ def _check_inputs(volume: np.ndarray, spacing: Sequence[float], bits: int) -> np
         raise ValueError(f"bits must be between 8 and 16. Found {bits!r}.")
     return vol.astype(np.float64, copy=False)
 
-
-def _ds(value: float) -> str:
-    """A Decimal String value of at most 16 characters."""
-    text = f"{value:.10g}"
-    if len(text) > 16:
-        text = f"{value:.6g}"
-    return text
 
 
 def _common_dataset(protocol: MRProtocol, patient: PatientInfo, *, study_uid: str,
@@ -182,7 +144,7 @@ def _common_dataset(protocol: MRProtocol, patient: PatientInfo, *, study_uid: st
     ds.ManufacturerModelName = protocol.model or default_model
     ds.InstitutionName = "RTFSyn simulation"
     ds.StationName = "SIMULATOR"
-    ds.SoftwareVersions = IMPLEMENTATION_VERSION
+    ds.SoftwareVersions = SIMULATOR_IMPLEMENTATION[1]
     ds.DeviceSerialNumber = "SIM0"
     ds.ContentDate = patient.study_date
     ds.ContentTime = patient.study_time
@@ -201,34 +163,22 @@ def _mr_acquisition(ds: Dataset, protocol: MRProtocol, slice_thickness: float) -
     ds.MRAcquisitionType = seq["MRAcquisitionType"]
     ds.SequenceName = seq["SequenceName"]
     ds.AngioFlag = "N"
-    ds.RepetitionTime = _ds(protocol.tr_ms) if protocol.tr_ms else ""
-    ds.EchoTime = _ds(protocol.te_ms) if protocol.te_ms else ""
+    ds.RepetitionTime = ds_text(protocol.tr_ms) if protocol.tr_ms else ""
+    ds.EchoTime = ds_text(protocol.te_ms) if protocol.te_ms else ""
     if seq["inversion"]:
-        ds.InversionTime = _ds(protocol.ti_ms) if protocol.ti_ms else ""
+        ds.InversionTime = ds_text(protocol.ti_ms) if protocol.ti_ms else ""
     ds.EchoTrainLength = seq["EchoTrainLength"]
     ds.NumberOfAverages = "1"
-    ds.ImagingFrequency = _ds(42.577478 * (protocol.field_t or 3.0))
+    ds.ImagingFrequency = ds_text(imaging_frequency_mhz(protocol.field_t or 3.0))
     ds.ImagedNucleus = "1H"
     ds.EchoNumbers = "1"
-    ds.MagneticFieldStrength = _ds(protocol.field_t or 3.0)
+    ds.MagneticFieldStrength = ds_text(protocol.field_t or 3.0)
     if protocol.flip_deg is not None:
-        ds.FlipAngle = _ds(protocol.flip_deg)
-    ds.SliceThickness = _ds(slice_thickness)
+        ds.FlipAngle = ds_text(protocol.flip_deg)
+    ds.SliceThickness = ds_text(slice_thickness)
     ds.ReceiveCoilName = "Head_32"
     ds.TransmitCoilName = "Body"
 
-
-def _file_meta(sop_class: str, sop_instance: str,
-               implementation: tuple[str, str] = (IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION),
-               ) -> FileMetaDataset:
-    """File meta information (Explicit VR Little Endian); ``implementation``: class UID
-    and version name (the simulator's unless given; the node's derived series pass theirs)."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_instance
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID, meta.ImplementationVersionName = implementation
-    return meta
 
 
 def _window(volume: np.ndarray) -> tuple[float, float]:
@@ -272,11 +222,11 @@ def write_series(volume: np.ndarray, spacing: tuple[float, float, float], protoc
     thickness = float(protocol.slice_thickness_mm or spacing[0])
     window = _window(vol)
     if enhanced:
-        from dicom_node.tools.simseries_enhanced import write_enhanced
-
         path = write_enhanced(common, pixels, spacing, protocol, out_dir,
                               slope=slope, intercept=intercept, window=window,
-                              thickness=thickness, origin_mm=origin_mm, bits=bits, seed=seed)
+                              thickness=thickness, origin_mm=origin_mm, bits=bits,
+                              uid=functools.partial(_uid, seed),
+                              implementation=SIMULATOR_IMPLEMENTATION)
         return [path]
     return _write_classic(common, pixels, spacing, protocol, out_dir, slope=slope,
                           intercept=intercept, window=window, thickness=thickness,
@@ -294,18 +244,18 @@ def _write_classic(common: Dataset, pixels: np.ndarray, spacing: Sequence[float]
         ds = Dataset()
         ds.update(common)
         sop_uid = _uid(seed, "sop", common.SeriesInstanceUID, k)
-        ds.file_meta = _file_meta(MRImageStorage, sop_uid)
+        ds.file_meta = file_meta(MRImageStorage, sop_uid, implementation=SIMULATOR_IMPLEMENTATION)
         ds.SOPClassUID = MRImageStorage
         ds.SOPInstanceUID = sop_uid
         ds.InstanceNumber = k + 1
         ds.AcquisitionNumber = 1
         _mr_acquisition(ds, protocol, thickness)
         position = (float(origin_mm[0]), float(origin_mm[1]), float(origin_mm[2]) + k * dz)
-        ds.ImagePositionPatient = [_ds(v) for v in position]
+        ds.ImagePositionPatient = [ds_text(v) for v in position]
         ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
-        ds.SliceLocation = _ds(position[2])
-        ds.PixelSpacing = [_ds(dy), _ds(dx)]
-        ds.SpacingBetweenSlices = _ds(dz)
+        ds.SliceLocation = ds_text(position[2])
+        ds.PixelSpacing = [ds_text(dy), ds_text(dx)]
+        ds.SpacingBetweenSlices = ds_text(dz)
         ds.SamplesPerPixel = 1
         ds.PhotometricInterpretation = "MONOCHROME2"
         ds.Rows, ds.Columns = int(pixels.shape[1]), int(pixels.shape[2])
@@ -313,10 +263,10 @@ def _write_classic(common: Dataset, pixels: np.ndarray, spacing: Sequence[float]
         ds.BitsStored = int(bits)
         ds.HighBit = int(bits) - 1
         ds.PixelRepresentation = 0
-        ds.RescaleIntercept = _ds(intercept)
-        ds.RescaleSlope = _ds(slope)
-        ds.WindowCenter = _ds(window[0])
-        ds.WindowWidth = _ds(window[1])
+        ds.RescaleIntercept = ds_text(intercept)
+        ds.RescaleSlope = ds_text(slope)
+        ds.WindowCenter = ds_text(window[0])
+        ds.WindowWidth = ds_text(window[1])
         if window[1] < 1.0:  # plain LINEAR windows must be at least 1 wide
             ds.VOILUTFunction = "LINEAR_EXACT"
         ds.PixelData = np.ascontiguousarray(pixels[k]).tobytes()

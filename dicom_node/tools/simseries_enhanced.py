@@ -1,6 +1,6 @@
 """One Enhanced MR Image Storage multi-frame instance for a simulated series.
 
-Used by :func:`dicom_node.simseries.write_series` with ``enhanced=True``: the
+Used by :func:`dicom_node.tools.simseries.write_series` with ``enhanced=True``: the
 same patient/study/series modules as the classic slices, the acquisition in
 the shared functional groups, and one frame per slice with its position in
 the per-frame functional groups (one stack, dimension = in-stack position).
@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import EnhancedMRImageStorage
 
-from dicom_node.tools.simseries import (EnhancedMRImageStorage, _ds, _file_meta, _uid,
-                                        mr_sequence_attributes)
+from dicom_node.dicom.elements import ds_text, file_meta
+from dicom_node.process.encode.acquisition import imaging_frequency_mhz, mr_sequence_attributes
 from synthesis.protocol import Contrast, MRProtocol
 
 __all__ = ["write_enhanced"]
@@ -59,14 +60,14 @@ def _shared_groups(protocol: MRProtocol, spacing: Sequence[float], thickness: fl
         modifier.InversionTimes = [float(protocol.ti_ms or 0.0)]
     groups = _item(
         PixelMeasuresSequence=DicomSequence([_item(
-            PixelSpacing=[_ds(dy), _ds(dx)], SliceThickness=_ds(thickness),
-            SpacingBetweenSlices=_ds(dz))]),
+            PixelSpacing=[ds_text(dy), ds_text(dx)], SliceThickness=ds_text(thickness),
+            SpacingBetweenSlices=ds_text(dz))]),
         PlaneOrientationSequence=DicomSequence([_item(
             ImageOrientationPatient=["1", "0", "0", "0", "1", "0"])]),
         PixelValueTransformationSequence=DicomSequence([_item(
-            RescaleIntercept=_ds(intercept), RescaleSlope=_ds(slope), RescaleType="US")]),
+            RescaleIntercept=ds_text(intercept), RescaleSlope=ds_text(slope), RescaleType="US")]),
         FrameVOILUTSequence=DicomSequence([_item(
-            WindowCenter=_ds(window[0]), WindowWidth=_ds(window[1]),
+            WindowCenter=ds_text(window[0]), WindowWidth=ds_text(window[1]),
             VOILUTFunction="LINEAR_EXACT" if window[1] < 1.0 else "LINEAR")]),
         FrameAnatomySequence=DicomSequence([_item(
             AnatomicRegionSequence=DicomSequence([_code("12738006", "SCT", "Brain")]),
@@ -102,7 +103,7 @@ def _hardware_groups(protocol: MRProtocol, seq: dict, coil: tuple[str, str]) -> 
         MRTimingAndRelatedParametersSequence=DicomSequence([timing]),
         MRImagingModifierSequence=DicomSequence([_item(
             MagnetizationTransfer="NONE", BloodSignalNulling="NO", Tagging="NONE",
-            TransmitterFrequency=[round(42.577478 * field_t, 6)], PixelBandwidth=200.0)]),
+            TransmitterFrequency=[round(imaging_frequency_mhz(field_t), 6)], PixelBandwidth=200.0)]),
         MRReceiveCoilSequence=DicomSequence([_item(
             ReceiveCoilName=coil[0], ReceiveCoilManufacturerName=coil[1],
             ReceiveCoilType="MULTICOIL", QuadratureReceiveCoil="NO",
@@ -127,7 +128,7 @@ def _per_frame_groups(n_frames: int, dz: float, origin_mm: Sequence[float],
                 FrameAcquisitionDateTime=acquisition_datetime, FrameAcquisitionDuration=1000.0,
                 StackID="1", InStackPositionNumber=k + 1, DimensionIndexValues=[1, k + 1])]),
             PlanePositionSequence=DicomSequence([_item(
-                ImagePositionPatient=[_ds(v) for v in position])]),
+                ImagePositionPatient=[ds_text(v) for v in position])]),
         ))
     return DicomSequence(items)
 
@@ -165,14 +166,18 @@ def _pulse_sequence(ds: Dataset, protocol: MRProtocol) -> None:
 def write_enhanced(common: Dataset, pixels: np.ndarray, spacing: Sequence[float],
                    protocol: MRProtocol, out_dir: Path, *, slope: float, intercept: float,
                    window: tuple[float, float], thickness: float, origin_mm: Sequence[float],
-                   bits: int, seed: int | None) -> Path:
-    """Write ``pixels`` (uint16 ``(z, y, x)``) as one Enhanced MR instance; returns its path."""
+                   bits: int, uid: Callable[..., str], implementation: tuple[str, str]) -> Path:
+    """Write ``pixels`` (uint16 ``(z, y, x)``) as one Enhanced MR instance; returns its path.
+
+    ``uid(*parts)`` makes the instance's UIDs (deterministic for the same parts when the
+    caller seeds it); ``implementation`` the file meta's class UID and version name."""
     ds = Dataset()
     ds.update(common)
     for keyword in ("AcquisitionDate", "AcquisitionTime"):
         delattr(ds, keyword)
-    sop_uid = _uid(seed, "sop", common.SeriesInstanceUID, "enhanced")
-    ds.file_meta = _file_meta(EnhancedMRImageStorage, sop_uid)
+    sop_uid = uid("sop", common.SeriesInstanceUID, "enhanced")
+    ds.file_meta = file_meta(EnhancedMRImageStorage, sop_uid,
+                             implementation=implementation)
     ds.SOPClassUID = EnhancedMRImageStorage
     ds.SOPInstanceUID = sop_uid
     ds.InstanceNumber = 1
@@ -200,7 +205,7 @@ def write_enhanced(common: Dataset, pixels: np.ndarray, spacing: Sequence[float]
     ds.PixelRepresentation = 0
     ds.BurnedInAnnotation = "NO"
     ds.LossyImageCompression = "00"
-    dimension_uid = _uid(seed, "dimension", common.SeriesInstanceUID)
+    dimension_uid = uid("dimension", common.SeriesInstanceUID)
     ds.DimensionOrganizationSequence = DicomSequence([
         _item(DimensionOrganizationUID=dimension_uid)])
     ds.DimensionOrganizationType = "3D"

@@ -16,9 +16,10 @@ from typing import Callable, Sequence
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, UID, generate_uid
+from pydicom.uid import EnhancedMRImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-EnhancedMRImageStorage = UID("1.2.840.10008.5.1.4.1.1.4.1")
+from dicom_node.dicom.elements import ds_text
+
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 SAGITTAL = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
 CORONAL = (1.0, 0.0, 0.0, 0.0, 0.0, -1.0)
@@ -53,11 +54,6 @@ def axes(orientation: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarr
     row = np.asarray(orientation[:3], dtype=float)
     col = np.asarray(orientation[3:], dtype=float)
     return row, col, np.cross(row, col)
-
-
-def _ds(value: float) -> str:
-    text = f"{value:.10g}"
-    return text if len(text) <= 16 else f"{value:.6g}"
 
 
 def _base(study_uid: str, series_uid: str, for_uid: str, tags: dict) -> Dataset:
@@ -137,15 +133,15 @@ def make_series(out_dir: Path, volume: np.ndarray | None = None, *,
         ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
         ds.InstanceNumber = int(k) + 1
         position = np.asarray(origin, dtype=float) + k * dz * normal
-        ds.ImagePositionPatient = [_ds(v) for v in position]
-        ds.ImageOrientationPatient = [_ds(v) for v in orientation]
-        ds.PixelSpacing = [_ds(dy), _ds(dx)]
-        ds.SliceThickness = _ds(dz)
+        ds.ImagePositionPatient = [ds_text(v) for v in position]
+        ds.ImageOrientationPatient = [ds_text(v) for v in orientation]
+        ds.PixelSpacing = [ds_text(dy), ds_text(dx)]
+        ds.SliceThickness = ds_text(dz)
         ds.SamplesPerPixel = 1
         ds.PhotometricInterpretation = "MONOCHROME2"
         ds.Rows, ds.Columns = int(vol.shape[1]), int(vol.shape[2])
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-        ds.RescaleSlope, ds.RescaleIntercept = _ds(slope), _ds(intercept)
+        ds.RescaleSlope, ds.RescaleIntercept = ds_text(slope), ds_text(intercept)
         ds.PixelData = pixels[k].tobytes()
         if mutate is not None:
             mutate(ds, int(k))
@@ -162,11 +158,11 @@ def _enhanced_shared(spacing: Sequence[float], orientation: Sequence[float], slo
     dz, dy, dx = spacing
     shared = Dataset()
     measures = Dataset()
-    measures.PixelSpacing = [_ds(dy), _ds(dx)]
-    measures.SliceThickness = _ds(dz)
+    measures.PixelSpacing = [ds_text(dy), ds_text(dx)]
+    measures.SliceThickness = ds_text(dz)
     shared.PixelMeasuresSequence = DicomSequence([measures])
     plane = Dataset()
-    plane.ImageOrientationPatient = [_ds(v) for v in orientation]
+    plane.ImageOrientationPatient = [ds_text(v) for v in orientation]
     shared.PlaneOrientationSequence = DicomSequence([plane])
     timing = Dataset()
     timing.RepetitionTime = repetition_time
@@ -179,7 +175,7 @@ def _enhanced_shared(spacing: Sequence[float], orientation: Sequence[float], slo
         modifier.InversionTimes = [inversion_time]
     shared.MRModifierSequence = DicomSequence([modifier])
     transform = Dataset()
-    transform.RescaleSlope, transform.RescaleIntercept = _ds(slope), _ds(intercept)
+    transform.RescaleSlope, transform.RescaleIntercept = ds_text(slope), ds_text(intercept)
     transform.RescaleType = "US"
     shared.PixelValueTransformationSequence = DicomSequence([transform])
     return shared
@@ -220,7 +216,7 @@ def make_enhanced(out_dir: Path, volume: np.ndarray | None = None, *,
     for k in order:
         item = Dataset()
         pos = Dataset()
-        pos.ImagePositionPatient = [_ds(v) for v in np.asarray(origin, float) + k * dz * normal]
+        pos.ImagePositionPatient = [ds_text(v) for v in np.asarray(origin, float) + k * dz * normal]
         item.PlanePositionSequence = DicomSequence([pos])
         echo = Dataset()
         echo.EffectiveEchoTime = echo_time

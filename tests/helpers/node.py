@@ -7,7 +7,6 @@ module of its own, not ``conftest``: several test folders have a conftest.)
 """
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from pathlib import Path
@@ -23,16 +22,10 @@ from pynetdicom.sop_class import Verification
 
 from dicom_node.config import Config, parse_config
 from dicom_node.store.joblog import JobSpec
+from dicom_node.tools.loopback import free_port
 from dicom_node.schedule.scheduler import ProcessResult
 
 NODE_AET = "RTFSYN"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05,

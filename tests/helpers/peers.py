@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
+from dicom_node.tools.loopback import LOOPBACK, free_port
+
 __all__ = ["ORTHANC_BIN", "STORESCP_BIN", "STORESCU_BIN", "ECHOSCU_BIN", "DCIODVFY_BIN",
            "LOOPBACK", "free_port", "wait_until", "dicom_echo", "dcmtk_env", "ManagedProcess",
            "DcmtkStoreSCP", "OrthancServer", "storescu_args", "run_storescu"]
@@ -36,15 +38,7 @@ STORESCP_BIN = Path("/usr/bin/storescp")
 STORESCU_BIN = Path("/usr/bin/storescu")
 ECHOSCU_BIN = Path("/usr/bin/echoscu")
 DCIODVFY_BIN = Path("/usr/bin/dciodvfy")
-LOOPBACK = "127.0.0.1"
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    """A TCP port on loopback that is free right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_until(probe: Callable[[], T | None], *, timeout_s: float, what: str,

@@ -26,6 +26,7 @@ from sqlalchemy import select
 from tests.helpers.dicom_factory import make_series
 from dicom_node.store import db
 from dicom_node.net import acceptor as ul
+from dicom_node.dicom.status import Status
 from dicom_node.net import dimse
 from dicom_node.net import pdu
 from dicom_node.config import ConfigError, TLSConfig, load_config, parse_config
@@ -449,7 +450,7 @@ def test_other_services_get_unrecognized_operation(acceptor: ul.Acceptor) -> Non
         kind, body = _recv_pdu(sock)
         rsp = dimse.decode_command(pdu.decode_p_data(body)[0].data)
         assert kind == pdu.P_DATA_TF and dimse.command_us(rsp, dimse.COMMAND_FIELD) == 0x8020
-        assert dimse.command_us(rsp, dimse.STATUS) == dimse.STATUS_UNRECOGNIZED_OPERATION
+        assert dimse.command_us(rsp, dimse.STATUS) == Status.UNRECOGNIZED_OPERATION
         assert dimse.command_us(rsp, dimse.MESSAGE_ID_RESPONDED_TO) == 7
         sock.sendall(pdu.encode_release_rq())
         assert _recv_pdu(sock)[0] == pdu.A_RELEASE_RP

@@ -13,7 +13,8 @@ from pydicom.sequence import Sequence as DicomSequence
 
 from tests.helpers.dicom_factory import (AXIAL, CORONAL, SAGITTAL, axes, make_enhanced, make_series,
                                          oblique_orientation, ramp_volume)
-from dicom_node.process.assemble import assemble_series, is_own_output, warm_up
+from dicom_node.dicom.identity import is_own_output
+from dicom_node.process.assemble import assemble_series, warm_up
 from dicom_node.errors import RejectedSeries
 
 SPACING = (2.0, 1.0, 1.5)

@@ -23,8 +23,8 @@ from dicom_node.config import RECEIVERS, Config
 from dicom_node.store.db import AssociationState, SeriesState
 from dicom_node.store.joblog import JobLog
 from dicom_node.schedule.scheduler import Scheduler
-from dicom_node.receive.scp import (CANNOT_UNDERSTAND, NOT_ELIGIBLE_REASON, OUT_OF_RESOURCES,
-                                    SUCCESS, DiskGuard, Receiver, StorageSCP)
+from dicom_node.dicom.status import Status
+from dicom_node.receive.scp import NOT_ELIGIBLE_REASON, DiskGuard, Receiver, StorageSCP
 from dicom_node.receive.pynetdicom_scp import handle_store
 from dicom_node.store.spool import Spool, SpoolError
 
@@ -60,7 +60,7 @@ def test_c_echo(node: Running) -> None:
     ae.add_requested_context(Verification)
     assoc = ae.associate("127.0.0.1", node.port, ae_title="RTFSYN")
     assert assoc.is_established
-    assert assoc.send_c_echo().Status == SUCCESS
+    assert assoc.send_c_echo().Status == Status.SUCCESS
     assoc.release()
     assert wait_for(lambda: node.closed_associations(), what="released association")[0].state \
         == AssociationState.RELEASED
@@ -68,7 +68,7 @@ def test_c_echo(node: Running) -> None:
 
 def test_store_mr_and_ct(node: Running, mr_series: list[Path], tmp_path: Path) -> None:
     ct = make_ct_file(tmp_path / "ct")
-    assert send_files([*mr_series, ct], node.port) == [SUCCESS] * (len(mr_series) + 1)
+    assert send_files([*mr_series, ct], node.port) == [Status.SUCCESS] * (len(mr_series) + 1)
     instances = node.rows(db.Instance)
     assert len(instances) == len(mr_series) + 1
     mr = [i for i in instances if i.eligible]
@@ -96,7 +96,7 @@ def test_compressed_transfer_syntax_is_stored_as_sent(node: Running, mr_series: 
     ae = AE(ae_title="SCU")
     ae.add_requested_context(MRImageStorage, [RLELossless])
     assoc = ae.associate("127.0.0.1", node.port, ae_title="RTFSYN")
-    assert assoc.send_c_store(path).Status == SUCCESS
+    assert assoc.send_c_store(path).Status == Status.SUCCESS
     assoc.release()
     row = node.rows(db.Instance)[0]
     assert row.transfer_syntax_uid == RLELossless
@@ -120,8 +120,8 @@ def test_wrong_called_ae_is_refused(node: Running, mr_series: list[Path]) -> Non
 
 
 def test_duplicates_are_idempotent(node: Running, mr_series: list[Path]) -> None:
-    assert send_files(mr_series[:2], node.port) == [SUCCESS, SUCCESS]
-    assert send_files(mr_series[:2], node.port, calling="OTHER") == [SUCCESS, SUCCESS]
+    assert send_files(mr_series[:2], node.port) == [Status.SUCCESS, Status.SUCCESS]
+    assert send_files(mr_series[:2], node.port, calling="OTHER") == [Status.SUCCESS, Status.SUCCESS]
     instances = node.rows(db.Instance)
     assert len(instances) == 2 and all(i.n_received == 2 for i in instances)
     assert node.rows(db.Series)[0].n_instances == 2
@@ -157,9 +157,9 @@ def test_disk_above_watermark_refuses_associations_and_stores(tmp_path: Path,
         ae = AE(ae_title="SCU")
         ae.add_requested_context(MRImageStorage, [ExplicitVRLittleEndian])
         assoc = ae.associate("127.0.0.1", running.port, ae_title="RTFSYN")
-        assert assoc.send_c_store(mr_series[0]).Status == SUCCESS
+        assert assoc.send_c_store(mr_series[0]).Status == Status.SUCCESS
         usage["used"] = 90  # fills up mid-association
-        assert assoc.send_c_store(mr_series[1]).Status == OUT_OF_RESOURCES
+        assert assoc.send_c_store(mr_series[1]).Status == Status.OUT_OF_RESOURCES
         assoc.release()
         assert len(running.rows(db.Instance)) == 1
     finally:
@@ -187,7 +187,7 @@ def test_store_handler_answers_cannot_understand_for_garbage(tmp_path: Path) -> 
             return b"\x00" * 10 + b"not dicom at all"
 
     event = GarbageEvent()
-    assert handle_store(event, rx) == CANNOT_UNDERSTAND
+    assert handle_store(event, rx) == Status.CANNOT_UNDERSTAND
     assert list((tmp_path / "spool").rglob("*.dcm")) == []
 
 
@@ -203,7 +203,7 @@ def test_tls_round_trip_with_client_certificates(tmp_path: Path, mr_series: list
         client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki["ca"]))
         client.load_cert_chain(str(pki["client_cert"]), str(pki["client_key"]))
         statuses = send_files(mr_series, running.port, tls_args=(client, "127.0.0.1"))
-        assert statuses == [SUCCESS] * len(mr_series)
+        assert statuses == [Status.SUCCESS] * len(mr_series)
         anonymous = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki["ca"]))
         with pytest.raises((ConnectionRefusedError, ssl.SSLError, OSError)):
             send_files(mr_series, running.port, tls_args=(anonymous, "127.0.0.1"))

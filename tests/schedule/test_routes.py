@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 from pydicom.dataset import Dataset
 
-from dicom_node.process.assemble import NODE_MANUFACTURER
+from dicom_node.dicom.identity import NODE_MANUFACTURER
 from dicom_node.config import parse_config
 from dicom_node.store.db import SeriesState
 from dicom_node.schedule.routes import attribute_text, loop_guard, plan_routes, route_matches

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
+from pydicom.uid import EnhancedMRImageStorage, ExplicitVRLittleEndian, MRImageStorage
 
-from dicom_node.tools.simseries import EnhancedMRImageStorage, PatientInfo, write_series
+from dicom_node.tools.simseries import PatientInfo, write_series
 from synthesis.protocol import MRProtocol, preset
 
 DCIODVFY = "/usr/bin/dciodvfy"

@@ -5,39 +5,34 @@ DESIGN §4 asks: patient and study modules copied from the source, new series
 with Synthetic Data YES and DERIVED image type, geometry of the output grid,
 MR acquisition attributes of the *target* protocol, uint16 pixels with a
 rescale and a window, Source Image Sequence per slice and the provenance
-carried by a :class:`~dicom_node.derive.Provenance`. The instances share one
-template dataset (:class:`MRSeries`), so the writer encodes it once; writing
-and read-back live in :mod:`dicom_node.derive_write`.
+carried by a :class:`~dicom_node.process.encode.provenance.Provenance`. The
+instances share one template dataset (:class:`MRSeries`), so the writer encodes
+it once; writing and read-back live in :mod:`dicom_node.process.encode.write`.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
-from pydicom.sr.coding import Code
 from pydicom.uid import MRImageStorage, generate_uid
-from pydicom.valuerep import format_number_as_ds
 
+from dicom_node.dicom.elements import code_item, ds_text, file_meta
 from dicom_node.process.assemble import AssembledVolume, SliceReference
-from dicom_node.tools.simseries import mr_sequence_attributes
+from dicom_node.process.encode.acquisition import imaging_frequency_mhz, mr_sequence_attributes
+from dicom_node.process.encode.provenance import Provenance
 from synthesis.protocol import MRProtocol
 
-if TYPE_CHECKING:  # pragma: no cover - derive imports this module
-    from dicom_node.process.encode.derived import Provenance
-
-__all__ = ["OutputGrid", "MRSeries", "build_mr_series", "build_mr_datasets", "quantize",
-           "window_from_percentiles", "ds_text", "sop_instance_uid", "copy_patient_study",
-           "code_item", "source_image_sequence"]
+__all__ = ["OutputGrid", "MRSeries", "build_mr_series", "quantize", "window_from_percentiles",
+           "sop_instance_uid", "copy_patient_study", "source_image_sequence", "INTENSITY_SCALE"]
 
 logger = logging.getLogger(__name__)
 
-GYROMAGNETIC_MHZ_PER_T = 42.577478
 STORED_MAX = 4095  # 12 significant bits, like most MR scanners
 # Rescaled (real-world) value = model intensity x 1000: the model's normalized [0, 1] scale in
 # per-mille, so windows are in the hundreds (a window width below 1 is not permitted).
@@ -58,7 +53,7 @@ class OutputGrid:
     """The synthesized volume's grid in the patient.
 
     ``origin`` LPS mm of voxel (0, 0, 0)'s centre; ``spacing`` (dz, dy, dx)
-    mm; directions as in :class:`~dicom_node.assemble.SliceGeometry`;
+    mm; directions as in :class:`~dicom_node.process.assemble.SliceGeometry`;
     ``offset_z_mm`` the first output slice centre minus the first source
     slice centre along the slice direction.
     """
@@ -84,20 +79,6 @@ class OutputGrid:
     def slice_position(self, k: int) -> np.ndarray:
         """LPS position (3,) of the centre of the first voxel of output slice ``k``."""
         return self.origin + k * self.spacing[0] * self.slice_direction
-
-
-def ds_text(value: float) -> str:
-    """A Decimal String of at most 16 characters for ``value``."""
-    return format_number_as_ds(float(value))
-
-
-def code_item(code: Code) -> Dataset:
-    """A Code Sequence item from a pydicom ``Code``."""
-    item = Dataset()
-    item.CodeValue = code.value
-    item.CodingSchemeDesignator = code.scheme_designator
-    item.CodeMeaning = code.meaning
-    return item
 
 
 def sop_instance_uid(series_uid: str, index: int) -> str:
@@ -213,14 +194,14 @@ def _target_acquisition(ds: Dataset, target: MRProtocol, thickness: float) -> No
     if target.flip_deg is not None:
         ds.FlipAngle = ds_text(target.flip_deg)
     ds.MagneticFieldStrength = ds_text(field)
-    ds.ImagingFrequency = ds_text(GYROMAGNETIC_MHZ_PER_T * field)
+    ds.ImagingFrequency = ds_text(imaging_frequency_mhz(field))
     ds.ImagedNucleus = "1H"
     ds.EchoNumbers = "1"
     ds.SliceThickness = ds_text(thickness)
 
 
 def _series_template(assembled: AssembledVolume, target: MRProtocol, grid: OutputGrid, *,
-                     provenance: "Provenance", series_uid: str, series_number: int,
+                     provenance: Provenance, series_uid: str, series_number: int,
                      description: str, now: datetime) -> Dataset:
     """Everything every instance of the derived series shares."""
     header = assembled.header
@@ -280,6 +261,14 @@ class MRSeries:
         """Every instance's whole dataset."""
         return [self.dataset(k) for k in range(len(self.slices))]
 
+    def part10_datasets(self) -> list[Dataset]:
+        """Every instance's whole dataset with the node's file meta information (what the
+        single-instance formats are converted from)."""
+        datasets = self.datasets()
+        for ds in datasets:
+            ds.file_meta = file_meta(str(ds.SOPClassUID), str(ds.SOPInstanceUID))
+        return datasets
+
 
 def _slice_attributes(k: int, pixels: np.ndarray, assembled: AssembledVolume,
                       grid: OutputGrid, series_uid: str) -> Dataset:
@@ -298,7 +287,7 @@ def _slice_attributes(k: int, pixels: np.ndarray, assembled: AssembledVolume,
 
 
 def build_mr_series(volume: np.ndarray, assembled: AssembledVolume, target: MRProtocol,
-                    grid: OutputGrid, *, provenance: "Provenance", series_uid: str,
+                    grid: OutputGrid, *, provenance: Provenance, series_uid: str,
                     series_number: int, description: str, now: datetime) -> MRSeries:
     """One MR Image Storage instance per slice of ``volume`` (z, y, x), in slice order."""
     template = _series_template(assembled, target, grid, provenance=provenance,
@@ -317,11 +306,3 @@ def build_mr_series(volume: np.ndarray, assembled: AssembledVolume, target: MRPr
               for k in range(pixels.shape[0])]
     return MRSeries(template, slices, pixels)
 
-
-def build_mr_datasets(volume: np.ndarray, assembled: AssembledVolume, target: MRProtocol,
-                      grid: OutputGrid, *, provenance: "Provenance", series_uid: str,
-                      series_number: int, description: str, now: datetime) -> list[Dataset]:
-    """One MR Image Storage dataset per slice of ``volume`` (z, y, x), in slice order."""
-    return build_mr_series(volume, assembled, target, grid, provenance=provenance,
-                           series_uid=series_uid, series_number=series_number,
-                           description=description, now=now).datasets()

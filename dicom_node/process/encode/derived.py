@@ -4,161 +4,54 @@
 the source's study, clearly marked as synthetic (Synthetic Data YES, DERIVED
 image type, ``SYN <target> (RTFSyn) …`` description), with
 
-* what produced it — Derivation Description (model, version, checkpoint
-  hash, prompt) and Derivation Code Sequence; Contributing Equipment with
-  purpose (109100, DCM, "Synthesizing Equipment") and a Device UID that is
-  new for every model version;
+* what produced it — :class:`~dicom_node.process.encode.provenance.Provenance`;
 * what it came from — Source Image Sequence per slice (purpose 121322) and
   Referenced Series Sequence;
 * what it pretends to be — the MR acquisition attributes of the target
   protocol, on the output voxel grid.
 
-Output formats: ``"mr"`` (classic MR Image Storage, one file per slice; the
-default), ``"enhanced-mr"`` (one Legacy Converted Enhanced MR instance) and
-``"parametric-map"`` (float32 Parametric Map); see :mod:`dicom_node.derive_formats`.
-Every written file is read back and checked before returning
-(:mod:`dicom_node.derive_write`).
+The classic instances are built once (:mod:`~dicom_node.process.encode.classic_mr`);
+then one writer per :class:`~dicom_node.process.encode.formats.OutputFormat`
+writes them: ``mr`` one file per slice (:mod:`~dicom_node.process.encode.write`),
+``enhanced-mr`` (:mod:`~dicom_node.process.encode.enhanced_mr`) and
+``parametric-map`` (:mod:`~dicom_node.process.encode.parametric_map`) one
+instance. Every written file is read back and checked before returning.
 """
 from __future__ import annotations
 
-import importlib.metadata
 import logging
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-import highdicom as hd
 import numpy as np
-from pydicom.dataset import Dataset
-from pydicom.sequence import Sequence as DicomSequence
-from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-from dicom_node.process.assemble import NODE_MANUFACTURER, AssembledVolume
-from dicom_node.process.encode.classic_mr import OutputGrid, build_mr_series, code_item
-from dicom_node.process.encode.write import (IMPLEMENTATION_CLASS_UID, file_meta,  # re-exported
-                                             write_and_verify, write_mr_series)
+from dicom_node.process.assemble import AssembledVolume
+from dicom_node.process.encode.classic_mr import MRSeries, OutputGrid, build_mr_series
+from dicom_node.process.encode.enhanced_mr import write_enhanced_mr
+from dicom_node.process.encode.formats import OutputFormat, parse_output_format
+from dicom_node.process.encode.parametric_map import write_parametric_map
+from dicom_node.process.encode.provenance import LO_MAX, NodeInfo, Provenance
+from dicom_node.process.encode.write import write_mr_series
 from synthesis.protocol import MRProtocol
 
-__all__ = ["NodeInfo", "Provenance", "OUTPUT_FORMATS", "write_derived_series",
-           "derived_series_description", "IMPLEMENTATION_CLASS_UID"]
+__all__ = ["write_derived_series", "derived_series_description"]
 
 logger = logging.getLogger(__name__)
 
-OUTPUT_FORMATS = ("mr", "enhanced-mr", "parametric-map")
-ST_MAX = 1024  # Short Text
-LO_MAX = 64  # Long String
+FILE_STEM = "SYN"  # derived files are SYN00001.dcm, ... (SYN.dcm for one instance)
 
-
-@dataclass(frozen=True)
-class NodeInfo:
-    """How the node names itself in what it writes (General/Contributing Equipment)."""
-
-    ae_title: str = "RTFSYN"
-    station_name: str | None = None
-    institution: str | None = None
-
-
-def _software_version() -> str:
-    try:
-        return importlib.metadata.version("rtfsyn-node")
-    except importlib.metadata.PackageNotFoundError:
-        return "0+unknown"
-
-
-def _clip(text: str, limit: int) -> str:
-    text = text.replace("\\", "/")
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _describe_architecture(value: Any) -> str:
-    """A short text for ``info['architecture']`` (a string or a dict of hyper-parameters)."""
-    if not value:
-        return "architecture unknown"
-    if isinstance(value, Mapping):
-        parts = []
-        for key, item in value.items():
-            if isinstance(item, (list, tuple)):
-                item = "-".join(str(v) for v in item)
-            parts.append(f"{key} {item}")
-        return ", ".join(parts)
-    return str(value)
-
-
-@dataclass(frozen=True)
-class Provenance:
-    """What produced a derived series; :meth:`apply` writes it into a dataset."""
-
-    model_name: str
-    model_version: str
-    checkpoint_sha256: str
-    derivation_description: str
-    contribution_description: str
-    device_uid: str
-    node: NodeInfo
-    when: datetime
-    source_equipment: Mapping[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def build(cls, model_info: Mapping[str, Any], *, prompt: str, target: MRProtocol,
-              source: MRProtocol | None, node: NodeInfo, when: datetime,
-              source_equipment: Mapping[str, str]) -> "Provenance":
-        name = str(model_info.get("model_name") or "RTFSyn")
-        version = str(model_info.get("model_version") or "unknown")
-        sha = str(model_info.get("checkpoint_sha256") or "unknown")
-        arch = _describe_architecture(model_info.get("architecture"))
-        device = str(model_info.get("device") or "unknown")
-        made_from = f" from a {source.contrast.value} series" if source is not None else ""
-        # the prompt before the architecture: truncation at the VR limit cuts the latter
-        derivation = (f"SYNTHETIC {target.contrast.value} image, not acquired: computed by "
-                      f"{name} {version} (checkpoint sha256 {sha}) on {device}{made_from}. "
-                      f"Prompt: {prompt} Architecture: {arch}.")
-        contribution = (f"Synthesized a {target.contrast.value} series with {name} {version} "
-                        f"(checkpoint sha256 {sha[:16]}) on {device}")
-        device_uid = generate_uid(entropy_srcs=["rtfsyn-device", name, version, sha])
-        return cls(name, version, sha, _clip(derivation, ST_MAX), _clip(contribution, ST_MAX),
-                   device_uid, node, when, dict(source_equipment))
-
-    def contributing_equipment(self) -> DicomSequence:
-        """Items for the Contributing Equipment Sequence: the scanner, then this node."""
-        items = []
-        if self.source_equipment.get("Manufacturer"):
-            items.append(hd.ContributingEquipment(
-                manufacturer=self.source_equipment["Manufacturer"],
-                purpose_of_reference=codes.DCM.AcquisitionEquipment,
-                manufacturer_model_name=self.source_equipment.get("ManufacturerModelName"),
-                contribution_description="Acquired the source series"))
-        ours = hd.ContributingEquipment(
-            manufacturer=NODE_MANUFACTURER,
-            purpose_of_reference=codes.DCM.SynthesizingEquipment,
-            manufacturer_model_name=_clip(self.model_name, LO_MAX),
-            software_versions=[_clip(f"rtfsyn-node {_software_version()}", LO_MAX),
-                               _clip(f"model {self.model_version}", LO_MAX)],
-            station_name=self.node.station_name or self.node.ae_title,
-            institution_name=self.node.institution,
-            contribution_datetime=self.when,
-            contribution_description=self.contribution_description)
-        ours.DeviceUID = self.device_uid
-        items.append(ours)
-        return DicomSequence(items)
-
-    def apply(self, ds: Dataset) -> None:
-        """General Equipment, derivation, Synthetic Data and Contributing Equipment."""
-        ds.Manufacturer = NODE_MANUFACTURER
-        ds.ManufacturerModelName = _clip(self.model_name, LO_MAX)
-        ds.SoftwareVersions = [_clip(f"rtfsyn-node {_software_version()}", LO_MAX),
-                               _clip(f"model {self.model_version}", LO_MAX)]
-        ds.StationName = (self.node.station_name or self.node.ae_title)[:16]
-        if self.node.institution:
-            ds.InstitutionName = _clip(self.node.institution, LO_MAX)
-        ds.ImageType = ["DERIVED", "SECONDARY", "OTHER", "SYNTHETIC"]
-        ds.SyntheticData = "YES"
-        ds.DerivationDescription = self.derivation_description
-        ds.DerivationCodeSequence = DicomSequence(
-            [code_item(codes.DCM.ImageProcessing), code_item(codes.DCM.ArtificialIntelligence)])
-        ds.ImageComments = "SYNTHETIC IMAGE - computed by RTFSyn, not acquired by a scanner"
-        ds.ContributingEquipmentSequence = self.contributing_equipment()
+# one writer per output format: (classic series, float volume (z, y, x), source, folder) -> files
+Writer = Callable[[MRSeries, np.ndarray, AssembledVolume, Path], list[Path]]
+_WRITERS: dict[OutputFormat, Writer] = {
+    OutputFormat.MR: lambda series, volume, assembled, out: write_mr_series(
+        series, out, FILE_STEM),
+    OutputFormat.ENHANCED_MR: lambda series, volume, assembled, out: write_enhanced_mr(
+        series, out, FILE_STEM),
+    OutputFormat.PARAMETRIC_MAP: lambda series, volume, assembled, out: write_parametric_map(
+        series, volume, assembled, out, FILE_STEM),
+}
 
 
 def derived_series_description(target: MRProtocol, source_description: str) -> str:
@@ -183,7 +76,8 @@ def _check_result(volume: np.ndarray, spacing: Sequence[float],
 
 def write_derived_series(result: Any, assembled: AssembledVolume, target: MRProtocol,
                          out_dir: Path, *, prompt: str, model_info: Mapping[str, Any],
-                         node: NodeInfo = NodeInfo(), output_format: str = "mr",
+                         node: NodeInfo = NodeInfo(),
+                         output_format: str | OutputFormat = OutputFormat.MR,
                          series_number_offset: int = 1000, series_uid: str | None = None,
                          source: MRProtocol | None = None) -> list[Path]:
     """Write ``result`` (a ``SynthesisResult``: volume (z, y, x), spacing (dz, dy, dx) mm,
@@ -193,9 +87,7 @@ def write_derived_series(result: Any, assembled: AssembledVolume, target: MRProt
     the same UIDs: SOP UIDs derive from it); ``model_info`` is
     ``Synthesizer.info``. Returns the written paths in slice order.
     """
-    if output_format not in OUTPUT_FORMATS:
-        raise ValueError(f"output_format must be one of {', '.join(OUTPUT_FORMATS)}. "
-                         f"Found {output_format!r}.")
+    fmt = parse_output_format(output_format)
     volume = _check_result(result.volume, result.spacing, result.origin_offset_mm)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -212,21 +104,7 @@ def write_derived_series(result: Any, assembled: AssembledVolume, target: MRProt
     series = build_mr_series(volume, assembled, target, grid, provenance=provenance,
                              series_uid=series_uid, series_number=series_number,
                              description=description, now=now)
-    if output_format == "mr":
-        paths = write_mr_series(series, out_dir, "SYN")
-    else:
-        from dicom_node.process.encode.formats import build_enhanced_mr, build_parametric_map
-
-        datasets = series.datasets()
-        for ds in datasets:
-            ds.file_meta = file_meta(str(ds.SOPClassUID), str(ds.SOPInstanceUID))
-        if output_format == "enhanced-mr":
-            single = build_enhanced_mr(datasets, series_uid=series_uid,
-                                       series_number=series_number)
-        else:
-            single = build_parametric_map(volume, datasets, assembled, series_uid=series_uid,
-                                          series_number=series_number)
-        paths = write_and_verify([single], out_dir, "SYN")
+    paths = _WRITERS[fmt](series, volume, assembled, out_dir)
     logger.info("Wrote derived %s series (%d files, series number %d) to %s",
-                output_format, len(paths), series_number, out_dir)
+                fmt.value, len(paths), series_number, out_dir)
     return paths

@@ -1,7 +1,7 @@
 """Writing the files of a derived series, and reading every one back (DESIGN §4).
 
 * :func:`write_mr_series` writes the classic instances of a
-  :class:`~dicom_node.derive_mr.MRSeries`. The instances share all but a few
+  :class:`~dicom_node.process.encode.classic_mr.MRSeries`. The instances share all but a few
   elements (the template holds the patient, study and series modules, the
   provenance and the Referenced Series Sequence that names every source
   instance), so :class:`TemplateEncoder` encodes the template's elements once,
@@ -33,21 +33,13 @@ from pydicom.errors import InvalidDicomError
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import correct_ambiguous_vr, write_data_element, write_file_meta_info
 
-from dicom_node.process.encode.classic_mr import MRSeries
+from dicom_node.dicom.elements import file_meta
 from dicom_node.errors import DerivedSeriesError
-from dicom_node.tools.simseries import _file_meta
+from dicom_node.process.encode.classic_mr import MRSeries
 
-__all__ = ["IMPLEMENTATION_CLASS_UID", "IMPLEMENTATION_VERSION", "file_meta",
-           "TemplateEncoder", "write_mr_series", "write_and_verify"]
+__all__ = ["TemplateEncoder", "write_mr_series", "write_and_verify", "verify_file"]
 
-IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.8.498.77.2"
-IMPLEMENTATION_VERSION = "RTFSYN_NODE_01"
 _PREAMBLE = bytes(128) + b"DICM"
-
-
-def file_meta(sop_class_uid: str, sop_instance_uid: str) -> FileMetaDataset:
-    """The node's file meta information for one instance (Explicit VR Little Endian)."""
-    return _file_meta(sop_class_uid, sop_instance_uid, (IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION))
 
 
 def _encode_element(element: DataElement | RawDataElement,

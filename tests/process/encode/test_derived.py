@@ -17,7 +17,8 @@ import pytest
 from tests.helpers.dicom_factory import (DCIODVFY, SAGITTAL, T2_TSE, axes, dciodvfy_errors,
                                          make_enhanced, make_series, oblique_orientation)
 from dicom_node.process.assemble import AssembledVolume, assemble_series
-from dicom_node.process.encode.derived import NodeInfo, write_derived_series
+from dicom_node.process.encode.derived import write_derived_series
+from dicom_node.process.encode.provenance import NodeInfo
 from dicom_node.process.encode.classic_mr import INTENSITY_SCALE
 from dicom_node.errors import RejectedSeries
 from dicom_node.process.condition import protocol_from_dataset

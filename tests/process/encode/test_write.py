@@ -12,9 +12,10 @@ import pytest
 
 from tests.helpers.dicom_factory import T2_TSE, make_series
 from dicom_node.process.assemble import assemble_series
-from dicom_node.process.encode.derived import NodeInfo, Provenance
+from dicom_node.process.encode.provenance import NodeInfo, Provenance
 from dicom_node.process.encode.classic_mr import MRSeries, OutputGrid, build_mr_series
-from dicom_node.process.encode.write import file_meta, verify_file, write_mr_series
+from dicom_node.dicom.elements import file_meta
+from dicom_node.process.encode.write import verify_file, write_mr_series
 from dicom_node.errors import DerivedSeriesError
 from synthesis.protocol import preset
 

@@ -4,7 +4,7 @@
         node.wait()                                         # until stop() from a signal
 
 :meth:`Node.start` is non-blocking: it records spool files the job log lacks
-(:mod:`dicom_node.spool_recovery`), recovers work a previous run left
+(:mod:`dicom_node.receive.spool_recovery`), recovers work a previous run left
 unfinished, starts the scheduler threads, then listens. :meth:`Node.stop`
 refuses new associations, lets open ones finish (a grace period), and stops
 the threads; a job still being synthesized stays in the log and is re-queued
@@ -26,7 +26,7 @@ from dicom_node.store.joblog import JobLog, JobSpec
 from dicom_node.schedule.scheduler import ProcessResult, Processor, Scheduler
 from dicom_node.receive.scp import DiskGuard, StorageSCP
 from dicom_node.store.spool import Spool
-from dicom_node.store.spool_recovery import SpoolRecovery, recover_spool
+from dicom_node.receive.spool_recovery import SpoolRecovery, recover_spool
 
 __all__ = ["Node", "SynthesisProcessor"]
 

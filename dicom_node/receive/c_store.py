@@ -24,25 +24,18 @@ import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from pydicom.uid import EnhancedMRImageStorage, MRImageStorage
-
-from dicom_node.store.joblog import DATABASE_ERRORS, InstanceConflict, InstanceRecord
+from dicom_node.store.joblog import DATABASE_ERRORS, InstanceConflict
 from dicom_node.store.spool import Placed, SpoolError
 from dicom_node.dicom.header import StoreHeader, parse_head, read_header
 from dicom_node.dicom.status import Status
+from dicom_node.receive.receiver import Receiver
+from dicom_node.receive.record import instance_record
 
-if TYPE_CHECKING:
-    from dicom_node.receive.scp import Receiver
-
-__all__ = ["StoreRequest", "store_instance", "instance_record", "ELIGIBLE_SOP_CLASSES",
-           "NOT_ELIGIBLE_REASON"]
+__all__ = ["StoreRequest", "store_instance"]
 
 logger = logging.getLogger(__name__)
 
-ELIGIBLE_SOP_CLASSES = frozenset({MRImageStorage, EnhancedMRImageStorage})
-NOT_ELIGIBLE_REASON = "SOP class not eligible"
 
 
 @dataclass(frozen=True)
@@ -127,23 +120,6 @@ def _store(rx: Receiver, rq: StoreRequest) -> int:
     if status == Status.DUPLICATE_SOP_INSTANCE:  # refused: its file must not stay in the spool
         placed.path.unlink(missing_ok=True)
     return status
-
-
-def instance_record(header: StoreHeader, sop_instance_uid: str, sop_class_uid: str,
-                    transfer_syntax: str, path: Path, size: int,
-                    association_id: int | None) -> InstanceRecord:
-    """What the job log keeps about a spooled instance (eligibility by SOP class; Modality
-    and Series Description cut to their column sizes)."""
-    eligible = sop_class_uid in ELIGIBLE_SOP_CLASSES
-    return InstanceRecord(
-        sop_instance_uid=sop_instance_uid, sop_class_uid=sop_class_uid,
-        transfer_syntax_uid=transfer_syntax, series_uid=header.series_uid or "",
-        study_uid=header.study_uid or "", path=path, size_bytes=size,
-        association_id=association_id, eligible=eligible,
-        reason=None if eligible else NOT_ELIGIBLE_REASON,
-        modality=(header.modality or "")[:16] or None,
-        description=(header.description or "")[:64] or None,
-        series_number=header.series_number)
 
 
 def _record(rx: Receiver, rq: StoreRequest, header: StoreHeader, placed: Placed) -> int:

@@ -1,14 +1,14 @@
 """The storage SCP on pynetdicom's ``AE.start_server`` (``[node] receiver = "pynetdicom"``).
 
 Thin adapters from pynetdicom's events to the shared logic of
-:mod:`dicom_node.scp` (association bookkeeping, :func:`~dicom_node.scp.store_instance`):
+:mod:`dicom_node.receive.receiver` (association bookkeeping, :func:`~dicom_node.receive.c_store.store_instance`):
 
 * Received data sets are streamed by pynetdicom to a temporary file (bounded
   memory); streaming is switched on for this server's associations only
-  (:func:`~dicom_node.dimse_tuning.stream_to_disk`), other pynetdicom receivers
+  (:func:`~dicom_node.receive.pynetdicom_tuning.stream_to_disk`), other pynetdicom receivers
   in the process keep pynetdicom's setting.
 * Per association, pynetdicom's PDU/DIMSE debug-log handlers are unbound
-  unless ``pynetdicom`` logs at DEBUG (:mod:`dicom_node.dimse_tuning`).
+  unless ``pynetdicom`` logs at DEBUG (:mod:`dicom_node.receive.pynetdicom_tuning`).
 * Callers outside ``allowed_calling_aets``, requests for another called AE
   title and associations over ``max_associations`` are rejected by pynetdicom
   itself (its ACSE), then recorded here.
@@ -26,9 +26,10 @@ from dicom_node.config import Config
 from dicom_node.store.db import AssociationState
 from dicom_node.receive.pynetdicom_tuning import stream_to_disk, stop_streaming, tune_association
 from dicom_node.dicom.status import Status
-from dicom_node.receive.scp import (ABORTED_REASON, Peer, Receiver,
-                                    StoreRequest, association_ended, association_rejected,
-                                    association_requested, store_instance, supported_contexts)
+from dicom_node.receive.c_store import StoreRequest, store_instance
+from dicom_node.receive.receiver import (ABORTED_REASON, Peer, Receiver, association_ended,
+                                         association_rejected, association_requested,
+                                         supported_contexts)
 
 __all__ = ["PynetdicomServer", "handle_requested", "handle_released", "handle_aborted",
            "handle_rejected", "handle_conn_close", "handle_conn_open", "handle_echo",
@@ -114,7 +115,7 @@ def _chunked_path(event: Any) -> Path | None:
 
 
 def handle_store(event: Any, rx: Receiver) -> int:
-    """C-STORE: the shared store (:func:`~dicom_node.scp.store_instance`); never raises."""
+    """C-STORE: the shared store (:func:`~dicom_node.receive.c_store.store_instance`); never raises."""
     try:
         path = _chunked_path(event)
         request = StoreRequest(
@@ -131,7 +132,7 @@ def handle_store(event: Any, rx: Receiver) -> int:
 
 class PynetdicomServer:
     """pynetdicom's threaded server with the node's handlers; the interface of
-    :class:`dicom_node.ul.Acceptor` (``start``, ``address``, ``active_associations``,
+    :class:`dicom_node.net.acceptor.Acceptor` (``start``, ``address``, ``active_associations``,
     ``stop``)."""
 
     def __init__(self, config: Config, rx: Receiver, ssl_context: Any = None) -> None:

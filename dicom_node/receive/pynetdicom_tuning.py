@@ -8,10 +8,9 @@
   other receivers in the same process keep in-memory data sets.
 * :func:`tune_association`: per association, unbind pynetdicom's standard
   PDU/DIMSE log handlers (unless the ``pynetdicom`` logger is at DEBUG; they
-  build an event per PDU). It can also shorten the DUL reactor's idle poll
-  (pynetdicom: 1 ms); measured in the node that made no difference beyond the
-  noise for an SCP and made a requestor slower (GIL contention), so by default
-  the poll is left alone (docs/PERFORMANCE.md).
+  build an event per PDU). The DUL reactor's idle poll (pynetdicom: 1 ms) is
+  left alone: shortening it made no difference beyond the noise for an SCP and
+  made a requestor slower (GIL contention; docs/PERFORMANCE.md).
 """
 from __future__ import annotations
 
@@ -74,15 +73,11 @@ def stream_to_disk(server: Any) -> None:
         _STREAMING_SERVERS.add(server)
 
 
-def tune_association(assoc: Any, poll_delay_s: float | None = None) -> None:
-    """Cheaper per-PDU work for one association (see the module docstring); with a
-    ``poll_delay_s`` the DUL reactor polls that often when idle (pynetdicom: 1 ms)."""
+def tune_association(assoc: Any) -> None:
+    """Cheaper per-PDU work for one association (see the module docstring)."""
     if not logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG):
         for event, handler in _STANDARD_LOG_HANDLERS:
             assoc.unbind(event, handler)
-    dul = getattr(assoc, "dul", None)
-    if poll_delay_s is not None and dul is not None and hasattr(dul, "_run_loop_delay"):
-        dul._run_loop_delay = poll_delay_s
 
 
 def stop_streaming(server: Any) -> None:

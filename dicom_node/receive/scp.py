@@ -2,22 +2,22 @@
 
 Two receivers share everything below the wire (``[node] receiver``):
 
-* ``"native"`` (default): :mod:`dicom_node.ul`, blocking sockets and one thread
+* ``"native"`` (default): :mod:`dicom_node.net`, blocking sockets and one thread
   per association, no polling; data sets are streamed to ``data_dir/tmp``.
-* ``"pynetdicom"``: pynetdicom's ``AE.start_server`` (:mod:`dicom_node.scp_pynetdicom`),
+* ``"pynetdicom"``: pynetdicom's ``AE.start_server`` (:mod:`dicom_node.receive.pynetdicom_scp`),
   streaming data sets to the process's temporary folder.
 
 Both call the same functions, through thin adapters: the association
-bookkeeping here (:func:`association_requested`, :func:`association_rejected`,
-:func:`association_ended`) and the store (:func:`~dicom_node.scp_store.store_instance`,
-given a :class:`~dicom_node.scp_store.StoreRequest`).
+bookkeeping (:mod:`dicom_node.receive.receiver`) and the store
+(:func:`~dicom_node.receive.c_store.store_instance`, given a
+:class:`~dicom_node.receive.c_store.StoreRequest`).
 
 * Every standard storage SOP class is accepted, with uncompressed, deflated
   and the common compressed transfer syntaxes; MR Image and Enhanced MR Image
   instances are *eligible*, any other class is stored and recorded as not
   eligible (reason ``"SOP class not eligible"``). Data sets are moved
   atomically into the spool as they were sent.
-* The C-STORE itself (:mod:`dicom_node.scp_store`): the status is sent only
+* The C-STORE itself (:mod:`dicom_node.receive.c_store`): the status is sent only
   once the instance is durable (file and folder fsynced) and recorded.
 * Associations are recorded (open -> released | aborted | rejected). Callers
   outside ``allowed_calling_aets`` and requests for another called AE title
@@ -33,59 +33,25 @@ import logging
 import shutil
 import threading
 import time
-import weakref
-from collections import Counter
-from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
-
-from pydicom.uid import (DeflatedExplicitVRLittleEndian,
-                         ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian,
-                         JPEG2000, JPEG2000Lossless, JPEGBaseline8Bit, JPEGExtended12Bit,
-                         JPEGLosslessSV1, JPEGLossless, JPEGLSLossless, JPEGLSNearLossless,
-                         RLELossless)
-from pynetdicom.presentation import AllStoragePresentationContexts
-from pynetdicom.sop_class import Verification
 
 from dicom_node.net import acceptor as ul
 from dicom_node.config import Config
 from dicom_node.store.db import AssociationState
-from dicom_node.store.joblog import DATABASE_ERRORS, JobLog
+from dicom_node.store.joblog import JobLog
 from dicom_node.dicom.status import Status
 from dicom_node.receive.engine import ReceiverEngine
-from dicom_node.receive.c_store import (ELIGIBLE_SOP_CLASSES, NOT_ELIGIBLE_REASON, StoreRequest,
-                                        instance_record, store_instance)
+from dicom_node.receive.c_store import StoreRequest, store_instance
+from dicom_node.receive.receiver import (ABORTED_REASON, Peer, Receiver, association_ended,
+                                         association_rejected, association_requested,
+                                         supported_contexts)
 from dicom_node.store.spool import Spool
 
-__all__ = ["StorageSCP", "DiskGuard", "Receiver", "Peer", "StoreRequest", "ELIGIBLE_SOP_CLASSES",
-           "TRANSFER_SYNTAXES", "NOT_ELIGIBLE_REASON", "ABORTED_REASON", "supported_contexts",
-           "association_requested", "association_rejected", "association_ended",
-           "store_instance", "instance_record"]
+__all__ = ["StorageSCP", "DiskGuard", "NativeHandler"]
 
 logger = logging.getLogger(__name__)
-
-# A-ASSOCIATE-RJ: transient, service provider (presentation), local limit exceeded
-REJECT_TRANSIENT_LOCAL_LIMIT = (0x02, 0x03, 0x02)
-_REJECT_REASONS = {(0x01, 0x01, 0x03): "calling AE title not recognized",
-                   (0x01, 0x01, 0x07): "called AE title not recognized",
-                   (0x02, 0x03, 0x02): "local limit exceeded (too many associations)",
-                   (0x02, 0x02, 0x01): "user identity not accepted"}
-ABORTED_REASON = "A-ABORT (or the connection was lost)"
-
-TRANSFER_SYNTAXES = [ImplicitVRLittleEndian, ExplicitVRLittleEndian,
-                     DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, JPEGBaseline8Bit,
-                     JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1, JPEGLSLossless,
-                     JPEGLSNearLossless, JPEG2000Lossless, JPEG2000, RLELossless]
-
-
-def supported_contexts() -> dict[str, list[str]]:
-    """Abstract syntax -> transfer syntaxes the node accepts (both receivers): every storage
-    SOP class with :data:`TRANSFER_SYNTAXES`, Verification uncompressed or deflated."""
-    storage = [str(ts) for ts in TRANSFER_SYNTAXES]
-    out = {str(cx.abstract_syntax): storage for cx in AllStoragePresentationContexts}
-    out[str(Verification)] = storage[:3]
-    return out
 
 
 class DiskGuard:
@@ -118,93 +84,10 @@ class DiskGuard:
         return self.percent_used() >= self.watermark
 
 
-@dataclass
-class Receiver:
-    """What the handlers need: the log, the spool, the disk guard, open association ids
-    (keyed by the receiver's association object); ``answered`` counts the C-STORE
-    statuses sent since start (read by the metrics)."""
-
-    log: JobLog
-    spool: Spool
-    disk: DiskGuard
-    syncer: Executor | None = None  # runs the spool fsyncs (None: in the handler thread)
-    assoc_ids: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    answered: Counter[int] = field(default_factory=Counter)
-
-    def count_status(self, status: int) -> None:
-        """Count one C-STORE response status."""
-        with self.lock:
-            self.answered[status] += 1
-
-    def assoc_id(self, assoc: Any) -> int | None:
-        """The job-log id of a live association (None if unknown)."""
-        with self.lock:
-            try:
-                return self.assoc_ids.get(assoc)
-            except TypeError:  # not weakly referenceable: never recorded
-                return None
-
-
-@dataclass(frozen=True)
-class Peer:
-    """Who asked for an association (AE titles stripped)."""
-
-    calling: str
-    called: str
-    host: str | None
-    port: int | None
-
-
-# -- association bookkeeping (both receivers) -------------------------------------------------
-def association_requested(rx: Receiver, key: Any, peer: Peer) -> tuple[int, int, int] | None:
-    """A-ASSOCIATE-RQ: record it under ``key``; the rejection to send (already recorded)
-    when the disk is above the watermark, else None."""
-    try:
-        assoc_id = rx.log.open_association(peer.calling, peer.called, peer.host, peer.port)
-        with rx.lock:
-            rx.assoc_ids[key] = assoc_id
-        if rx.disk.is_short():
-            reason = (f"disk {rx.disk.percent_used():.1f}% used, at or above the watermark "
-                      f"{rx.disk.watermark:g}%")
-            logger.warning("rejecting association from %s (%s): %s", peer.calling, peer.host,
-                           reason)
-            rx.log.end_association(assoc_id, AssociationState.REJECTED, reason)
-            return REJECT_TRANSIENT_LOCAL_LIMIT
-    except (*DATABASE_ERRORS, OSError) as exc:
-        logger.error("cannot record association request: %s", type(exc).__name__)
-    return None
-
-
-def association_ended(rx: Receiver, key: Any, peer: Peer, state: AssociationState,
-                      reason: str | None) -> None:
-    """Record the end of the association known under ``key`` (once; later calls no-op)."""
-    assoc_id = rx.assoc_id(key)
-    if assoc_id is None:
-        return
-    try:
-        if rx.log.end_association(assoc_id, state, reason):
-            log = logger.info if state == AssociationState.RELEASED else logger.warning
-            log("association %d from %s (%s) %s%s", assoc_id, peer.calling, peer.host,
-                state.value, f": {reason}" if reason else "")
-    except DATABASE_ERRORS as exc:
-        logger.error("cannot record the end of association %d: %s", assoc_id,
-                     type(exc).__name__)
-
-
-def association_rejected(rx: Receiver, key: Any, peer: Peer,
-                         rejection: tuple[Any, Any, Any]) -> None:
-    """Record an A-ASSOCIATE-RJ (result, source, diagnostic) with its reason in words."""
-    reason = _REJECT_REASONS.get(rejection, f"rejected (result, source, diagnostic) = "
-                                            f"{rejection}")
-    reason = f"{reason}: calling {peer.calling!r}, called {peer.called!r}"
-    association_ended(rx, key, peer, AssociationState.REJECTED, reason)
-
-
 # -- the native receiver's adapter ------------------------------------------------------------
 class NativeHandler:
-    """:class:`dicom_node.ul.AssociationHandler` for the node: the shared bookkeeping and
-    store above, keyed by the native association object."""
+    """:class:`dicom_node.net.interface.AssociationHandler` for the node: the shared bookkeeping
+    and store, keyed by the native association object."""
 
     def __init__(self, rx: Receiver) -> None:
         self.rx = rx

@@ -23,7 +23,7 @@ earlier frame of the log (SQLite recovers a prefix of the WAL), and a
 checkpoint syncs the WAL first. In particular an association's release is
 recorded after its instances, so a durable release implies durable instance
 rows. The spool file itself is durable before the C-STORE is acknowledged, so
-nothing acknowledged is lost: at start-up :func:`dicom_node.spool_recovery.recover_spool`
+nothing acknowledged is lost: at start-up :func:`dicom_node.receive.spool_recovery.recover_spool`
 records every spool file that the job log lacks, under an *aborted* association
 (its release, if any, was lost with it), so it triggers nothing by itself.
 

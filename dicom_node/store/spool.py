@@ -199,15 +199,6 @@ class Spool:
         _fsync_dir(final.parent)
         return size
 
-    def store_bytes(self, data: bytes, study_uid: str, series_uid: str,
-                    sop_instance_uid: str) -> tuple[Path, int]:
-        """Write an encoded DICOM file (preamble, meta, data set) atomically.
-
-        Returns ``(path, size in bytes)``.
-        """
-        final = self.path_for(study_uid, series_uid, sop_instance_uid)
-        return final, self._atomic_write(final, lambda fh: fh.write(data))
-
     def store_file(self, source: str | Path, study_uid: str, series_uid: str,
                    sop_instance_uid: str, *, move: bool = True) -> tuple[Path, int]:
         """Place an already written DICOM file into the spool atomically.

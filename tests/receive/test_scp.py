@@ -24,7 +24,9 @@ from dicom_node.store.db import AssociationState, SeriesState
 from dicom_node.store.joblog import JobLog
 from dicom_node.schedule.scheduler import Scheduler
 from dicom_node.dicom.status import Status
-from dicom_node.receive.scp import NOT_ELIGIBLE_REASON, DiskGuard, Receiver, StorageSCP
+from dicom_node.receive.receiver import Receiver
+from dicom_node.receive.record import NOT_ELIGIBLE_REASON
+from dicom_node.receive.scp import DiskGuard, StorageSCP
 from dicom_node.receive.pynetdicom_scp import handle_store
 from dicom_node.store.spool import Spool, SpoolError
 
@@ -217,7 +219,9 @@ def test_tls_round_trip_with_client_certificates(tmp_path: Path, mr_series: list
 
 def test_spool_places_files_atomically_and_refuses_bad_uids(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool")
-    path, size = spool.store_bytes(b"DICM-bytes", "1.2", "1.2.3", "1.2.3.4")
+    placed = spool.place_bytes(b"DICM-bytes", "1.2", "1.2.3", "1.2.3.4")
+    placed.sync()
+    path, size = placed.path, placed.size
     assert path == tmp_path / "spool" / "1.2" / "1.2.3" / "1.2.3.4.dcm"
     assert path.read_bytes() == b"DICM-bytes" and size == 10
     source = tmp_path / "incoming.dcm"

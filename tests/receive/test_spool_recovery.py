@@ -13,9 +13,9 @@ from dicom_node.store import db
 from dicom_node.store.db import AssociationState, SeriesState
 from dicom_node.store.joblog import JobLog
 from dicom_node.store.joblog_fast import writer_for
-from dicom_node.receive.c_store import instance_record
+from dicom_node.receive.record import instance_record
 from dicom_node.store.spool import Spool
-from dicom_node.store.spool_recovery import RECOVERED_REASON, recover_spool
+from dicom_node.receive.spool_recovery import RECOVERED_REASON, recover_spool
 from dicom_node.dicom.header import read_header
 from dicom_node.net.incoming import TempFiles
 

@@ -36,7 +36,7 @@ from pydicom import dcmread
 
 from dicom_node.store.db import AssociationState
 from dicom_node.store.joblog import InstanceConflict, InstanceRecord, JobLog
-from dicom_node.receive.c_store import instance_record
+from dicom_node.receive.record import instance_record
 from dicom_node.store.spool import Spool
 from dicom_node.dicom.header import header_from_dataset
 

@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dicom_node.commands.common import EXIT_CONFIG, load_config_or_report
+
 EXIT_ERROR = 2
 
 
@@ -27,15 +29,12 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dicom_node.config import ConfigError, load_config
     from dicom_node.store.jobqueue import JobQueue
     from dicom_node.store.joblog import JobLog, UnknownJob
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"rtfsyn resend: configuration error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+    config = load_config_or_report("resend", args.config)
+    if config is None:
+        return EXIT_CONFIG
     queue = JobQueue(JobLog(config.database_path))
     ids = queue.failed_jobs() if args.failed else [args.job_id]
     if not ids:

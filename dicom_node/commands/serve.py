@@ -17,8 +17,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from dicom_node.commands.common import EXIT_CONFIG, load_config_or_report
+
 logger = logging.getLogger(__name__)
-EXIT_CONFIG = 2
 EXIT_START = 3
 
 
@@ -48,16 +49,13 @@ def _prepare_process(data_dir: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM; exit 0, 2 (bad configuration) or 3 (cannot start)."""
-    from dicom_node.config import ConfigError, load_config
     from dicom_node.http.services import start_services
     from dicom_node.store.db import SchemaMismatch
     from dicom_node.net.tls import TLSConfigError
     from dicom_node.node import Node
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"rtfsyn serve: configuration error: {exc}", file=sys.stderr)
+    config = load_config_or_report("serve", args.config)
+    if config is None:
         return EXIT_CONFIG
     stop = threading.Event()
 

@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dicom_node.commands.common import EXIT_CONFIG, load_config_or_report
+
 EXIT_ERROR = 2
 
 
@@ -133,13 +135,9 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dicom_node.config import ConfigError, load_config
-
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"rtfsyn status: configuration error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+    config = load_config_or_report("status", args.config)
+    if config is None:
+        return EXIT_CONFIG
     if not config.database_path.exists():
         print(f"rtfsyn status: no job log at {config.database_path} (has the node run?)",
               file=sys.stderr)

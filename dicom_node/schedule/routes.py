@@ -28,11 +28,11 @@ from pydicom.multival import MultiValue
 
 from dicom_node.config import CALLER, Caller, Destination, Route
 from dicom_node.dicom.identity import own_output_reason
+from dicom_node.send.destinations import caller_address
 from dicom_node.store.db import SeriesState
 from dicom_node.store.joblog import PlannedJob
 
-__all__ = ["RouteDecision", "attribute_text", "route_matches", "loop_guard", "plan_routes",
-           "caller_endpoint"]
+__all__ = ["RouteDecision", "attribute_text", "route_matches", "loop_guard", "plan_routes"]
 
 logger = logging.getLogger(__name__)
 
@@ -84,18 +84,6 @@ def loop_guard(ds: Dataset, *, is_ours: Callable[[str], bool]) -> str | None:
     return None
 
 
-def caller_endpoint(calling_aet: str | None, peer_host: str | None,
-                    callers: Mapping[str, Caller]) -> tuple[str | None, int | None, str | None]:
-    """(host, port, error) of the ``caller`` destination for a calling AE."""
-    if not calling_aet:
-        return None, None, "destination 'caller': no released association names the caller"
-    caller = callers.get(calling_aet)
-    if caller is None:
-        return peer_host, None, (f"destination 'caller': no port configured for calling AE "
-                                 f"{calling_aet!r}; add [callers.{calling_aet}] port = ...")
-    return caller.host or peer_host, caller.port, None
-
-
 def plan_routes(ds: Dataset, routes: tuple[Route, ...], *,
                 destinations: Mapping[str, Destination], callers: Mapping[str, Caller],
                 caller: tuple[str | None, str | None],
@@ -120,7 +108,7 @@ def plan_routes(ds: Dataset, routes: tuple[Route, ...], *,
                 continue
             seen.add((target, route.destination))
             if route.destination == CALLER:
-                host, port, error = caller_endpoint(caller[0], caller[1], callers)
+                host, port, error = caller_address(caller[0], caller[1], callers)
                 ae_title = caller[0]
                 if error:
                     failed[len(jobs)] = error
@@ -130,7 +118,7 @@ def plan_routes(ds: Dataset, routes: tuple[Route, ...], *,
             jobs.append(PlannedJob(route=route.name, target=target,
                                    destination=route.destination, dest_ae_title=ae_title,
                                    dest_host=host, dest_port=port,
-                                   output_format=route.output_format,
+                                   output_format=str(route.output_format),
                                    series_number_offset=route.series_number_offset))
     if not jobs:
         return RouteDecision(SeriesState.IGNORED, "no route matched")

@@ -29,13 +29,14 @@ from typing import Callable
 
 from pydicom import dcmread
 
-from dicom_node.config import CALLER, Config
+from dicom_node.config import Config
 from dicom_node.store.db import DeliveryStatus, SeriesState
 from dicom_node.errors import RejectedSeries
 from dicom_node.store.jobqueue import JobQueue
 from dicom_node.store.joblog import DeliveryOutcome, JobLog, JobSpec
 from dicom_node.schedule.routes import plan_routes
-from dicom_node.send.sender import Endpoint, send_files
+from dicom_node.send.destinations import job_endpoint
+from dicom_node.send.sender import send_files
 
 __all__ = ["ProcessResult", "Processor", "Scheduler"]
 
@@ -199,27 +200,6 @@ class Scheduler:
         return True
 
     # -- delivery -------------------------------------------------------------------------
-    def endpoint(self, job: JobSpec) -> tuple[Endpoint | None, str | None]:
-        """Where a job's result goes now (the current configuration first), or an error."""
-        cfg = self.config
-        ae_title, host, port, use_tls = job.dest_ae_title, job.dest_host, job.dest_port, False
-        if job.destination == CALLER:
-            caller = cfg.callers.get(job.dest_ae_title or "")
-            if caller is not None:
-                host, port = caller.host or host, caller.port
-        elif job.destination in cfg.destinations:
-            dest = cfg.destinations[job.destination]
-            ae_title, host, port, use_tls = dest.ae_title, dest.host, dest.port, dest.tls
-        if not (ae_title and host and port):
-            return None, (f"destination {job.destination!r} is not fully known (AE {ae_title!r}, "
-                          f"host {host!r}, port {port!r}); see [destinations] / [callers]")
-        tls = None
-        if use_tls:
-            from dicom_node.net.tls import client_context
-
-            tls = client_context(cfg.node.tls)
-        return Endpoint(ae_title, host, int(port), tls), None
-
     def send_due(self) -> bool:
         """Make one delivery attempt for every job that is due; False if none was."""
         jobs = self.queue.due_sends()
@@ -231,7 +211,7 @@ class Scheduler:
 
     def deliver(self, job: JobSpec) -> None:
         """One export attempt of one job, recorded in ``deliveries``."""
-        endpoint, error = self.endpoint(job)
+        endpoint, error = job_endpoint(job, self.config)
         delivery_id = self.queue.begin_delivery(
             job.id, endpoint.ae_title if endpoint else job.dest_ae_title,
             endpoint.host if endpoint else job.dest_host,

@@ -7,6 +7,7 @@ snapshots, never live ORM rows.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import enum
 import json
@@ -78,20 +79,12 @@ class PlannedJob:
 
 
 @dataclass(frozen=True)
-class JobSpec:
-    """A snapshot of a job, as workers and the sender see it."""
+class JobSpec(PlannedJob):
+    """A snapshot of a job, as workers and the sender see it: its plan and its row."""
 
     id: int
     series_uid: str
     generation: int
-    route: str
-    target: str
-    destination: str
-    dest_ae_title: str | None
-    dest_host: str | None
-    dest_port: int | None
-    output_format: str
-    series_number_offset: int
     derived_series_uid: str
     attempts: int
     send_attempts: int
@@ -112,10 +105,11 @@ class DeliveryOutcome:
 
 def job_spec(job: Job) -> JobSpec:
     """A frozen snapshot of a job row."""
-    return JobSpec(job.id, job.series_uid, job.generation, job.route, job.target,
-                   job.destination, job.dest_ae_title, job.dest_host, job.dest_port,
-                   job.output_format, job.series_number_offset, job.derived_series_uid,
-                   job.attempts, job.send_attempts, tuple(json.loads(job.derived_files or "[]")))
+    plan = {f.name: getattr(job, f.name) for f in dataclasses.fields(PlannedJob)}
+    return JobSpec(**plan, id=job.id, series_uid=job.series_uid, generation=job.generation,
+                   derived_series_uid=job.derived_series_uid, attempts=job.attempts,
+                   send_attempts=job.send_attempts,
+                   derived_files=tuple(json.loads(job.derived_files or "[]")))
 
 
 def _set(row: Series | Job | Association, new: enum.Enum, reason: str | None = None) -> None:

@@ -1,9 +1,9 @@
-"""One connection of the native acceptor (:mod:`dicom_node.ul`) and its association,
+"""One connection of the native acceptor (:mod:`dicom_node.net.acceptor`) and its association,
 served by its own thread with blocking reads bounded by the network timeout.
 
-The thread reads the A-ASSOCIATE-RQ, answers it (:mod:`dicom_node.ul_negotiation`),
+The thread reads the A-ASSOCIATE-RQ, answers it (:mod:`dicom_node.net.negotiation`),
 then reads PDUs until release or abort: P-DATA-TF PDVs go to the
-:class:`~dicom_node.ul_exchange.MessageReceiver`, A-RELEASE-RQ is answered, and
+:class:`~dicom_node.net.exchange.MessageReceiver`, A-RELEASE-RQ is answered, and
 A-ABORT, a closed connection, a malformed or unexpected PDU, a PDV for a context
 that was not accepted, or a silent peer end it (an A-ABORT is sent where the
 connection allows). An unexpected error aborts this association only, logged.
@@ -14,7 +14,7 @@ import logging
 import socket
 import ssl
 import threading
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
 from dicom_node.net.exchange import MessageReceiver
 from dicom_node.net.negotiation import (acceptor_rejection, associate_ac, negotiate_contexts,
@@ -25,10 +25,7 @@ from dicom_node.net.pdu import (A_ABORT, A_ASSOCIATE_RQ, A_RELEASE_RQ, P_DATA_TF
                                 fragment_message)
 from dicom_node.net.interface import (ABORT_INVALID_PARAMETER, ABORT_UNEXPECTED_PDU,
                                       ABORT_UNRECOGNIZED_PDU, REJECT_PROTOCOL_VERSION, AbortCause,
-                                      PeerClosed, ProtocolViolation)
-
-if TYPE_CHECKING:
-    from dicom_node.net.acceptor import Acceptor
+                                      AcceptorView, PeerClosed, ProtocolViolation)
 
 __all__ = ["Association"]
 
@@ -46,7 +43,7 @@ class Association:
     (context id -> (abstract syntax, transfer syntax)) and ``peer_max_pdu``.
     """
 
-    def __init__(self, acceptor: "Acceptor", sock: socket.socket, address: tuple,
+    def __init__(self, acceptor: AcceptorView, sock: socket.socket, address: tuple,
                  number: int) -> None:
         self.acceptor, self.number = acceptor, number
         self.settings, self.handler = acceptor.settings, acceptor.handler

@@ -1,25 +1,23 @@
-"""The P-DATA/DIMSE exchange of one established association (:mod:`dicom_node.ul`).
+"""The P-DATA/DIMSE exchange of one established association (:mod:`dicom_node.net.acceptor`).
 
 :class:`MessageReceiver` takes the PDVs the association reads, one at a time:
 command fragments are collected (at most 64 KiB) and decoded; C-ECHO is
 answered; a C-STORE data set is streamed fragment by fragment into a temporary
 file behind a DICOM file meta header (bounded memory, whatever the instance
-size; :mod:`dicom_node.ul_incoming`), then handed to the handler, whose status
+size; :mod:`dicom_node.net.incoming`), then handed to the handler, whose status
 is sent back. Requests of other services get "unrecognized operation" (0x0211),
 once their data set, if any, has been read and dropped.
 """
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from dicom_node.dicom.status import Status
 from dicom_node.net import dimse
 from dicom_node.net.incoming import Incoming, TempFiles
-from dicom_node.net.interface import PeerClosed, ProtocolViolation, ReceivedInstance
-
-if TYPE_CHECKING:
-    from dicom_node.net.association import Association
+from dicom_node.net.interface import (EstablishedAssociation, PeerClosed, ProtocolViolation,
+                                      ReceivedInstance)
 
 __all__ = ["MessageReceiver", "MAX_COMMAND", "CHUNK"]
 
@@ -34,7 +32,7 @@ class MessageReceiver:
     of the PDV being read, ``read_into(view)`` fills up to ``len(view)`` (0: the peer closed),
     ``respond(context_id, command)`` sends an encoded response command set."""
 
-    def __init__(self, assoc: "Association", temp_files: TempFiles,
+    def __init__(self, assoc: EstablishedAssociation, temp_files: TempFiles,
                  read_exact: Callable[[int], bytes], read_into: Callable[[memoryview], int],
                  respond: Callable[[int, bytes], None]) -> None:
         self.assoc, self.temp_files = assoc, temp_files

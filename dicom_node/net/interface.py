@@ -1,19 +1,21 @@
-"""What the native acceptor (:mod:`dicom_node.ul`) and the node agree on: its settings, the
-handler interface, the received instance, why an association ended, and the A-ASSOCIATE-RJ
-and A-ABORT codes. Re-exported by :mod:`dicom_node.ul`; import them from there."""
+"""What the native acceptor (:mod:`dicom_node.net.acceptor`) and the node agree on: its
+settings, the handler interface, the received instance, why an association ended, and the
+A-ASSOCIATE-RJ and A-ABORT codes; and the small views the acceptor's modules have of each other
+(:class:`AcceptorView`, :class:`EstablishedAssociation`), so none imports another back.
+Re-exported by :mod:`dicom_node.net.acceptor`."""
 from __future__ import annotations
 
 import enum
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Protocol
+from typing import Mapping, Protocol
 
 from dicom_node.dicom.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-
-if TYPE_CHECKING:
-    from dicom_node.net.association import Association
+from dicom_node.net.incoming import TempFiles
 
 __all__ = ["AbortCause", "AcceptorSettings", "ReceivedInstance", "AssociationHandler",
+           "AssociationInfo", "EstablishedAssociation", "AcceptorView",
            "PeerClosed", "ProtocolViolation", "IMPLEMENTATION_CLASS_UID",
            "IMPLEMENTATION_VERSION_NAME", "REJECT_PROTOCOL_VERSION", "REJECT_CALLING_AE",
            "REJECT_CALLED_AE", "REJECT_TOO_MANY", "ABORT_UNRECOGNIZED_PDU",
@@ -70,30 +72,60 @@ class ReceivedInstance:
     head_complete: bool = False
 
 
+class AssociationInfo(Protocol):
+    """Who is at the other end of an association, as a handler sees it (AE titles stripped)."""
+
+    calling_ae_title: str
+    called_ae_title: str
+    peer_host: str
+    peer_port: int
+
+
 class AssociationHandler(Protocol):
     """What the node does with an association. Every method runs in the association's
     thread; an exception escaping one aborts that association (and is logged)."""
 
-    def requested(self, assoc: "Association") -> tuple[int, int, int] | None:
+    def requested(self, assoc: AssociationInfo) -> tuple[int, int, int] | None:
         """A-ASSOCIATE-RQ received: record it; a (result, source, reason) refuses it (the
         handler has then recorded the refusal itself)."""
 
-    def rejected(self, assoc: "Association", rejection: tuple[int, int, int]) -> None:
+    def rejected(self, assoc: AssociationInfo, rejection: tuple[int, int, int]) -> None:
         """The acceptor refused the association (AE titles, too many associations)."""
 
-    def released(self, assoc: "Association") -> None:
+    def released(self, assoc: AssociationInfo) -> None:
         """A-RELEASE completed."""
 
-    def aborted(self, assoc: "Association", cause: AbortCause, detail: str) -> None:
+    def aborted(self, assoc: AssociationInfo, cause: AbortCause, detail: str) -> None:
         """The association ended without A-RELEASE."""
 
-    def echo(self, assoc: "Association") -> int:
+    def echo(self, assoc: AssociationInfo) -> int:
         """C-ECHO: the status to answer."""
 
-    def store(self, assoc: "Association", instance: ReceivedInstance) -> int:
+    def store(self, assoc: AssociationInfo, instance: ReceivedInstance) -> int:
         """C-STORE: keep the instance (move its file away or leave it to be deleted);
         the status to answer."""
 
+
+
+class EstablishedAssociation(AssociationInfo, Protocol):
+    """What the P-DATA/DIMSE exchange (:mod:`dicom_node.net.exchange`) uses of its association:
+    ``accepted`` maps a presentation context id to (abstract syntax, transfer syntax)."""
+
+    settings: AcceptorSettings
+    handler: AssociationHandler
+    accepted: Mapping[int, tuple[str, str]]
+
+
+class AcceptorView(Protocol):
+    """What one association (:mod:`dicom_node.net.association`) uses of its acceptor."""
+
+    settings: AcceptorSettings
+    handler: AssociationHandler
+    ssl_context: ssl.SSLContext | None
+    temp_files: TempFiles
+
+    def live_count(self) -> int:
+        """How many connections are being served, this one included."""
 
 class PeerClosed(Exception):
     """The peer closed the connection."""

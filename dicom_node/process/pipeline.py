@@ -27,12 +27,13 @@ from typing import Any, Iterator, Protocol, Sequence
 import numpy as np
 from pydicom.uid import generate_uid
 
-from dicom_node.process.assemble import AssembledVolume, assemble_series
+from dicom_node.process.assemble import assemble_series
 from dicom_node.process.encode.derived import write_derived_series
 from dicom_node.process.encode.formats import OutputFormat, parse_output_format
 from dicom_node.process.encode.provenance import NodeInfo
 from dicom_node.errors import RejectedSeries
 from dicom_node.process.condition import protocol_from_dataset
+from dicom_node.process.volume import AssembledVolume
 from synthesis import grid
 from synthesis.protocol import PRESETS, MRProtocol, preset
 

@@ -23,7 +23,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import MRImageStorage, generate_uid
 
 from dicom_node.dicom.elements import code_item, ds_text, file_meta
-from dicom_node.process.assemble import AssembledVolume, SliceReference
+from dicom_node.process.volume import AssembledVolume, SliceReference
 from dicom_node.process.encode.acquisition import imaging_frequency_mhz, mr_sequence_attributes
 from dicom_node.process.encode.provenance import Provenance
 from synthesis.protocol import MRProtocol
@@ -53,7 +53,7 @@ class OutputGrid:
     """The synthesized volume's grid in the patient.
 
     ``origin`` LPS mm of voxel (0, 0, 0)'s centre; ``spacing`` (dz, dy, dx)
-    mm; directions as in :class:`~dicom_node.process.assemble.SliceGeometry`;
+    mm; directions as in :class:`~dicom_node.process.volume.SliceGeometry`;
     ``offset_z_mm`` the first output slice centre minus the first source
     slice centre along the slice direction.
     """

@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from pydicom.uid import generate_uid
 
-from dicom_node.process.assemble import AssembledVolume
+from dicom_node.process.volume import AssembledVolume
 from dicom_node.process.encode.classic_mr import MRSeries, OutputGrid, build_mr_series
 from dicom_node.process.encode.enhanced_mr import write_enhanced_mr
 from dicom_node.process.encode.formats import OutputFormat, parse_output_format

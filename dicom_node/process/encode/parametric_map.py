@@ -12,7 +12,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from dicom_node.process.assemble import AssembledVolume
+from dicom_node.process.volume import AssembledVolume
 from dicom_node.process.encode.classic_mr import MRSeries, sop_instance_uid, window_from_percentiles
 from dicom_node.process.encode.provenance import carry_provenance
 from dicom_node.process.encode.write import write_and_verify

@@ -16,7 +16,8 @@ import pytest
 
 from tests.helpers.dicom_factory import (DCIODVFY, SAGITTAL, T2_TSE, axes, dciodvfy_errors,
                                          make_enhanced, make_series, oblique_orientation)
-from dicom_node.process.assemble import AssembledVolume, assemble_series
+from dicom_node.process.assemble import assemble_series
+from dicom_node.process.volume import AssembledVolume
 from dicom_node.process.encode.derived import write_derived_series
 from dicom_node.process.encode.provenance import NodeInfo
 from dicom_node.process.encode.classic_mr import INTENSITY_SCALE

@@ -19,11 +19,11 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
-from dicom_node.store.db import (Association, AssociationState, Delivery, DeliveryStatus, Instance,
-                           Job, JobState, Series, SeriesState)
-from dicom_node.store.joblog import DATABASE_ERRORS, JobLog
-from dicom_node.receive.scp import DiskGuard
 from dicom_node.dicom.status import classify_status
+from dicom_node.receive.scp import DiskGuard
+from dicom_node.store.db import (Association, AssociationState, Delivery, DeliveryStatus,
+                                 Instance, Job, JobState, Series, SeriesState)
+from dicom_node.store.joblog import DATABASE_ERRORS, JobLog
 
 __all__ = ["NodeCollector", "SYNTHESIS_BUCKETS", "build_registry", "exposition"]
 

@@ -41,15 +41,22 @@ def status_app(config: Config, node: Any, notifier: Any = None) -> Any:
     from dicom_node.http.metrics import NodeCollector, build_registry
     from dicom_node.http.readiness import Readiness
 
-    rx = node.scp.receiver
+    from dicom_node.receive.scp import DiskGuard
+
+    # A node that only processes (no storage SCP) still has a data folder to watch.
+    rx = getattr(getattr(node, "scp", None), "receiver", None)
+    disk = rx.disk if rx is not None else DiskGuard(config.node.data_dir,
+                                                    config.node.disk_watermark_percent)
 
     def answered() -> dict[int, int]:
+        if rx is None:
+            return {}
         with rx.lock:
             return dict(rx.answered)
 
     counts = (lambda: dict(notifier.counts)) if notifier is not None else None
-    registry = build_registry(NodeCollector(node.log, rx.disk, answered, counts))
-    return create_app(StatusContext(config, node.log, Readiness(config, node.log, rx.disk),
+    registry = build_registry(NodeCollector(node.log, disk, answered, counts))
+    return create_app(StatusContext(config, node.log, Readiness(config, node.log, disk),
                                     registry))
 
 

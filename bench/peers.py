@@ -95,7 +95,7 @@ class NodeServer:
         wait_until(lambda: dicom_echo(self.port, self.ae_title), timeout_s=120,
                    what="node C-ECHO", alive=self.process.exited, interval_s=0.3)
         if self.src is None:  # measure the running node, not its start-up (torch import etc.)
-            from dicom_node.node import WARM_UP_DONE
+            from dicom_node.process.processor import WARM_UP_DONE
 
             log_path = self.workdir / "node.log"
             wait_until(lambda: WARM_UP_DONE in log_path.read_text(errors="replace"), timeout_s=120,

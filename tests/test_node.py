@@ -179,9 +179,9 @@ def test_cli_reports_configuration_and_missing_job_log_errors(
 
 def test_warm_up_says_when_it_is_done(caplog: pytest.LogCaptureFixture) -> None:
     """The start-up warm-up ends with the line that benchmarks wait for (bench/peers.py)."""
-    from dicom_node.node import WARM_UP_DONE, SynthesisProcessor
+    from dicom_node.process.processor import WARM_UP_DONE, SynthesisProcessor
 
-    with caplog.at_level("INFO", logger="dicom_node.node"):
+    with caplog.at_level("INFO", logger="dicom_node.process.processor"):
         SynthesisProcessor(config=None).warm_up()  # type: ignore[arg-type]
     done = [r.getMessage() for r in caplog.records if r.getMessage().startswith(WARM_UP_DONE)]
     assert len(done) == 1 and done[0].endswith(" s")

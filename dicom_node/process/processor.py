@@ -1,0 +1,81 @@
+"""The node's job processor: :func:`dicom_node.process.pipeline.process_series` for a job of the
+job log, with one ``Synthesizer`` per process (loaded on the first job, or passed in), a
+start-up check that the default checkpoint exists, and a background warm-up of the pipeline."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from dicom_node.config import Config
+from dicom_node.schedule.scheduler import ProcessResult
+from dicom_node.store.joblog import JobSpec
+
+__all__ = ["SynthesisProcessor", "WARM_UP_DONE"]
+
+logger = logging.getLogger(__name__)
+WARM_UP_DONE = "pipeline warm-up done in"  # logged at start-up; benchmarks wait for it
+
+
+class SynthesisProcessor:
+    """The default processor: :func:`dicom_node.process.pipeline.process_series` with one shared
+    ``Synthesizer`` (built lazily from ``[model]`` unless given)."""
+
+    def __init__(self, config: Config, synthesizer: Any = None) -> None:
+        self.config = config
+        self._synthesizer = synthesizer
+        self._lock = threading.Lock()
+
+    @property
+    def synthesizer(self) -> Any:
+        """The process-wide Synthesizer (loaded on first use, once)."""
+        with self._lock:
+            if self._synthesizer is None:
+                from synthesis.inference import Synthesizer
+
+                model = self.config.model
+                logger.info("loading the synthesis model (%s on %s)", model.checkpoint,
+                            model.device)
+                self._synthesizer = Synthesizer(model.checkpoint, model.device)
+            return self._synthesizer
+
+    def preflight(self) -> None:
+        """Log an error at start-up when the default checkpoint is missing (receiving still
+        works; jobs fail with the reason and can be re-sent once it is installed)."""
+        if self._synthesizer is not None or self.config.model.checkpoint != "default":
+            return
+        from synthesis.checkpoint import default_checkpoint_path
+
+        path = default_checkpoint_path()
+        if not path.is_file():
+            logger.error("no default model checkpoint at %s: synthesis jobs will fail until one "
+                         "is installed ([model] checkpoint, or `rtfsyn train`)", path)
+
+    def warm_up(self) -> None:
+        """Import the pipeline and load what its first assembly would load, so that the
+        first job does not pay for it (run in a background thread at start-up; never
+        raises)."""
+        t0 = time.monotonic()
+        try:
+            import dicom_node.process.pipeline  # noqa: F401 - the import is part of the warm-up
+            from dicom_node.process.assemble import warm_up
+
+            warm_up()
+        except Exception:  # the first job will report what is wrong
+            logger.warning("pipeline warm-up failed", exc_info=True)
+        logger.info("%s %.1f s", WARM_UP_DONE, time.monotonic() - t0)
+
+    def __call__(self, job: JobSpec, files: list[Path], out_dir: Path) -> ProcessResult:
+        from dicom_node.process.pipeline import NodeInfo, process_series
+
+        derived = process_series(
+            files, target=job.target, out_dir=out_dir, synthesizer=self.synthesizer,
+            output_format=job.output_format, series_number_offset=job.series_number_offset,
+            node=NodeInfo(ae_title=self.config.node.ae_title), series_uid=job.derived_series_uid)
+        if str(derived.series_instance_uid) != job.derived_series_uid:
+            raise RuntimeError(f"the pipeline wrote series {derived.series_instance_uid}, not the "
+                               f"job's {job.derived_series_uid}")
+        return ProcessResult(files=list(derived.files), prompt=derived.prompt,
+                             extra={"timings": dict(derived.timings)})

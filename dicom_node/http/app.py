@@ -61,6 +61,11 @@ class StatusContext:
     registry: Any  # prometheus_client.CollectorRegistry
 
     @property
+    def database(self) -> Any:
+        """The job log as the status report takes it."""
+        return self.config.database_path
+
+    @property
     def token(self) -> str | None:
         """The bearer token ``[http]`` requires, if any."""
         return self.config.http.token if self.config.http else None
@@ -140,7 +145,7 @@ def _thumbnail(ctx: StatusContext, request: Request) -> Response:
 
 
 def _page(ctx: StatusContext, request: Request) -> Response:
-    status = report(ctx.config.database_path, PAGE_ROWS)
+    status = report(ctx.database, PAGE_ROWS)
     for job in status["jobs"]:
         job["thumbnails"] = job["state"] in _WITH_OUTPUT and job["n_derived"] > 0
     ready, readiness = ctx.readiness.report()
@@ -152,7 +157,7 @@ def _page(ctx: StatusContext, request: Request) -> Response:
 
 def _rows(ctx: StatusContext, request: Request, kind: str) -> Response:
     try:
-        rows = query_rows(ctx.config.database_path, kind, dict(request.query_params))
+        rows = query_rows(ctx.database, kind, dict(request.query_params))
     except BadQuery as exc:
         return JSONResponse({"error": str(exc)}, status_code=400)
     return JSONResponse({kind: rows})
@@ -182,7 +187,7 @@ def create_app(ctx: StatusContext) -> Starlette:
         if limit is not None and not limit.isdigit():
             return JSONResponse({"error": f"limit must be a positive integer. Found {limit!r}."},
                                 status_code=400)
-        return JSONResponse(report(ctx.config.database_path, int(limit) if limit else None))
+        return JSONResponse(report(ctx.database, int(limit) if limit else None))
 
     routes = [
         Route("/health", health), Route("/ready", ready), Route("/metrics", metrics),

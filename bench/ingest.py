@@ -1,7 +1,7 @@
 """Ingest benchmark: instances/s and MB/s received by the node, dcmtk storescp and Orthanc.
 
 The same series (``n`` classic MR slices of 256x256, 16-bit, written once with
-:func:`dicom_node.simseries.write_series` into a cache folder) is sent by dcmtk
+:func:`dicom_node.tools.simseries.write_series` into a cache folder) is sent by dcmtk
 ``/usr/bin/storescu`` (``TCP_NODELAY=1``) over one or several concurrent
 associations to each receiver, started fresh (empty storage) for every
 measurement. The time is from starting the first storescu to the exit of the

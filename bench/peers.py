@@ -1,7 +1,7 @@
 """The benchmarks' receivers and senders: dcmtk storescp, Orthanc and the node, sent to by
 dcmtk storescu.
 
-dcmtk storescp and Orthanc come from :mod:`dicom_node.peers` (shared with the
+dcmtk storescp and Orthanc come from :mod:`tests.helpers.peers` (shared with the
 end-to-end tests); the node runs as ``rtfsyn serve`` in a child process. Every
 receiver has a ``name``, an ``ae_title``, a ``port`` and ``start``/``count``/``stop``.
 """

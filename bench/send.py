@@ -1,7 +1,7 @@
 """Send benchmark: the node's C-STORE export against dcmtk storescu, into dcmtk storescp.
 
 The same files (the ingest series) go to a fresh ``/usr/bin/storescp`` once
-with :func:`dicom_node.sender.send_files` (in this process, one association,
+with :func:`dicom_node.send.sender.send_files` (in this process, one association,
 as a job's delivery does) and once with ``/usr/bin/storescu`` (one
 association). Time: from the call (or process start) to its return (exit),
 association set-up and release included; the stored count is checked.

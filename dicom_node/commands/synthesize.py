@@ -1,7 +1,7 @@
 """``rtfsyn synthesize SRC_DIR OUT_DIR --target T2``: one series folder → derived series folder.
 
 The same assemble → condition → synthesize → encode path as the node
-(:func:`dicom_node.pipeline.process_series`), without networking. The
+(:func:`dicom_node.process.pipeline.process_series`), without networking. The
 derived files are written to a hidden temporary folder beside ``OUT_DIR``
 and moved into place only when every file has been written and read back,
 so a failure leaves nothing behind.

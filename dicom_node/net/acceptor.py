@@ -3,7 +3,7 @@
 One listening socket, one accept thread, and one thread per association with
 blocking, timed socket reads (as dcmtk ``storescp`` does): nothing polls or
 sleeps on the receive path. What the node does with an association is left to
-an :class:`AssociationHandler` (:mod:`dicom_node.scp` records it in the job log
+an :class:`AssociationHandler` (:mod:`dicom_node.receive.scp` records it in the job log
 and spools the instances); this module speaks the protocol:
 
 * PS3.8 association establishment: the A-ASSOCIATE-RQ is checked and answered
@@ -16,7 +16,7 @@ and spools the instances); this module speaks the protocol:
 * P-DATA-TF: command sets are collected (at most 64 KiB) and decoded; C-ECHO
   is answered, a C-STORE data set is streamed fragment by fragment into a
   temporary file behind a DICOM file meta header (bounded memory, whatever the
-  instance size; :mod:`dicom_node.ul_incoming`), its first 64 KiB also kept in
+  instance size; :mod:`dicom_node.net.incoming`), its first 64 KiB also kept in
   memory, then handed to the handler, whose status is sent back.
   Requests of other services get "unrecognized operation" (0x0211).
 * A-RELEASE-RQ is answered and ends the association; A-ABORT, a closed
@@ -27,11 +27,11 @@ and spools the instances); this module speaks the protocol:
 
 Where each part lives: this module is the acceptor (listening socket, accept
 thread, one thread per association, shutdown) and re-exports the public names;
-:mod:`dicom_node.ul_types` the settings, handler interface and codes,
-:mod:`dicom_node.ul_association` one connection's thread and its PDU loop,
-:mod:`dicom_node.ul_negotiation` the A-ASSOCIATE answer,
-:mod:`dicom_node.ul_exchange` the P-DATA/DIMSE exchange, and
-:mod:`dicom_node.ul_pdu` / :mod:`dicom_node.ul_dimse` / :mod:`dicom_node.ul_incoming`
+:mod:`dicom_node.net.interface` the settings, handler interface and codes,
+:mod:`dicom_node.net.association` one connection's thread and its PDU loop,
+:mod:`dicom_node.net.negotiation` the A-ASSOCIATE answer,
+:mod:`dicom_node.net.exchange` the P-DATA/DIMSE exchange, and
+:mod:`dicom_node.net.pdu` / :mod:`dicom_node.net.dimse` / :mod:`dicom_node.net.incoming`
 the codecs and the temporary files.
 
 Logs name AE titles, addresses and UIDs only, never patient data.

@@ -1,5 +1,5 @@
 """DIMSE command sets (PS3.7 section 6.3 and annex E) and the DICOM file meta header
-(PS3.10 section 7.1), for the node's native acceptor (:mod:`dicom_node.ul`).
+(PS3.10 section 7.1), for the node's native acceptor (:mod:`dicom_node.net.acceptor`).
 
 A command set is always Implicit VR Little Endian and holds group 0000
 elements only, so a small hand-written codec is enough: :func:`decode_command`

@@ -1,4 +1,5 @@
-"""Where the native acceptor (:mod:`dicom_node.ul`) puts a C-STORE data set while it arrives.
+"""Where the native acceptor (:mod:`dicom_node.net.acceptor`) puts a C-STORE data set while it
+arrives.
 
 * :class:`TempFiles` names the temporary files of one acceptor: a per-process
   prefix and a counter, each file created with ``O_CREAT | O_EXCL`` (mode 0600),
@@ -6,9 +7,9 @@
   per instance (as :func:`tempfile.mkstemp` does).
 * :class:`Incoming` is the data set of the command being received: its
   fragments are appended to the temporary file (behind the file meta header)
-  and the first :data:`~dicom_node.store_header.HEAD_BYTES` are also kept in
+  and the first :data:`~dicom_node.dicom.header.HEAD_BYTES` are also kept in
   memory, so the handler reads the few header attributes it records without
-  reading the file again (:func:`dicom_node.store_header.parse_head`).
+  reading the file again (:func:`dicom_node.dicom.header.parse_head`).
 """
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
-"""Association establishment for the native acceptor (:mod:`dicom_node.ul`), PS3.8 section 9.3:
-which A-ASSOCIATE-RQ the acceptor itself refuses, and the A-ASSOCIATE-AC it answers with.
+"""Association establishment for the native acceptor (:mod:`dicom_node.net.acceptor`), PS3.8
+section 9.3: which A-ASSOCIATE-RQ the acceptor itself refuses, and the A-ASSOCIATE-AC it
+answers with.
 
-Pure functions of the request and the :class:`~dicom_node.ul_types.AcceptorSettings`; the
-association (:mod:`dicom_node.ul_association`) sends what they return and tells its handler.
+Pure functions of the request and the :class:`~dicom_node.net.interface.AcceptorSettings`; the
+association (:mod:`dicom_node.net.association`) sends what they return and tells its handler.
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def acceptor_rejection(rq: AssociateRQ, settings: AcceptorSettings,
 
 def peer_max_pdu(rq: AssociateRQ) -> int:
     """The requestor's maximum PDU length (0: no limit); raises
-    :class:`~dicom_node.ul_types.ProtocolViolation` if it leaves no room for a PDV."""
+    :class:`~dicom_node.net.interface.ProtocolViolation` if it leaves no room for a PDV."""
     peer_max = rq.user.max_pdu_length or 0
     if 0 < peer_max <= PDV_HEADER.size:
         raise ProtocolViolation(f"maximum length {peer_max} leaves no room for a PDV",

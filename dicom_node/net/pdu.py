@@ -1,5 +1,5 @@
 """DICOM upper-layer PDUs (PS3.8 section 9.3), encoded and decoded by hand, for the node's
-native acceptor (:mod:`dicom_node.ul`) and requestor (:mod:`dicom_node.ul_requestor`).
+native acceptor (:mod:`dicom_node.net.acceptor`) and requestor (:mod:`dicom_node.net.requestor`).
 
 What an association acceptor needs is here, and what the node's C-STORE requestor
 (and a test playing one) needs:
@@ -12,7 +12,7 @@ What an association acceptor needs is here, and what the node's C-STORE requesto
   skipped by their length.
 * A-ASSOCIATE-RJ, A-RELEASE-RQ/-RP, A-ABORT and P-DATA-TF (PDV items).
 
-DIMSE command sets, carried in P-DATA-TF, are in :mod:`dicom_node.ul_dimse`.
+DIMSE command sets, carried in P-DATA-TF, are in :mod:`dicom_node.net.dimse`.
 
 Every decoder raises :class:`PDUError` for malformed input: wrong lengths,
 items that overrun their parent, values that are not what PS3.8 allows. It

@@ -1,5 +1,5 @@
 """A native DICOM requestor for the node's exports: C-STORE over one association, on the
-codecs of the node's acceptor (:mod:`dicom_node.ul_pdu`, :mod:`dicom_node.ul_dimse`).
+codecs of the node's acceptor (:mod:`dicom_node.net.pdu`, :mod:`dicom_node.net.dimse`).
 
 Everything runs in the calling thread with blocking socket I/O, every read and
 write bounded by ``timeout`` seconds: connect (and the TLS handshake),

@@ -1,20 +1,20 @@
 """The C-STORE of both receivers: spool the data set, make it durable, record it, answer.
 
-:func:`store_instance` is what :mod:`dicom_node.scp` (native receiver) and
-:mod:`dicom_node.scp_pynetdicom` call for every received data set, given a
+:func:`store_instance` is what :mod:`dicom_node.receive.scp` (native receiver) and
+:mod:`dicom_node.receive.pynetdicom_scp` call for every received data set, given a
 :class:`StoreRequest`. It never raises: every failure becomes one of the named
 statuses below and a log line with UIDs only.
 
 1. The header attributes the job log keeps come from the data set's first
    bytes, which the native receiver keeps in memory
-   (:func:`dicom_node.store_header.parse_head`), or from ``dcmread`` of the
+   (:func:`dicom_node.dicom.header.parse_head`), or from ``dcmread`` of the
    file when those bytes do not settle it.
 2. The file is renamed into the spool; then its fsync, its folder's fsync
    (group-committed across associations) and the job-log insert run at the
    same time (two pool threads and this thread), and the status waits for all
    three. The insert is committed; its log sync is left to the next full commit
-   (:mod:`dicom_node.joblog_fast`), the spool file being the record until then
-   (:mod:`dicom_node.spool_recovery`).
+   (:mod:`dicom_node.store.joblog_fast`), the spool file being the record until then
+   (:mod:`dicom_node.receive.spool_recovery`).
 3. An instance refused with 0x0111 (its SOP Instance UID is recorded in another
    series) is removed from the spool again.
 """

@@ -2,7 +2,7 @@
 
 The C-STORE success status is sent once the spool file is durable and its
 job-log row committed, but that row is synced to disk lazily (see
-:mod:`dicom_node.joblog_fast`): an OS crash or a power loss can lose the last
+:mod:`dicom_node.store.joblog_fast`): an OS crash or a power loss can lose the last
 rows while their files are safe. A file can also be left unrecorded when the
 node died between spooling and recording it (that instance was never
 acknowledged). :func:`recover_spool` runs before the node listens and the

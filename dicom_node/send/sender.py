@@ -1,13 +1,13 @@
 """C-STORE export of a derived series: one association, every status checked.
 
 :func:`send_files` sends the files to one destination and returns a
-:class:`~dicom_node.joblog.DeliveryOutcome` with the status of each instance:
+:class:`~dicom_node.store.joblog.DeliveryOutcome` with the status of each instance:
 ``ok`` when every instance was stored (success or warning), ``partial`` when
 the destination refused some, ``failed`` when no association could be made
 or nothing was stored. Retries, back-off and the attempt log are the
-scheduler's (:mod:`dicom_node.scheduler`); this module makes one attempt.
+scheduler's (:mod:`dicom_node.schedule.scheduler`); this module makes one attempt.
 
-The association is the node's own requestor (:mod:`dicom_node.ul_requestor`):
+The association is the node's own requestor (:mod:`dicom_node.net.requestor`):
 blocking I/O in the calling thread. Each file's data set is sent as it is
 encoded when the destination accepted the file's transfer syntax, else decoded
 and re-encoded in the (uncompressed little endian) syntax it accepted.

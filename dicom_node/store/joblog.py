@@ -170,7 +170,7 @@ class JobLog:
         series or study (nothing is changed), one of :data:`DATABASE_ERRORS` when the
         database fails. Committed when it returns; on disk too, except a new instance of
         a receiving series, whose row an OS crash can still lose until the log's next
-        sync (the spool is then the record: :mod:`dicom_node.joblog_fast`).
+        sync (the spool is then the record: :mod:`dicom_node.store.joblog_fast`).
         """
         now = utcnow()
         if self._record_new_instance(rec, now):
@@ -217,7 +217,7 @@ class JobLog:
 
     def _record_new_instance(self, rec: InstanceRecord, now: dt.datetime) -> bool:
         """The common case, a new instance of a series that is receiving (no state change),
-        on raw sqlite3 (:mod:`dicom_node.joblog_fast`). False, with nothing written, for
+        on raw sqlite3 (:mod:`dicom_node.store.joblog_fast`). False, with nothing written, for
         every other case, which :meth:`record_instance` then handles in full."""
         return self._writer.record_new(rec, now)
 

@@ -1,13 +1,13 @@
 """The job log's hot path: recording a new instance of a receiving series, on raw sqlite3.
 
-:meth:`dicom_node.joblog.JobLog.record_instance` runs once per received
+:meth:`dicom_node.store.joblog.JobLog.record_instance` runs once per received
 instance, before the C-STORE is answered. Its common case — a new SOP Instance
 UID in a series that is ``receiving`` — is three statements in one
 ``BEGIN IMMEDIATE`` transaction; through SQLAlchemy (pool checkout, events,
 statement cache, result objects) it cost several times what SQLite itself
 does. :class:`InstanceWriter` runs it on one plain ``sqlite3`` connection per
 database file and process, with the pragmas of every job-log connection
-(:func:`dicom_node.db.configure_connection`) but one: ``synchronous=NORMAL``.
+(:func:`dicom_node.store.db.configure_connection`) but one: ``synchronous=NORMAL``.
 A lock serializes the callers (SQLite has one writer at a time anyway; waiting
 on a lock wakes up at once, SQLite's busy handler sleeps).
 
@@ -77,7 +77,7 @@ class InstanceWriter:
         self._lock = threading.Lock()
 
     def record_new(self, rec: Any, now: dt.datetime) -> bool:
-        """Record ``rec`` (an :class:`~dicom_node.joblog.InstanceRecord`) if it is a new
+        """Record ``rec`` (an :class:`~dicom_node.store.joblog.InstanceRecord`) if it is a new
         instance of a ``receiving`` series, and commit (``synchronous=NORMAL``); False,
         with nothing written, in every other case. Raises ``sqlite3.Error``."""
         conn = self._conn
@@ -111,7 +111,7 @@ _WRITERS_LOCK = threading.Lock()
 
 def writer_for(path: str | Path) -> InstanceWriter:
     """The process-wide writer of the job log at ``path`` (opened on first use; the tables
-    must exist, i.e. :func:`dicom_node.db.get_engine` ran first)."""
+    must exist, i.e. :func:`dicom_node.store.db.get_engine` ran first)."""
     path = Path(path).resolve()
     with _WRITERS_LOCK:
         writer = _WRITERS.get(path)

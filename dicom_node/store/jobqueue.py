@@ -1,6 +1,6 @@
 """The job queue on top of the job log: claim, finish, deliver, recover, re-send.
 
-Every change goes through :func:`dicom_node.db.check_transition`. Work that a
+Every change goes through :func:`dicom_node.store.db.check_transition`. Work that a
 crash interrupts stays visible in the log and :meth:`JobQueue.recover` puts it
 back: jobs left ``running`` are queued again (their output folder is rebuilt,
 their derived Series Instance UID kept), deliveries left ``running`` are marked
@@ -45,7 +45,7 @@ def _move(job: Job, new: JobState, reason: str | None) -> None:
 
 
 class JobQueue:
-    """Queue operations on a :class:`~dicom_node.joblog.JobLog`."""
+    """Queue operations on a :class:`~dicom_node.store.joblog.JobLog`."""
 
     def __init__(self, log: JobLog) -> None:
         self.log = log
@@ -206,7 +206,7 @@ class JobQueue:
                                   .order_by(Job.id)))
 
     def job(self, job_id: int) -> JobSpec:
-        """A snapshot of one job; raises :class:`~dicom_node.joblog.UnknownJob`."""
+        """A snapshot of one job; raises :class:`~dicom_node.store.joblog.UnknownJob`."""
         with self.log.transaction() as s:
             return job_spec(self._get(s, job_id))
 

@@ -3,7 +3,7 @@
 :func:`run_demo` starts, in this process and on loopback:
 
 1. a receiving storage SCP (pynetdicom, AE ``DEMO_SCP``) writing into ``received/``;
-2. the node (:class:`dicom_node.service.Node`) built from the embedded defaults
+2. the node (:class:`dicom_node.node.Node`) built from the embedded defaults
    (:meth:`Config.default`) with one route: every MR series → ``target`` → the receiver;
 
 then simulates a T1w head (``synthesis.simulate``), writes it as a DICOM MR

@@ -2,7 +2,7 @@
 the node as a process, and waiting for its jobs.
 
 The generic pieces (dcmtk storescp/storescu, Orthanc, C-ECHO, waiting with a
-deadline, processes stopped by PID) live in :mod:`dicom_node.peers`, shared with
+deadline, processes stopped by PID) live in :mod:`tests.helpers.peers`, shared with
 the benchmarks; they are re-exported here for the tests.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The native upper-layer acceptor (dicom_node.ul, ul_pdu, ul_dimse): PDU and command-set
+"""The native upper-layer acceptor (dicom_node.net.acceptor, ul_pdu, ul_dimse): PDU and command-set
 codecs and malformed input; negotiation, rejections, C-ECHO, C-STORE, timeouts, TLS and
 shutdown over loopback, with pynetdicom, dcmtk and raw sockets as the requestor."""
 from __future__ import annotations

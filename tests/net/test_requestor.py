@@ -1,5 +1,5 @@
-"""The native requestor behind the exports (dicom_node.ul_requestor, used by
-dicom_node.sender) against the node's own acceptor as the destination: data sets sent as
+"""The native requestor behind the exports (dicom_node.net.requestor, used by
+dicom_node.send.sender) against the node's own acceptor as the destination: data sets sent as
 they are or re-encoded, the peer's maximum PDU length, rejections, a destination that
 fails or falls silent mid-series, and no usable presentation context."""
 from __future__ import annotations

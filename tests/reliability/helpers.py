@@ -47,7 +47,7 @@ def echo_ok(port: int, called: str = NODE_AET, calling: str = "ECHOSCU",
 
 
 class RelNode:
-    """A :class:`~dicom_node.service.Node` configured in ``workdir`` (TOML written there)
+    """A :class:`~dicom_node.node.Node` configured in ``workdir`` (TOML written there)
     routing every MR series to T2 at ``dest_port`` (AE ``TESTPACS``)."""
 
     def __init__(self, workdir: Path, *, dest_port: int | None = None, synthesizer: Any = None,

@@ -1,4 +1,4 @@
-"""Simulated DICOM MR series (dicom_node.simseries) and ``rtfsyn simulate``."""
+"""Simulated DICOM MR series (dicom_node.tools.simseries) and ``rtfsyn simulate``."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""Writing the derived series (dicom_node.derive_write): the template-encoded files hold the
+"""Writing the derived series (dicom_node.process.encode.write): the template-encoded files hold the
 bytes pydicom writes for the whole datasets, and the read-back refuses a file that is not
 what was meant."""
 from __future__ import annotations

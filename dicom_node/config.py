@@ -66,6 +66,9 @@ class NodeConfig:
     workers: int = 1  # synthesis worker threads
     max_associations: int = 10
     network_timeout_seconds: float = 60.0  # a peer silent this long is aborted
+    artim_timeout_seconds: float = 30.0  # connection -> A-ASSOCIATE-RQ; RJ/RP/ABORT -> close
+    association_timeout_seconds: float = 3600.0  # an association lasting longer is aborted
+    max_dataset_megabytes: int = 4096  # a larger C-STORE data set is refused (0xA700)
     receiver: ReceiverEngine = ReceiverEngine.NATIVE
     tls: TLSConfig | None = None
 
@@ -170,7 +173,8 @@ class Config:
 # -- parsing -------------------------------------------------------------------------------
 _NODE_KEYS = {"ae_title", "host", "port", "data_dir", "stable_seconds", "allowed_calling_aets",
               "called_aet_check", "max_pdu", "disk_watermark_percent", "workers",
-              "max_associations", "network_timeout_seconds", "receiver", "tls"}
+              "max_associations", "network_timeout_seconds", "artim_timeout_seconds",
+              "association_timeout_seconds", "max_dataset_megabytes", "receiver", "tls"}
 
 
 def _parse_tls(raw: Any) -> TLSConfig:
@@ -225,6 +229,14 @@ def _parse_node(raw: Mapping[str, Any]) -> NodeConfig:
         network_timeout_seconds=check_number("node.network_timeout_seconds",
                                              get("network_timeout_seconds"), low=0.0, high=day,
                                              low_open=True),
+        artim_timeout_seconds=check_number("node.artim_timeout_seconds",
+                                           get("artim_timeout_seconds"), low=0.0, high=3600.0,
+                                           low_open=True),
+        association_timeout_seconds=check_number("node.association_timeout_seconds",
+                                                 get("association_timeout_seconds"), low=0.0,
+                                                 high=7 * day),
+        max_dataset_megabytes=check_integer("node.max_dataset_megabytes",
+                                            get("max_dataset_megabytes"), low=1, high=1 << 20),
         receiver=_receiver(get("receiver")),
         tls=_parse_tls(raw["tls"]) if "tls" in raw else None,
     )

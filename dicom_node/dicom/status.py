@@ -12,6 +12,7 @@ class Status(enum.IntEnum):
     SUCCESS = 0x0000
     WARNING_COERCION = 0x0001  # pre-2011 generic warning, still answered by some archives
     PROCESSING_FAILURE = 0x0110
+    SOP_CLASS_NOT_SUPPORTED = 0x0122  # the affected SOP class is not the context's
     DUPLICATE_SOP_INSTANCE = 0x0111  # here: the UID is already recorded under another series
     UNRECOGNIZED_OPERATION = 0x0211
     OUT_OF_RESOURCES = 0xA700

@@ -46,15 +46,19 @@ import threading
 
 from dicom_node.net.association import Association
 from dicom_node.net.incoming import TempFiles
-from dicom_node.net.interface import (IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME,
-                                      REJECT_CALLED_AE, REJECT_CALLING_AE, REJECT_PROTOCOL_VERSION,
-                                      REJECT_TOO_MANY, AbortCause, AcceptorSettings,
-                                      AssociationHandler, ReceivedInstance)
+from dicom_node.net.interface import (ABORT_INVALID_PARAMETER, ABORT_UNEXPECTED_PDU,
+                                      ABORT_UNRECOGNIZED_PDU, IMPLEMENTATION_CLASS_UID,
+                                      IMPLEMENTATION_VERSION_NAME, REJECT_APPLICATION_CONTEXT,
+                                      REJECT_CALLED_AE, REJECT_CALLING_AE, REJECT_NO_REASON,
+                                      REJECT_PROTOCOL_VERSION, REJECT_TOO_MANY, AbortCause,
+                                      AcceptorSettings, AssociationHandler, ReceivedInstance)
+from dicom_node.net.refuser import Refuser
 
 __all__ = ["Acceptor", "AcceptorSettings", "Association", "AssociationHandler", "AbortCause",
            "ReceivedInstance", "IMPLEMENTATION_CLASS_UID", "IMPLEMENTATION_VERSION_NAME",
            "REJECT_PROTOCOL_VERSION", "REJECT_CALLING_AE", "REJECT_CALLED_AE",
-           "REJECT_TOO_MANY"]
+           "REJECT_TOO_MANY", "REJECT_NO_REASON", "REJECT_APPLICATION_CONTEXT",
+           "ABORT_INVALID_PARAMETER", "ABORT_UNEXPECTED_PDU", "ABORT_UNRECOGNIZED_PDU"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +82,10 @@ class Acceptor:
         self._threads: dict[Association, threading.Thread] = {}
         self._changed = threading.Condition()
         self._counter = 0
+        self._slots_used = 0  # established associations (or being answered with an AC)
         self.temp_files = TempFiles(settings.temp_dir)
-        self._max_connections = max(64, 4 * settings.max_associations)
+        self._max_connections = settings.max_connections or max(64, 4 * settings.max_associations)
+        self._refuser = Refuser(settings.artim_timeout)
 
     def start(self) -> None:
         """Bind and listen; start the accept thread."""
@@ -107,10 +113,19 @@ class Acceptor:
         with self._changed:
             return list(self._threads)
 
-    def live_count(self) -> int:
-        """How many connections are being served, this one included."""
+    def reserve_slot(self) -> bool:
+        """Take one of the ``max_associations`` slots for an association about to be
+        accepted; False when all are taken."""
         with self._changed:
-            return len(self._threads)
+            if self._slots_used >= self.settings.max_associations:
+                return False
+            self._slots_used += 1
+            return True
+
+    def release_slot(self) -> None:
+        """Give back a slot taken by :meth:`reserve_slot` (the association ended)."""
+        with self._changed:
+            self._slots_used = max(0, self._slots_used - 1)
 
     def _accept_loop(self) -> None:
         assert self._listener is not None
@@ -134,16 +149,24 @@ class Acceptor:
 
     def _spawn(self, sock: socket.socket, address: tuple) -> None:
         with self._changed:
-            if len(self._threads) >= self._max_connections:
-                logger.warning("refusing a connection from %s: %d connections open",
-                               address[0], len(self._threads))
+            over = len(self._threads) >= self._max_connections
+            if over:  # make room: the connection waiting longest for its A-ASSOCIATE-RQ goes
+                waiting = [a for a in self._threads if a.awaiting_request]
+                if waiting:
+                    min(waiting, key=lambda a: a.number).request_close()
+                    over = False
+            if not over:
+                self._counter += 1
+                assoc = Association(self, sock, address, self._counter)
+                thread = threading.Thread(target=self._run, args=(assoc,), daemon=True,
+                                          name=f"dicom-assoc-{self._counter}")
+                self._threads[assoc] = thread
+        if over:  # answered by one thread for all of them (A-ASSOCIATE-RJ), or closed
+            if self.ssl_context is None:
+                self._refuser.take(sock, address)
+            else:
                 sock.close()
-                return
-            self._counter += 1
-            assoc = Association(self, sock, address, self._counter)
-            thread = threading.Thread(target=self._run, args=(assoc,), daemon=True,
-                                      name=f"dicom-assoc-{self._counter}")
-            self._threads[assoc] = thread
+            return
         thread.start()
 
     def _run(self, assoc: Association) -> None:
@@ -177,6 +200,7 @@ class Acceptor:
             thread.join(timeout=max(30.0, self.settings.network_timeout))
             if thread.is_alive():
                 logger.error("%r did not end after its abort", assoc)
+        self._refuser.stop()
         self._wake_r.close()
         self._wake_w.close()
         self._listener = None

@@ -1,12 +1,25 @@
 """One connection of the native acceptor (:mod:`dicom_node.net.acceptor`) and its association,
 served by its own thread with blocking reads bounded by the network timeout.
 
-The thread reads the A-ASSOCIATE-RQ, answers it (:mod:`dicom_node.net.negotiation`),
-then reads PDUs until release or abort: P-DATA-TF PDVs go to the
-:class:`~dicom_node.net.exchange.MessageReceiver`, A-RELEASE-RQ is answered, and
-A-ABORT, a closed connection, a malformed or unexpected PDU, a PDV for a context
-that was not accepted, or a silent peer end it (an A-ABORT is sent where the
-connection allows). An unexpected error aborts this association only, logged.
+The thread follows PS3.8's state machine for an acceptor:
+
+* Sta2: the A-ASSOCIATE-RQ must be complete within ARTIM (``artim_timeout`` from the
+  connection, TLS handshake included, however slowly the bytes drip); an A-ABORT is not
+  answered, any other PDU is answered with A-ABORT.
+* The request is answered (:mod:`dicom_node.net.negotiation`): A-ASSOCIATE-RJ, or
+  A-ASSOCIATE-AC once one of ``max_associations`` slots is taken (connections that have not
+  associated hold no slot).
+* Sta6: PDUs until release or abort, the whole association within
+  ``association_timeout``: P-DATA-TF (at most ``max_pdu`` long) PDVs go to the
+  :class:`~dicom_node.net.exchange.MessageReceiver`; A-RELEASE-RQ is answered with
+  A-RELEASE-RP unless a DIMSE message is unfinished (then A-ABORT); A-ABORT, a closed
+  connection, a malformed or unexpected PDU, a PDV for a context that was not accepted, a
+  silent peer or a deadline end it (an A-ABORT is sent where the connection allows).
+* Sta13: after sending A-ASSOCIATE-RJ, A-RELEASE-RP or A-ABORT the acceptor waits for the
+  peer to close the connection, at most ARTIM, reading and dropping what arrives.
+
+An unexpected error aborts this association only, logged. AE titles are logged (and
+handed to the handler) with control characters escaped.
 """
 from __future__ import annotations
 
@@ -14,18 +27,23 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from typing import BinaryIO
 
 from dicom_node.net.exchange import MessageReceiver
-from dicom_node.net.negotiation import (acceptor_rejection, associate_ac, negotiate_contexts,
-                                        peer_max_pdu)
+from dicom_node.net.interface import (ABORT_INVALID_PARAMETER, ABORT_UNEXPECTED_PDU,
+                                      ABORT_UNRECOGNIZED_PDU, REJECT_PROTOCOL_VERSION,
+                                      REJECT_TOO_MANY, AbortCause, PeerClosed, ProtocolViolation)
+from dicom_node.net.negotiation import (acceptor_rejection, associate_ac, check_context_ids,
+                                        negotiate_contexts, peer_max_pdu, printable_ae_title)
 from dicom_node.net.pdu import (A_ABORT, A_ASSOCIATE_RQ, A_RELEASE_RQ, P_DATA_TF, PDU_HEADER,
                                 PDU_TYPES, PDV_HEADER, AssociateRQ, PDUError, decode_associate_rq,
                                 encode_abort, encode_associate_rj, encode_release_rp,
                                 fragment_message)
 from dicom_node.net.interface import (ABORT_INVALID_PARAMETER, ABORT_UNEXPECTED_PDU,
-                                      ABORT_UNRECOGNIZED_PDU, REJECT_PROTOCOL_VERSION, AbortCause,
-                                      AcceptorView, PeerClosed, ProtocolViolation)
+                                      ABORT_UNRECOGNIZED_PDU, REJECT_PROTOCOL_VERSION,
+                                      REJECT_TOO_MANY, AbortCause, AcceptorView, PeerClosed,
+                                      ProtocolViolation)
 
 __all__ = ["Association"]
 
@@ -33,6 +51,10 @@ logger = logging.getLogger("dicom_node.net.acceptor")  # one log for the accepto
 
 _MAX_CONTROL_PDU = 1 << 20   # an A-ASSOCIATE-RQ (or other non-data PDU) larger is refused
 _READ_BUFFER = 1 << 18       # socket read buffer per association, bytes
+
+
+class DeadlineExpired(TimeoutError):
+    """ARTIM or the association's deadline is over (the message says which)."""
 
 
 class Association:
@@ -59,6 +81,12 @@ class Association:
         self._ended = False      # ... and was told how it ended
         self._stopping = False
         self._messages: MessageReceiver | None = None
+        self._deadline: float | None = None  # monotonic time the current phase must end by
+        self._deadline_what = ""
+        self._timeout = self.settings.network_timeout  # the socket's timeout now
+        self.awaiting_request = True  # Sta2: no A-ASSOCIATE-RQ decoded yet
+        self._slot = False     # holds one of the acceptor's association slots
+        self._linger = False   # Sta13: wait for the peer to close before closing
 
     def __repr__(self) -> str:
         return (f"association {self.number} from {self.calling_ae_title or '?'} "
@@ -73,8 +101,12 @@ class Association:
             self._abort(AbortCause.PROTOCOL_ERROR, str(exc), reason=exc.reason)
         except PDUError as exc:
             self._abort(AbortCause.PROTOCOL_ERROR, str(exc), reason=ABORT_INVALID_PARAMETER)
-        except TimeoutError:
-            self._abort(AbortCause.TIMEOUT,
+        except DeadlineExpired as exc:
+            self._abort(AbortCause.TIMEOUT, str(exc))
+        except TimeoutError:  # a socket read; shortened to what was left of a deadline?
+            shortened = self._deadline is not None and \
+                self._timeout < self.settings.network_timeout
+            self._abort(AbortCause.TIMEOUT, self._deadline_what if shortened else
                         f"no data for {self.settings.network_timeout:g} s")
         except (PeerClosed, OSError) as exc:
             cause = AbortCause.SHUTDOWN if self._stopping else AbortCause.CONNECTION_LOST
@@ -86,6 +118,11 @@ class Association:
         finally:
             if self._messages is not None:
                 self._messages.discard()
+            if self._slot:
+                self._slot = False
+                self.acceptor.release_slot()
+            if self._linger:
+                self._wait_for_close()
             self._close()
 
     def request_abort(self) -> None:
@@ -104,26 +141,49 @@ class Association:
         except OSError:
             pass
 
+    def request_close(self) -> None:
+        """From another thread: close a connection still waiting for its A-ASSOCIATE-RQ
+        (its room is needed); its thread ends as at ARTIM's expiry."""
+        if self.awaiting_request:
+            logger.info("closing the connection from %s:%d (no A-ASSOCIATE-RQ yet) to serve "
+                        "a newer one", self.peer_host, self.peer_port)
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
     def _serve(self) -> None:
-        self._sock.settimeout(self.settings.network_timeout)
+        started = time.monotonic()
+        self._set_deadline(started + self.settings.artim_timeout, "ARTIM")
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.acceptor.ssl_context is not None and not self._handshake():
             return
         self._rfile = self._sock.makefile("rb", buffering=_READ_BUFFER)
         try:
             pdu_type, length = self._read_header()
-        except (PeerClosed, TimeoutError, OSError) as exc:
-            logger.info("connection from %s:%d closed before an A-ASSOCIATE-RQ (%s)",
-                        self.peer_host, self.peer_port, type(exc).__name__)
+            if pdu_type == A_ABORT:  # AA-2: close, no answer
+                self._read_control(length)
+                logger.info("connection from %s:%d aborted before association", self.peer_host,
+                            self.peer_port)
+                self._ended = True
+                return
+            if pdu_type != A_ASSOCIATE_RQ:
+                raise ProtocolViolation(f"expected an A-ASSOCIATE-RQ, received PDU type "
+                                        f"0x{pdu_type:02X}", _unexpected(pdu_type))
+            if length > _MAX_CONTROL_PDU:
+                raise ProtocolViolation(f"A-ASSOCIATE-RQ of {length} bytes is larger than "
+                                        f"{_MAX_CONTROL_PDU}", ABORT_INVALID_PARAMETER)
+            body = self._read_exact(length)
+        except (PeerClosed, TimeoutError, OSError) as exc:  # ARTIM expired: AA-2, no answer
+            logger.info("connection from %s:%d closed before a complete A-ASSOCIATE-RQ (%s)",
+                        self.peer_host, self.peer_port, exc or type(exc).__name__)
             self._ended = True
             return
-        if pdu_type != A_ASSOCIATE_RQ:
-            raise ProtocolViolation(f"expected an A-ASSOCIATE-RQ, received PDU type "
-                                    f"0x{pdu_type:02X}", _unexpected(pdu_type))
-        if length > _MAX_CONTROL_PDU:
-            raise ProtocolViolation(f"A-ASSOCIATE-RQ of {length} bytes is larger than "
-                                    f"{_MAX_CONTROL_PDU}", ABORT_INVALID_PARAMETER)
-        if self._negotiate(decode_associate_rq(self._read_exact(length))):
+        self.awaiting_request = False
+        if self._negotiate(decode_associate_rq(body)):
+            limit = self.settings.association_timeout
+            self._set_deadline(started + limit if limit else None,
+                               f"association open longer than {limit:g} s")
             self._exchange()
 
     def _handshake(self) -> bool:
@@ -131,6 +191,7 @@ class Association:
         context = self.acceptor.ssl_context
         assert context is not None
         try:
+            self._check_deadline()
             tls = context.wrap_socket(self._sock, server_side=True,
                                       do_handshake_on_connect=False)
             self._sock, self._is_tls = tls, True
@@ -145,22 +206,24 @@ class Association:
     # -- association establishment ---------------------------------------------------------
     def _negotiate(self, rq: AssociateRQ) -> bool:
         """Answer the request; True when the association is established."""
-        self.calling_ae_title, self.called_ae_title = rq.calling_ae_title, rq.called_ae_title
-        if rq.protocol_version != 1:  # refused below ACSE: not recorded (as pynetdicom does)
+        self.calling_ae_title = printable_ae_title(rq.calling_ae_title)
+        self.called_ae_title = printable_ae_title(rq.called_ae_title)
+        if not rq.protocol_version & 1:  # refused below ACSE: not recorded (as pynetdicom)
             logger.warning("%r: unsupported protocol version 0x%04X", self, rq.protocol_version)
-            self._send(encode_associate_rj(*REJECT_PROTOCOL_VERSION))
-            self._ended = True
+            self._refuse(REJECT_PROTOCOL_VERSION)
             return False
+        check_context_ids(rq)
         refusal = self.handler.requested(self)
         self._recorded = True
         if refusal is not None:
-            self._send(encode_associate_rj(*refusal))
-            self._ended = True
+            self._refuse(refusal)
             return False
-        rejection = acceptor_rejection(rq, self.settings, self.acceptor.live_count())
+        rejection = acceptor_rejection(rq, self.settings)
+        if rejection is None:
+            self._slot = self.acceptor.reserve_slot()
+            rejection = None if self._slot else REJECT_TOO_MANY
         if rejection is not None:
-            self._send(encode_associate_rj(*rejection))
-            self._ended = True
+            self._refuse(rejection)
             self.handler.rejected(self, rejection)
             return False
         self.peer_max_pdu = peer_max_pdu(rq)
@@ -171,22 +234,33 @@ class Association:
                      len(negotiated.results))
         return True
 
+    def _refuse(self, rejection: tuple[int, int, int]) -> None:
+        """Send A-ASSOCIATE-RJ; then Sta13 (wait for the peer to close)."""
+        self._send(encode_associate_rj(*rejection))
+        self._ended = self._linger = True
+
     # -- data transfer ---------------------------------------------------------------------
     def _exchange(self) -> None:
         """PDUs until release or abort."""
-        rfile = self._rfile
-        assert rfile is not None
-        self._messages = MessageReceiver(self, self.acceptor.temp_files, self._read_exact,
-                                         rfile.readinto,  # type: ignore[attr-defined]
-                                         self._respond)
+        messages = self._messages = MessageReceiver(self, self.acceptor.temp_files,
+                                                    self._read_exact, self._read_into,
+                                                    self._respond)
         while True:
             pdu_type, length = self._read_header()
             if pdu_type == P_DATA_TF:
+                if 0 < self.settings.max_pdu < length:
+                    raise ProtocolViolation(f"P-DATA-TF of {length} bytes is longer than the "
+                                            f"maximum length {self.settings.max_pdu}",
+                                            ABORT_INVALID_PARAMETER)
                 self._p_data(length)
             elif pdu_type == A_RELEASE_RQ:
                 self._read_control(length)
+                if messages.in_progress:
+                    raise ProtocolViolation(f"A-RELEASE-RQ in the middle of a DIMSE message "
+                                            f"({messages.in_progress})",
+                                            ABORT_UNEXPECTED_PDU)
                 self._send(encode_release_rp())
-                self._ended = True
+                self._ended = self._linger = True
                 self.handler.released(self)
                 return
             elif pdu_type == A_ABORT:
@@ -226,14 +300,48 @@ class Association:
         self._send(b"".join(fragment_message(context_id, command, None, self.peer_max_pdu)))
 
     # -- I/O ---------------------------------------------------------------------------------
+    def _set_deadline(self, deadline: float | None, what: str) -> None:
+        """Start a phase that must end by ``deadline`` (monotonic; None: no deadline)."""
+        self._deadline, self._deadline_what = deadline, what
+        self._timeout = self.settings.network_timeout
+        self._sock.settimeout(self._timeout)
+        self._check_deadline()
+
+    def _check_deadline(self) -> None:
+        """Raise :class:`DeadlineExpired` when the phase's deadline is over; shorten the
+        socket timeout to what is left of it (a syscall only then)."""
+        if self._deadline is None:
+            return
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise DeadlineExpired(self._deadline_what)
+        if left < self._timeout:
+            self._timeout = left
+            self._sock.settimeout(left)
+
     def _read_exact(self, n: int) -> bytes:
-        assert self._rfile is not None
-        data = self._rfile.read(n)
-        if len(data) < n:
-            raise PeerClosed()
-        return data
+        """``n`` bytes; one socket read at a time, each within the deadline."""
+        rfile = self._rfile
+        assert rfile is not None
+        data = rfile.read1(n) if n else b""
+        if len(data) == n:
+            return data
+        parts, got = [data], len(data)
+        while got < n:
+            if not parts[-1]:
+                raise PeerClosed()
+            self._check_deadline()
+            parts.append(rfile.read1(n - got))
+            got += len(parts[-1])
+        return b"".join(parts)
+
+    def _read_into(self, view: memoryview) -> int:
+        """Up to ``len(view)`` bytes into ``view`` with at most one socket read (0: closed)."""
+        self._check_deadline()
+        return self._rfile.readinto1(view)  # type: ignore[union-attr]
 
     def _read_header(self) -> tuple[int, int]:
+        self._check_deadline()
         pdu_type, length = PDU_HEADER.unpack(self._read_exact(PDU_HEADER.size))
         return pdu_type, length
 
@@ -248,12 +356,26 @@ class Association:
             self._sock.sendall(data)
 
     def _abort(self, cause: AbortCause, detail: str, reason: int = 0) -> None:
-        """Send an A-ABORT (service provider) where the connection still allows it; record."""
+        """Send an A-ABORT (service provider) where the connection still allows it, then
+        Sta13; record."""
         try:
             self._send(encode_abort(2, reason))
+            self._linger = not self._stopping
         except OSError:
             pass
         self._ended_without_release(cause, detail)
+
+    def _wait_for_close(self) -> None:
+        """Sta13: read and drop until the peer closes, at most ARTIM seconds."""
+        deadline = time.monotonic() + self.settings.artim_timeout
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                self._sock.settimeout(left)
+                if not self._sock.recv(65536):
+                    return
+        except OSError:  # timed out (ARTIM), reset, or shut down at stop
+            return
+        logger.debug("%r: the peer did not close within ARTIM", self)
 
     def _ended_without_release(self, cause: AbortCause, detail: str) -> None:
         if self._recorded and not self._ended:

@@ -17,7 +17,7 @@ from typing import Mapping
 from dicom_node.net.pdu import PDUError, text_value
 
 __all__ = ["C_STORE_RQ", "C_STORE_RSP", "C_ECHO_RQ", "C_ECHO_RSP", "C_CANCEL_RQ",
-           "REQUESTS_WITH_RESPONSE", "NO_DATA_SET", "AFFECTED_SOP_CLASS",
+           "REQUESTS_WITH_RESPONSE", "NO_DATA_SET", "VERIFICATION", "AFFECTED_SOP_CLASS",
            "REQUESTED_SOP_CLASS", "COMMAND_FIELD", "MESSAGE_ID", "MESSAGE_ID_RESPONDED_TO",
            "DATA_SET_TYPE", "STATUS", "AFFECTED_SOP_INSTANCE", "REQUESTED_SOP_INSTANCE",
            "decode_command", "encode_command", "command_us", "command_uid", "response",
@@ -32,6 +32,7 @@ C_CANCEL_RQ = 0x0FFF  # has no response
 REQUESTS_WITH_RESPONSE = frozenset({0x0010, 0x0020, 0x0021, 0x0100, 0x0110, 0x0120, 0x0130,
                                     0x0140, 0x0150})
 NO_DATA_SET = 0x0101  # Command Data Set Type: no data set follows
+VERIFICATION = "1.2.840.10008.1.1"  # the Verification SOP class (C-ECHO)
 # Element numbers of group 0000
 AFFECTED_SOP_CLASS, REQUESTED_SOP_CLASS = 0x0002, 0x0003
 COMMAND_FIELD, MESSAGE_ID, MESSAGE_ID_RESPONDED_TO = 0x0100, 0x0110, 0x0120

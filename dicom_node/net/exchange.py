@@ -7,6 +7,12 @@ file behind a DICOM file meta header (bounded memory, whatever the instance
 size; :mod:`dicom_node.net.incoming`), then handed to the handler, whose status
 is sent back. Requests of other services get "unrecognized operation" (0x0211),
 once their data set, if any, has been read and dropped.
+
+The request's Affected SOP Class must be the presentation context's abstract syntax
+(PS3.7 9.1.1.1, 9.1.5.1); otherwise the data set is dropped and the answer is "SOP class
+not supported" (0x0122). A data set over ``max_dataset_bytes``, or one the disk has no
+room for (``disk_room``), is answered "out of resources" (0xA700), its partial file deleted
+as soon as that is known.
 """
 from __future__ import annotations
 
@@ -46,6 +52,13 @@ class MessageReceiver:
         """Drop the data set being received, if any (the association ended)."""
         if self._incoming is not None:
             self._incoming.discard()
+
+    @property
+    def in_progress(self) -> str:
+        """What part of a DIMSE message is unfinished ("" when none)."""
+        if self._incoming is not None:
+            return "a data set"
+        return "a command set" if self._command_context is not None else ""
 
     # -- PDV fragments ---------------------------------------------------------------------
     def command_fragment(self, context_id: int, size: int, last: bool) -> None:
@@ -116,10 +129,16 @@ class MessageReceiver:
         if not sop_class or not sop_instance:
             raise ProtocolViolation("C-STORE-RQ without Affected SOP Class or Instance UID")
         settings = self.assoc.settings
-        meta = dimse.file_meta(sop_class, sop_instance, self.assoc.accepted[context_id][1],
+        abstract, transfer_syntax = self.assoc.accepted[context_id]
+        incoming = Incoming(context_id, command, dimse.C_STORE_RQ,
+                            limit=settings.max_dataset_bytes, room=settings.disk_room)
+        if sop_class != abstract:
+            incoming.refusal = (Status.SOP_CLASS_NOT_SUPPORTED,
+                                f"SOP class {sop_class} sent on the context of {abstract}")
+            return incoming
+        meta = dimse.file_meta(sop_class, sop_instance, transfer_syntax,
                                settings.implementation_class_uid,
                                settings.implementation_version_name)
-        incoming = Incoming(context_id, command, dimse.C_STORE_RQ)
         try:
             incoming.out, incoming.path = self.temp_files.create()
             incoming.out.write(meta)
@@ -136,7 +155,11 @@ class MessageReceiver:
         incoming.close()
         command, assoc = incoming.command, self.assoc
         sop_instance = dimse.command_uid(command, dimse.AFFECTED_SOP_INSTANCE) or ""
-        if incoming.error is not None or incoming.path is None:
+        if incoming.refusal is not None:
+            status, reason = incoming.refusal
+            logger.warning("%r: SOP instance %s refused (0x%04X): %s", assoc, sop_instance,
+                           status, reason)
+        elif incoming.error is not None or incoming.path is None:
             logger.error("%r: cannot write SOP instance %s to a temporary file: %s", assoc,
                          sop_instance, incoming.error)
             status = Status.OUT_OF_RESOURCES
@@ -145,13 +168,20 @@ class MessageReceiver:
                 dimse.command_uid(command, dimse.AFFECTED_SOP_CLASS) or "", sop_instance,
                 assoc.accepted[incoming.context_id][1], incoming.path,
                 size=incoming.meta_size + incoming.size, head=bytes(incoming.head),
-                head_complete=len(incoming.head) == incoming.size))
+                head_complete=len(incoming.head) == incoming.size,
+                data_offset=incoming.meta_size))
         self._respond(incoming.context_id, dimse.response(command, dimse.C_STORE_RSP, status))
 
     def _answer(self, context_id: int, command: dict[int, bytes], field: int) -> None:
         """C-ECHO-RSP, or "unrecognized operation" for another service's request."""
-        if field == dimse.C_ECHO_RQ:
+        abstract = self.assoc.accepted[context_id][0]
+        affected = dimse.command_uid(command, dimse.AFFECTED_SOP_CLASS)
+        if field == dimse.C_ECHO_RQ and abstract == affected == dimse.VERIFICATION:
             status, rsp = self.assoc.handler.echo(self.assoc), dimse.C_ECHO_RSP
+        elif field == dimse.C_ECHO_RQ:
+            logger.info("%r: C-ECHO for SOP class %s on the context of %s", self.assoc,
+                        affected, abstract)
+            status, rsp = Status.SOP_CLASS_NOT_SUPPORTED, dimse.C_ECHO_RSP
         else:
             logger.info("%r: answering command 0x%04X with 'unrecognized operation'",
                         self.assoc, field)

@@ -9,7 +9,7 @@ import enum
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Protocol
+from typing import Callable, Mapping, Protocol
 
 from dicom_node.dicom.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicom_node.net.incoming import TempFiles
@@ -18,10 +18,13 @@ __all__ = ["AbortCause", "AcceptorSettings", "ReceivedInstance", "AssociationHan
            "AssociationInfo", "EstablishedAssociation", "AcceptorView",
            "PeerClosed", "ProtocolViolation", "IMPLEMENTATION_CLASS_UID",
            "IMPLEMENTATION_VERSION_NAME", "REJECT_PROTOCOL_VERSION", "REJECT_CALLING_AE",
-           "REJECT_CALLED_AE", "REJECT_TOO_MANY", "ABORT_UNRECOGNIZED_PDU",
+           "REJECT_CALLED_AE", "REJECT_TOO_MANY", "REJECT_NO_REASON",
+           "REJECT_APPLICATION_CONTEXT", "ABORT_UNRECOGNIZED_PDU",
            "ABORT_UNEXPECTED_PDU", "ABORT_INVALID_PARAMETER"]
 
 # A-ASSOCIATE-RJ (result, source, reason/diagnostic), PS3.8 section 9.3.4
+REJECT_NO_REASON = (0x01, 0x01, 0x01)            # e.g. no presentation context proposed
+REJECT_APPLICATION_CONTEXT = (0x01, 0x01, 0x02)  # application context name not supported
 REJECT_PROTOCOL_VERSION = (0x01, 0x02, 0x02)
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)
 REJECT_CALLED_AE = (0x01, 0x01, 0x07)
@@ -43,14 +46,30 @@ class AbortCause(enum.Enum):
 
 @dataclass(frozen=True)
 class AcceptorSettings:
-    """What the acceptor negotiates. ``supported``: abstract syntax -> transfer syntaxes;
-    ``max_pdu`` 0 means no limit; ``temp_dir`` None: :func:`tempfile.gettempdir`."""
+    """What the acceptor negotiates and the limits it enforces.
+
+    ``supported``: abstract syntax -> transfer syntaxes; ``max_pdu``: the maximum PDU length
+    announced and enforced on P-DATA-TF, bytes (0: no limit); ``max_associations``:
+    established associations at once (connections that have not associated do not count);
+    ``network_timeout``: seconds a peer may stay silent; ``artim_timeout``: seconds from the
+    connection to a complete A-ASSOCIATE-RQ, and from an A-ASSOCIATE-RJ, A-RELEASE-RP or
+    A-ABORT to the peer's close (PS3.8 ARTIM); ``association_timeout``: seconds an
+    association may last (0: no limit); ``max_dataset_bytes``: largest C-STORE data set
+    (0: no limit); ``disk_room(n)``: may ``n`` more bytes be written (None: always);
+    ``max_connections``: connections served at once, the rest are answered by one thread
+    with A-ASSOCIATE-RJ (0: ``max(64, 4 * max_associations)``); ``temp_dir`` None:
+    :func:`tempfile.gettempdir`."""
 
     ae_title: str
     supported: Mapping[str, frozenset[str]]
     max_pdu: int = 16382
     max_associations: int = 10
     network_timeout: float = 60.0
+    artim_timeout: float = 30.0
+    association_timeout: float = 0.0
+    max_dataset_bytes: int = 0
+    disk_room: Callable[[int], bool] | None = None
+    max_connections: int = 0
     called_aet_check: bool = True
     allowed_calling_aets: tuple[str, ...] = ()
     temp_dir: Path | None = None
@@ -61,7 +80,8 @@ class AcceptorSettings:
 @dataclass(frozen=True)
 class ReceivedInstance:
     """A C-STORE data set received into ``path`` (file meta + the data set as sent, ``size``
-    bytes in all); ``head``: the data set's first bytes (all of it when ``head_complete``)."""
+    bytes in all, the data set from ``data_offset``); ``head``: the data set's first bytes
+    (all of it when ``head_complete``)."""
 
     sop_class_uid: str
     sop_instance_uid: str
@@ -70,6 +90,7 @@ class ReceivedInstance:
     size: int | None = None
     head: bytes = b""
     head_complete: bool = False
+    data_offset: int = 0  # where the data set starts in the file (after the file meta)
 
 
 class AssociationInfo(Protocol):
@@ -124,8 +145,12 @@ class AcceptorView(Protocol):
     ssl_context: ssl.SSLContext | None
     temp_files: TempFiles
 
-    def live_count(self) -> int:
-        """How many connections are being served, this one included."""
+    def reserve_slot(self) -> bool:
+        """Take one of the ``max_associations`` slots; False when all are taken."""
+
+    def release_slot(self) -> None:
+        """Give back a slot taken by :meth:`reserve_slot`."""
+
 
 class PeerClosed(Exception):
     """The peer closed the connection."""

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dicom_node.net.pdu import (PDV_HEADER, AssociateAC, AssociateRQ, ContextResult, RoleSelection,
-                                UserInformation, encode_associate_ac)
-from dicom_node.net.interface import (ABORT_INVALID_PARAMETER, REJECT_CALLED_AE, REJECT_CALLING_AE,
-                                      REJECT_TOO_MANY, AcceptorSettings, ProtocolViolation)
+from dicom_node.net.interface import (ABORT_INVALID_PARAMETER, REJECT_APPLICATION_CONTEXT,
+                                      REJECT_CALLED_AE, REJECT_CALLING_AE, REJECT_NO_REASON,
+                                      AcceptorSettings, ProtocolViolation)
+from dicom_node.net.pdu import (APPLICATION_CONTEXT, PDV_HEADER, AssociateAC, AssociateRQ,
+                                ContextResult, RoleSelection, UserInformation, encode_associate_ac)
 
-__all__ = ["Negotiated", "acceptor_rejection", "peer_max_pdu", "negotiate_contexts",
-           "associate_ac"]
+__all__ = ["Negotiated", "acceptor_rejection", "check_context_ids", "valid_ae_title",
+           "printable_ae_title", "peer_max_pdu", "negotiate_contexts", "associate_ac"]
 
 
 @dataclass(frozen=True)
@@ -28,18 +29,49 @@ class Negotiated:
     accepted: dict[int, tuple[str, str]]
 
 
-def acceptor_rejection(rq: AssociateRQ, settings: AcceptorSettings,
-                       live_count: int) -> tuple[int, int, int] | None:
-    """The (result, source, reason) the acceptor refuses ``rq`` with, or None. ``live_count``:
-    connections being served, this one included. Later checks take precedence."""
-    rejection = None
-    if settings.allowed_calling_aets and rq.calling_ae_title not in settings.allowed_calling_aets:
-        rejection = REJECT_CALLING_AE
-    if settings.called_aet_check and rq.called_ae_title != settings.ae_title:
-        rejection = REJECT_CALLED_AE
-    if live_count > settings.max_associations:
-        rejection = REJECT_TOO_MANY
-    return rejection
+def valid_ae_title(title: str) -> bool:
+    """PS3.5 AE: 1-16 characters of the default repertoire, no control character, no
+    backslash, not only spaces (``title`` already stripped of its padding)."""
+    return 0 < len(title) <= 16 and all(" " <= c <= "~" and c != "\\" for c in title)
+
+
+def printable_ae_title(title: str) -> str:
+    """``title`` safe for logs and the job log: control characters and backslashes escaped
+    (``\\x1b``), cut to 16 characters."""
+    return "".join(c if " " <= c <= "~" and c != "\\" else f"\\x{ord(c):02x}"
+                   for c in title)[:16]
+
+
+def acceptor_rejection(rq: AssociateRQ, settings: AcceptorSettings) -> tuple[int, int, int] | None:
+    """The (result, source, reason) the acceptor refuses ``rq`` with, or None; the first that
+    applies of: application context name not supported, called AE title not ours (or not a
+    valid AE title), calling AE title not valid or not allowed, no presentation context."""
+    if rq.application_context != APPLICATION_CONTEXT:
+        return REJECT_APPLICATION_CONTEXT
+    if not valid_ae_title(rq.called_ae_title) or (
+            settings.called_aet_check and rq.called_ae_title != settings.ae_title):
+        return REJECT_CALLED_AE
+    if not valid_ae_title(rq.calling_ae_title) or (
+            settings.allowed_calling_aets
+            and rq.calling_ae_title not in settings.allowed_calling_aets):
+        return REJECT_CALLING_AE
+    if not rq.contexts:
+        return REJECT_NO_REASON
+    return None
+
+
+def check_context_ids(rq: AssociateRQ) -> None:
+    """PS3.8 9.3.2.2: presentation context ids are odd (1-255) and unique; raises
+    :class:`~dicom_node.net.interface.ProtocolViolation` (invalid PDU parameter value)."""
+    seen: set[int] = set()
+    for cx in rq.contexts:
+        if not cx.context_id & 1:
+            raise ProtocolViolation(f"presentation context id must be odd (1-255). Found "
+                                    f"{cx.context_id}.", ABORT_INVALID_PARAMETER)
+        if cx.context_id in seen:
+            raise ProtocolViolation(f"presentation context id {cx.context_id} proposed twice",
+                                    ABORT_INVALID_PARAMETER)
+        seen.add(cx.context_id)
 
 
 def peer_max_pdu(rq: AssociateRQ) -> int:
@@ -60,9 +92,6 @@ def negotiate_contexts(rq: AssociateRQ, settings: AcceptorSettings) -> Negotiate
     results: list[ContextResult] = []
     accepted: dict[int, tuple[str, str]] = {}
     for cx in rq.contexts:
-        if cx.context_id in {r.context_id for r in results}:
-            raise ProtocolViolation(f"presentation context id {cx.context_id} proposed twice",
-                                    ABORT_INVALID_PARAMETER)
         supported = settings.supported.get(cx.abstract_syntax)
         chosen = next((ts for ts in cx.transfer_syntaxes if ts in supported), None) \
             if supported is not None else None

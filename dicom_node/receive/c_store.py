@@ -15,7 +15,10 @@ statuses below and a log line with UIDs only.
    three. The insert is committed; its log sync is left to the next full commit
    (:mod:`dicom_node.store.joblog_fast`), the spool file being the record until then
    (:mod:`dicom_node.receive.spool_recovery`).
-3. An instance refused with 0x0111 (its SOP Instance UID is recorded in another
+3. Before it is spooled, the data set's element structure is walked to its last byte
+   (:func:`dicom_node.dicom.dataset_check.data_set_problem`): a truncated data set, or a
+   Pixel Data length that lies, is refused with 0xC000 ("cannot understand").
+4. An instance refused with 0x0111 (its SOP Instance UID is recorded in another
    series) is removed from the spool again.
 """
 from __future__ import annotations
@@ -25,12 +28,13 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from dicom_node.store.joblog import DATABASE_ERRORS, InstanceConflict
-from dicom_node.store.spool import Placed, SpoolError
+from dicom_node.dicom.dataset_check import data_set_problem
 from dicom_node.dicom.header import StoreHeader, parse_head, read_header
 from dicom_node.dicom.status import Status
 from dicom_node.receive.receiver import Receiver
 from dicom_node.receive.record import instance_record
+from dicom_node.store.joblog import DATABASE_ERRORS, InstanceConflict
+from dicom_node.store.spool import Placed, SpoolError
 
 __all__ = ["StoreRequest", "store_instance"]
 
@@ -44,7 +48,8 @@ class StoreRequest:
     transfer syntax, and the data set behind its file meta, either streamed to ``path``
     (``size`` bytes, when the receiver counted them) or ``encoded`` in memory;
     ``association_id`` is the job-log row it belongs to. ``head``: the data set's first
-    bytes, when the receiver kept them (all of it when ``head_complete``)."""
+    bytes, when the receiver kept them (all of it when ``head_complete``); ``data_offset``:
+    where the data set starts in the file (None: after its file meta group)."""
 
     sop_class_uid: str
     sop_instance_uid: str
@@ -55,6 +60,7 @@ class StoreRequest:
     size: int | None = None
     head: bytes = b""
     head_complete: bool = False
+    data_offset: int | None = None
 
 
 def store_instance(rx: Receiver, request: StoreRequest) -> int:
@@ -98,6 +104,10 @@ def _store(rx: Receiver, rq: StoreRequest) -> int:
         logger.warning("SOP instance %s: data set SOP class %s differs from the request's %s",
                        sop_uid, ds_class, sop_class)
         return Status.DATASET_DOES_NOT_MATCH_SOP_CLASS
+    problem = _structure_problem(rq)
+    if problem is not None:
+        logger.warning("cannot understand SOP instance %s: %s", sop_uid, problem)
+        return Status.CANNOT_UNDERSTAND
     try:
         if rq.path:
             placed = rx.spool.place_file(rq.path, study_uid, series_uid, sop_uid, size=rq.size)
@@ -120,6 +130,18 @@ def _store(rx: Receiver, rq: StoreRequest) -> int:
     if status == Status.DUPLICATE_SOP_INSTANCE:  # refused: its file must not stay in the spool
         placed.path.unlink(missing_ok=True)
     return status
+
+
+def _structure_problem(rq: StoreRequest) -> str | None:
+    """What makes the data set not whole (truncated, a length that lies); None when whole."""
+    try:
+        if rq.path is None:
+            return data_set_problem(rq.transfer_syntax, encoded=rq.encoded or b"")
+        head = rq.head if rq.data_offset is not None else b""
+        return data_set_problem(rq.transfer_syntax, path=rq.path, head=head,
+                                offset=rq.data_offset, size=rq.size)
+    except Exception as exc:  # arbitrary bytes from the network can fail in any way
+        return f"the data set cannot be read ({type(exc).__name__})"
 
 
 def _record(rx: Receiver, rq: StoreRequest, header: StoreHeader, placed: Placed) -> int:

@@ -12,6 +12,15 @@ Thin adapters from pynetdicom's events to the shared logic of
 * Callers outside ``allowed_calling_aets``, requests for another called AE
   title and associations over ``max_associations`` are rejected by pynetdicom
   itself (its ACSE), then recorded here.
+* Guards against what the fuzz suite found (tests/network/test_fuzz.py,
+  docs/NETWORK.md): every socket read is bounded by the network timeout, ARTIM is
+  ``artim_timeout_seconds`` (pynetdicom: a fixed 30 s), and the temporary file of a
+  data set left unfinished by an abort or a lost connection is deleted (pynetdicom
+  leaves it behind). A truncated data set is refused by the shared store
+  (:func:`~dicom_node.receive.c_store.store_instance`). What cannot be guarded from outside
+  pynetdicom (threads that die on garbage command sets, idle connections that take
+  association slots, whole PDUs held in memory) makes this receiver one for trusted
+  networks only.
 """
 from __future__ import annotations
 
@@ -23,17 +32,17 @@ from typing import Any
 from pynetdicom import AE, evt
 
 from dicom_node.config import Config
-from dicom_node.store.db import AssociationState
-from dicom_node.receive.pynetdicom_tuning import stream_to_disk, stop_streaming, tune_association
 from dicom_node.dicom.status import Status
 from dicom_node.receive.c_store import StoreRequest, store_instance
+from dicom_node.receive.pynetdicom_tuning import stop_streaming, stream_to_disk, tune_association
 from dicom_node.receive.receiver import (ABORTED_REASON, Peer, Receiver, association_ended,
                                          association_rejected, association_requested,
                                          supported_contexts)
+from dicom_node.store.db import AssociationState
 
-__all__ = ["PynetdicomServer", "handle_requested", "handle_released", "handle_aborted",
-           "handle_rejected", "handle_conn_close", "handle_conn_open", "handle_echo",
-           "handle_store"]
+__all__ = ["PynetdicomServer", "discard_partial_data_set", "handle_requested", "handle_released",
+           "handle_aborted", "handle_rejected", "handle_conn_close", "handle_conn_open",
+           "handle_echo", "handle_store"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,11 +67,30 @@ def handle_requested(event: Any, rx: Receiver) -> None:
 
 def handle_released(event: Any, rx: Receiver) -> None:
     """A-RELEASE: the association's instances now count towards series completion."""
+    discard_partial_data_set(event.assoc)  # a release in the middle of a data set
     association_ended(rx, event.assoc, _peer(event.assoc), AssociationState.RELEASED, None)
+
+
+def discard_partial_data_set(assoc: Any) -> None:
+    """Delete the temporary file of a data set pynetdicom was streaming when the
+    association ended (pynetdicom leaves it behind); never raises."""
+    message = getattr(getattr(assoc, "dimse", None), "message", None)
+    path = getattr(message, "_data_set_path", None)
+    if path is None:
+        return
+    try:
+        data_file = getattr(message, "_data_set_file", None)
+        if data_file is not None:
+            data_file.close()
+        Path(path).unlink(missing_ok=True)
+    except OSError as exc:
+        logger.warning("cannot delete an unfinished data set's temporary file: %s",
+                       exc.strerror)
 
 
 def handle_aborted(event: Any, rx: Receiver) -> None:
     """A-ABORT / A-P-ABORT: recorded; the association's instances trigger nothing."""
+    discard_partial_data_set(event.assoc)
     association_ended(rx, event.assoc, _peer(event.assoc), AssociationState.ABORTED,
                       ABORTED_REASON)
 
@@ -83,6 +111,7 @@ def handle_conn_close(event: Any, rx: Receiver) -> None:
     rejected and fires that event, so wait for one of those flags first.
     """
     assoc = event.assoc
+    discard_partial_data_set(assoc)
     deadline = time.monotonic() + CLOSE_SETTLE_SECONDS
     while time.monotonic() < deadline:
         if assoc.is_released or assoc.is_aborted or assoc.is_rejected:
@@ -92,12 +121,17 @@ def handle_conn_close(event: Any, rx: Receiver) -> None:
                       "connection closed without A-RELEASE")
 
 
-def handle_conn_open(event: Any, timeout: float) -> None:
+def handle_conn_open(event: Any, timeout: float, artim: float = 30.0) -> None:
     """A new connection: bound every socket read by the network timeout, so a peer that
-    stalls inside a PDU cannot hold its reader thread and socket forever."""
-    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+    stalls inside a PDU cannot hold its reader thread and socket forever; ARTIM as
+    configured."""
+    dul = event.assoc.dul
+    sock = getattr(getattr(dul, "socket", None), "socket", None)
     if sock is not None:
         sock.settimeout(timeout)
+    timer = getattr(dul, "artim_timer", None)
+    if timer is not None:
+        timer.timeout = artim
 
 
 def handle_echo(event: Any, rx: Receiver) -> int:
@@ -160,7 +194,8 @@ class PynetdicomServer:
                     (evt.EVT_ABORTED, handle_aborted, [rx]),
                     (evt.EVT_REJECTED, handle_rejected, [rx]),
                     (evt.EVT_CONN_CLOSE, handle_conn_close, [rx]),
-                    (evt.EVT_CONN_OPEN, handle_conn_open, [node.network_timeout_seconds]),
+                    (evt.EVT_CONN_OPEN, handle_conn_open, [node.network_timeout_seconds,
+                                                           node.artim_timeout_seconds]),
                     (evt.EVT_C_ECHO, handle_echo, [rx]),
                     (evt.EVT_C_STORE, handle_store, [rx])]
         self._server = self._build_ae().start_server(

@@ -37,19 +37,19 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
-from dicom_node.net import acceptor as ul
 from dicom_node.config import Config
-from dicom_node.store.db import AssociationState
-from dicom_node.store.joblog import JobLog
 from dicom_node.dicom.status import Status
-from dicom_node.receive.engine import ReceiverEngine
+from dicom_node.net import acceptor as ul
 from dicom_node.receive.c_store import StoreRequest, store_instance
+from dicom_node.receive.engine import ReceiverEngine
 from dicom_node.receive.receiver import (ABORTED_REASON, Peer, Receiver, association_ended,
                                          association_rejected, association_requested,
                                          supported_contexts)
+from dicom_node.store.db import AssociationState
+from dicom_node.store.joblog import JobLog
 from dicom_node.store.spool import Spool
 
-__all__ = ["StorageSCP", "DiskGuard", "NativeHandler"]
+__all__ = ["StorageSCP", "DiskGuard", "NativeHandler", "acceptor_settings"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,22 +66,31 @@ class DiskGuard:
                  cache_seconds: float = 1.0) -> None:
         self.path, self.watermark = Path(path), float(watermark_percent)
         self._usage, self._cache_seconds = usage, cache_seconds
-        self._checked, self._percent = -1e9, 0.0
+        self._checked, self._total, self._used = -1e9, 0, 0
         self._lock = threading.Lock()
 
-    def percent_used(self) -> float:
-        """Used space of the file system, percent (cached)."""
+    def _sizes(self) -> tuple[int, int]:
+        """(total, used) bytes of the file system (cached)."""
         with self._lock:
             now = time.monotonic()
             if now - self._checked >= self._cache_seconds:
-                total, used, _free = self._usage(self.path)[:3]
-                self._percent = 100.0 * used / total if total else 100.0
+                self._total, self._used = (int(v) for v in self._usage(self.path)[:2])
                 self._checked = now
-            return self._percent
+            return self._total, self._used
+
+    def percent_used(self) -> float:
+        """Used space of the file system, percent (cached)."""
+        total, used = self._sizes()
+        return 100.0 * used / total if total else 100.0
 
     def is_short(self) -> bool:
         """True when new data must be refused."""
         return self.percent_used() >= self.watermark
+
+    def room(self, n_bytes: int) -> bool:
+        """May ``n_bytes`` more be written without reaching the watermark?"""
+        total, used = self._sizes()
+        return bool(total) and 100.0 * (used + n_bytes) / total < self.watermark
 
 
 # -- the native receiver's adapter ------------------------------------------------------------
@@ -126,10 +135,30 @@ class NativeHandler:
         return store_instance(self.rx, StoreRequest(
             instance.sop_class_uid, instance.sop_instance_uid, instance.transfer_syntax,
             path=instance.path, association_id=self.rx.assoc_id(assoc), size=instance.size,
-            head=instance.head, head_complete=instance.head_complete))
+            head=instance.head, head_complete=instance.head_complete,
+            data_offset=instance.data_offset))
 
 
 # -- the server ------------------------------------------------------------------------------
+def acceptor_settings(config: Config, temp_dir: Path,
+                      disk: DiskGuard | None = None) -> ul.AcceptorSettings:
+    """The native acceptor's settings from ``[node]``: AE title, contexts, maximum PDU,
+    associations, timeouts (network, ARTIM, association), data-set size limit and the disk
+    watermark (``disk``, default: a guard on ``data_dir``) checked while data sets stream."""
+    node = config.node
+    disk = disk or DiskGuard(node.data_dir, node.disk_watermark_percent)
+    return ul.AcceptorSettings(
+        ae_title=node.ae_title,
+        supported={k: frozenset(v) for k, v in supported_contexts().items()},
+        max_pdu=node.max_pdu, max_associations=node.max_associations,
+        network_timeout=node.network_timeout_seconds,
+        artim_timeout=node.artim_timeout_seconds,
+        association_timeout=node.association_timeout_seconds,
+        max_dataset_bytes=node.max_dataset_megabytes << 20, disk_room=disk.room,
+        called_aet_check=node.called_aet_check,
+        allowed_calling_aets=tuple(node.allowed_calling_aets), temp_dir=temp_dir)
+
+
 class StorageSCP:
     """The listening AE. ``start()`` returns at once; ``stop()`` ends it cleanly."""
 
@@ -144,13 +173,7 @@ class StorageSCP:
         node = self.config.node
         temp_dir = node.data_dir / "tmp"  # on the spool's file system: an atomic rename
         temp_dir.mkdir(parents=True, exist_ok=True)
-        settings = ul.AcceptorSettings(
-            ae_title=node.ae_title,
-            supported={k: frozenset(v) for k, v in supported_contexts().items()},
-            max_pdu=node.max_pdu, max_associations=node.max_associations,
-            network_timeout=node.network_timeout_seconds,
-            called_aet_check=node.called_aet_check,
-            allowed_calling_aets=tuple(node.allowed_calling_aets), temp_dir=temp_dir)
+        settings = acceptor_settings(self.config, temp_dir, self.receiver.disk)
         return ul.Acceptor((node.host, node.port), settings, NativeHandler(self.receiver),
                            ssl_context)
 

@@ -234,7 +234,7 @@ SUPPORTED = {str(MRImageStorage): frozenset({str(ImplicitVRLittleEndian),
 def start_acceptor(tmp_path: Path, handler: Recorder, ssl_context: Any = None,
                    **settings: Any) -> ul.Acceptor:
     values = {"ae_title": "RTFSYN", "supported": SUPPORTED, "network_timeout": 10.0,
-              "temp_dir": tmp_path, **settings}
+              "artim_timeout": 1.0, "temp_dir": tmp_path, **settings}  # Sta13 waits 1 s
     acceptor = ul.Acceptor(("127.0.0.1", 0), ul.AcceptorSettings(**values), handler,
                            ssl_context)
     acceptor.start()
@@ -461,8 +461,8 @@ def test_peer_stalling_mid_pdu_is_aborted_after_the_timeout(tmp_path: Path,
     running = start_acceptor(tmp_path, recorder, network_timeout=1.0)
     try:
         with _established(running.address[1]) as sock:
-            # a P-DATA-TF of 16 KiB announced, one command PDV begun, 64 bytes sent
-            sock.sendall(b"\x04\x00\x00\x00\x40\x00" + pdu.PDV_HEADER.pack(0x3FFC, 1, 0x01)
+            # a P-DATA-TF of 16382 bytes announced, one command PDV begun, 64 bytes sent
+            sock.sendall(b"\x04\x00\x00\x00\x3f\xfe" + pdu.PDV_HEADER.pack(0x3FFA, 1, 0x01)
                          + bytes(58))
             assert _echo(running.address[1]), "others are served meanwhile"
             sock.settimeout(15)

@@ -146,7 +146,7 @@ def test_disk_above_watermark_refuses_associations_and_stores(tmp_path: Path,
                                                               mr_series: list[Path]) -> None:
     usage = {"used": 10}
     config = node_config(tmp_path, node={"disk_watermark_percent": 75})
-    disk = DiskGuard(config.node.data_dir, 75, usage=lambda _p: (100, usage["used"], 0),
+    disk = DiskGuard(config.node.data_dir, 75, usage=lambda _p: (100 << 30, usage["used"] << 30, 0),
                      cache_seconds=0)
     running = Running(config, disk)
     try:

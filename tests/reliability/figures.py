@@ -8,8 +8,23 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-__all__ = ["FIGURES", "input_tried", "fault_survived", "instances", "delivered", "measure",
-           "summary_lines"]
+__all__ = ["FIGURES", "FuzzClass", "input_tried", "fault_survived", "instances", "delivered",
+           "measure", "fuzz_class", "summary_lines", "fuzz_lines"]
+
+
+@dataclass(frozen=True)
+class FuzzClass:
+    """What one fuzz class did to one receiver: cases sent, crashes (the receiver stopped
+    answering or a thread died), hangs (a case got no answer and no close in time), and the
+    process after it (resident memory, MiB; threads; files left in the temporary area)."""
+
+    cases: int
+    crashes: int
+    hangs: int
+    rss_mib: float
+    threads: int
+    temp_files: int
+    note: str = ""
 
 
 @dataclass
@@ -23,6 +38,7 @@ class Figures:
     series_delivered: int = 0
     derived_delivered: int = 0
     measures: dict[str, str] = field(default_factory=dict)
+    fuzz: dict[tuple[str, str], FuzzClass] = field(default_factory=dict)  # (receiver, class)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -59,6 +75,24 @@ def measure(name: str, value: str) -> None:
     """Any other measured figure (peak RSS, wall time, ...)."""
     with FIGURES.lock:
         FIGURES.measures[name] = value
+
+
+def fuzz_class(receiver: str, name: str, result: FuzzClass) -> None:
+    """A fuzz class ran against ``receiver`` (``native`` or ``pynetdicom``)."""
+    with FIGURES.lock:
+        FIGURES.fuzz[(receiver, name)] = result
+
+
+def fuzz_lines() -> list[str]:
+    """The fuzz classes as a table (empty when none ran)."""
+    if not FIGURES.fuzz:
+        return []
+    lines = [f"{'receiver':<10} {'class':<28} {'cases':>6} {'crashes':>7} {'hangs':>5} "
+             f"{'RSS after':>10} {'threads':>7} {'temp files':>10}  note"]
+    for (receiver, name), r in sorted(FIGURES.fuzz.items()):
+        lines.append(f"{receiver:<10} {name:<28} {r.cases:>6} {r.crashes:>7} {r.hangs:>5} "
+                     f"{r.rss_mib:>6.0f} MiB {r.threads:>7} {r.temp_files:>10}  {r.note}")
+    return lines
 
 
 def summary_lines() -> list[str]:

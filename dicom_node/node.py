@@ -23,7 +23,8 @@ from dicom_node.store.jobqueue import Recovery
 from dicom_node.store.joblog import JobLog
 from dicom_node.process.processor import SynthesisProcessor
 from dicom_node.schedule.scheduler import Processor, Scheduler
-from dicom_node.receive.scp import DiskGuard, StorageSCP
+from dicom_node.receive.disk_guard import DiskGuard
+from dicom_node.receive.scp import StorageSCP
 from dicom_node.store.spool import Spool
 from dicom_node.receive.spool_recovery import SpoolRecovery, recover_spool
 

@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from dicom_node.dicom.status import classify_status
-from dicom_node.receive.scp import DiskGuard
+from dicom_node.receive.disk_guard import DiskGuard
 from dicom_node.store.db import (Association, AssociationState, Delivery, DeliveryStatus,
                                  Instance, Job, JobState, Series, SeriesState)
 from dicom_node.store.joblog import DATABASE_ERRORS, JobLog

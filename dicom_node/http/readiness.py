@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from dicom_node.config import Config
 from dicom_node.store.db import Delivery, Job
 from dicom_node.store.joblog import DATABASE_ERRORS, JobLog
-from dicom_node.receive.scp import DiskGuard
+from dicom_node.receive.disk_guard import DiskGuard
 
 __all__ = ["Check", "Readiness", "checkpoint_path"]
 

@@ -41,7 +41,7 @@ def status_app(config: Config, node: Any, notifier: Any = None) -> Any:
     from dicom_node.http.metrics import NodeCollector, build_registry
     from dicom_node.http.readiness import Readiness
 
-    from dicom_node.receive.scp import DiskGuard
+    from dicom_node.receive.disk_guard import DiskGuard
 
     # A node that only processes (no storage SCP) still has a data folder to watch.
     rx = getattr(getattr(node, "scp", None), "receiver", None)

@@ -12,7 +12,7 @@ Thin adapters from pynetdicom's events to the shared logic of
 * Callers outside ``allowed_calling_aets``, requests for another called AE
   title and associations over ``max_associations`` are rejected by pynetdicom
   itself (its ACSE), then recorded here.
-* Guards against what the fuzz suite found (tests/network/test_fuzz.py,
+* Guards against what the fuzz suite found (tests/net/test_fuzz.py,
   docs/NETWORK.md): every socket read is bounded by the network timeout, ARTIM is
   ``artim_timeout_seconds`` (pynetdicom: a fixed 30 s), and the temporary file of a
   data set left unfinished by an abort or a lost connection is deleted (pynetdicom

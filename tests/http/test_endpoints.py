@@ -12,7 +12,7 @@ from sqlalchemy.exc import OperationalError
 
 from dicom_node.commands.status import build_report
 from dicom_node.http.readiness import Readiness
-from dicom_node.receive.scp import DiskGuard
+from dicom_node.receive.disk_guard import DiskGuard
 from tests.http.helpers import TOKEN, HttpNode
 from tests.helpers.node import TestStorageSCP, send_files, wait_for
 from tests.reliability.helpers import series_uid_of, small_series

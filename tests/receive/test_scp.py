@@ -26,7 +26,8 @@ from dicom_node.schedule.scheduler import Scheduler
 from dicom_node.dicom.status import Status
 from dicom_node.receive.receiver import Receiver
 from dicom_node.receive.record import NOT_ELIGIBLE_REASON
-from dicom_node.receive.scp import DiskGuard, StorageSCP
+from dicom_node.receive.disk_guard import DiskGuard
+from dicom_node.receive.scp import StorageSCP
 from dicom_node.receive.pynetdicom_scp import handle_store
 from dicom_node.store.spool import Spool, SpoolError
 

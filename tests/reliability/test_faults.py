@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from dicom_node.store import db
 from dicom_node.cli import main
-from dicom_node.receive.scp import DiskGuard
+from dicom_node.receive.disk_guard import DiskGuard
 from tests.helpers.node import TestStorageSCP, free_port, send_files, wait_for
 from tests.reliability.figures import delivered, fault_survived
 from tests.reliability.helpers import (NodeFactory, RelNode, associate_rq_pdu, connection_closed,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from dicom_node.net import dimse, pdu
-from tests.network.net_helpers import echo_command, p_data, rq, store_command
+from tests.net.helpers import echo_command, p_data, rq, store_command
 
 __all__ = ["Case", "Good", "CLASSES", "valid_stream", "REQUEST"]
 

@@ -20,8 +20,8 @@ from dicom_node.net import acceptor as ul
 from dicom_node.net import dimse, pdu
 from tests.helpers.dicom_factory import make_series
 from tests.helpers.node import wait_for
-from tests.network.net_helpers import (RawPeer, Recorder, data_set_bytes, echo_command, files_in,
-                                       p_data, rq, start_acceptor, store_command)
+from tests.net.helpers import (RawPeer, Recorder, data_set_bytes, echo_command, files_in, p_data,
+                               rq, start_acceptor, store_command)
 
 IMPLICIT, EXPLICIT = str(ImplicitVRLittleEndian), str(ExplicitVRLittleEndian)
 VERIFICATION, MR = str(Verification), str(MRImageStorage)
@@ -326,7 +326,7 @@ def test_release_in_the_middle_of_a_command_is_not_a_clean_release(
 
 # -- the limits are settings of the acceptor, configured in [node] -------------------------
 def test_limits_reach_the_acceptor_from_the_configuration(tmp_path: Path) -> None:
-    from dicom_node.receive.scp import acceptor_settings
+    from dicom_node.receive.native import acceptor_settings
     from tests.helpers.node import node_config
 
     config = node_config(tmp_path, node={"artim_timeout_seconds": 7,

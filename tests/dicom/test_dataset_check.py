@@ -26,7 +26,7 @@ from dicom_node.store.joblog import JobLog
 from dicom_node.store.spool import Spool
 from tests.helpers.dicom_factory import make_series
 from tests.helpers.node import node_config, wait_for
-from tests.network.net_helpers import RawPeer, data_set_bytes, files_in, rq
+from tests.net.helpers import RawPeer, data_set_bytes, files_in, rq
 
 SYNTAXES = [ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian,
             DeflatedExplicitVRLittleEndian, RLELossless, JPEG2000Lossless, JPEGLSLossless]

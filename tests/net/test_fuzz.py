@@ -34,9 +34,9 @@ import pytest
 from dicom_node.cli import main as rtfsyn
 from tests.helpers.dicom_factory import make_series
 from tests.helpers.node import TestStorageSCP, fake_processor, wait_for
-from tests.network.fuzz_cases import CLASSES, REQUEST, Case, Good, valid_stream
-from tests.network.net_helpers import (RawPeer, data_set_bytes, echo_command, files_in, p_data, rq,
-                                       rss_mib)
+from tests.net.fuzz_cases import CLASSES, REQUEST, Case, Good, valid_stream
+from tests.net.helpers import (RawPeer, data_set_bytes, echo_command, files_in, p_data, rq,
+                               rss_mib)
 from tests.reliability.figures import FuzzClass, fuzz_class
 from tests.reliability.helpers import RelNode, echo_ok
 

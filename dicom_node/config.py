@@ -23,6 +23,7 @@ from dicom_node.config_checks import (ConfigError, check_ae_title, check_bool, c
 from dicom_node.http.settings import HttpConfig, NotifyConfig, parse_http, parse_notify
 from dicom_node.process.encode.formats import OUTPUT_FORMATS, OutputFormat
 from dicom_node.receive.engine import RECEIVERS, ReceiverEngine
+from dicom_node.store.settings import DatabaseConfig, parse_database
 
 if sys.version_info >= (3, 11):  # pragma: no cover - version dependent
     import tomllib
@@ -33,9 +34,11 @@ __all__ = [
     "ConfigError", "TLSConfig", "NodeConfig", "ModelConfig", "ExportConfig", "Destination",
     "Caller", "Route", "Config", "load_config", "parse_config", "OUTPUT_FORMATS", "CALLER",
     "RECEIVERS", "HttpConfig", "NotifyConfig", "OutputFormat", "ReceiverEngine",
+    "DatabaseConfig", "ROLES",
 ]
 
 CALLER = "caller"  # route destination meaning "the AE that sent the series"
+ROLES = ("receive", "process")  # what a node process does ([node] roles)
 
 
 # -- the dataclasses ---------------------------------------------------------------------
@@ -52,7 +55,10 @@ class TLSConfig:
 @dataclass(frozen=True)
 class NodeConfig:
     """The listening AE. ``stable_seconds``: quiet period (s) that completes a series;
-    ``receiver``: the storage SCP engine (:class:`ReceiverEngine`)."""
+    ``receiver``: the storage SCP engine (:class:`ReceiverEngine`). ``roles``: ``receive``
+    (storage SCP, series completion and routing), ``process`` (synthesis workers and the
+    sender) or both; ``lease_seconds``: how long a job a process claimed stays claimed
+    without its heartbeat (a process that dies loses its jobs to the others after that)."""
 
     ae_title: str = "RTFSYN"
     host: str = "0.0.0.0"
@@ -71,6 +77,8 @@ class NodeConfig:
     max_dataset_megabytes: int = 4096  # a larger C-STORE data set is refused (0xA700)
     receiver: ReceiverEngine = ReceiverEngine.NATIVE
     tls: TLSConfig | None = None
+    roles: tuple[str, ...] = ROLES
+    lease_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -147,6 +155,7 @@ class Config:
     routes: tuple[Route, ...] = ()
     http: HttpConfig | None = None  # [http]: the status service (None: none)
     notify: NotifyConfig | None = None  # [notify]: the webhook (None: none)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)  # [database]: job log
     source: Path | None = None
 
     @classmethod
@@ -158,6 +167,17 @@ class Config:
     def database_path(self) -> Path:
         """The SQLite job log: ``data_dir/joblog.sqlite``."""
         return self.node.data_dir / "joblog.sqlite"
+
+    @property
+    def database_url(self) -> str:
+        """The job log as a SQLAlchemy URL: ``[database] url``, else the SQLite file
+        :attr:`database_path` (``sqlite:///...``)."""
+        return self.database.url or f"sqlite:///{self.database_path.resolve()}"
+
+    @property
+    def shared_database(self) -> bool:
+        """True when the job log is a server database that several node processes share."""
+        return self.database.shared
 
     @property
     def spool_dir(self) -> Path:
@@ -174,7 +194,8 @@ class Config:
 _NODE_KEYS = {"ae_title", "host", "port", "data_dir", "stable_seconds", "allowed_calling_aets",
               "called_aet_check", "max_pdu", "disk_watermark_percent", "workers",
               "max_associations", "network_timeout_seconds", "artim_timeout_seconds",
-              "association_timeout_seconds", "max_dataset_megabytes", "receiver", "tls"}
+              "association_timeout_seconds", "max_dataset_megabytes", "receiver", "tls",
+              "roles", "lease_seconds"}
 
 
 def _parse_tls(raw: Any) -> TLSConfig:
@@ -239,7 +260,18 @@ def _parse_node(raw: Mapping[str, Any]) -> NodeConfig:
                                             get("max_dataset_megabytes"), low=1, high=1 << 20),
         receiver=_receiver(get("receiver")),
         tls=_parse_tls(raw["tls"]) if "tls" in raw else None,
+        roles=_roles(get("roles")),
+        lease_seconds=check_number("node.lease_seconds", get("lease_seconds"), low=3.0,
+                                   high=day),
     )
+
+
+def _roles(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or not value or \
+            any(r not in ROLES for r in value) or len(set(value)) != len(value):
+        raise ConfigError(f"node.roles must be a non-empty list of distinct roles out of "
+                          f"{', '.join(map(repr, ROLES))}. Found {value!r}.")
+    return tuple(r for r in ROLES if r in value)
 
 
 def _receiver(value: Any) -> ReceiverEngine:
@@ -394,7 +426,8 @@ def _parse_route(i: int, raw: Any, destinations: Mapping[str, Destination]) -> R
 def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
     """Validate a parsed TOML document (a dict) into a :class:`Config`."""
     check_no_unknown("the top level", data, {"node", "model", "export", "destinations",
-                                             "callers", "routes", "http", "notify"})
+                                             "callers", "routes", "http", "notify",
+                                             "database"})
     destinations = _parse_destinations(data.get("destinations", {}))
     raw_routes = data.get("routes", [])
     if not isinstance(raw_routes, list):
@@ -404,6 +437,11 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
     if len(set(names)) != len(names):
         raise ConfigError(f"route names must be unique. Found {names!r}.")
     node = _parse_node(check_table("node", data.get("node", {})))
+    database = parse_database(check_table("database", data.get("database", {})))
+    if node.roles != ROLES and not database.shared:
+        raise ConfigError(f"node.roles = {list(node.roles)!r} splits the work between node "
+                          "processes, which share a job log only on a database server: set "
+                          "[database] url = \"postgresql+psycopg://...\". Found the SQLite job log.")
     for dest in destinations.values():
         if dest.tls and (node.tls is None or node.tls.ca_certificates is None):
             raise ConfigError(f"destinations.{dest.name}.tls = true needs [node.tls] with "
@@ -413,7 +451,7 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
                   export=_parse_export(check_table("export", data.get("export", {}))),
                   destinations=destinations,
                   callers=_parse_callers(data.get("callers", {})),
-                  routes=routes, source=source,
+                  routes=routes, database=database, source=source,
                   http=parse_http(data["http"]) if "http" in data else None,
                   notify=parse_notify(data["notify"]) if "notify" in data else None)
 

@@ -11,6 +11,13 @@ the threads; a job still being synthesized stays in the log and is re-queued
 at the next start. The ``Synthesizer`` is loaded once per process, on the
 first job (or passed in); the rest of the pipeline warms up in the background
 at start-up (:meth:`dicom_node.process.processor.SynthesisProcessor.warm_up`).
+
+With ``[node] roles`` a process does only part of this: ``receive`` (the SCP,
+spool recovery, series completion and routing) or ``process`` (synthesis and
+delivery). Such processes share a job log on a database server (``[database]
+url``) and a spool on shared storage; each registers in the log's ``nodes``
+table, and at start-up takes back only what expired leases left
+(:mod:`dicom_node.store.nodes`, :meth:`dicom_node.store.jobqueue.JobQueue.recover`).
 """
 from __future__ import annotations
 
@@ -20,17 +27,19 @@ from typing import Any
 
 from dicom_node.config import Config
 from dicom_node.store.jobqueue import Recovery
-from dicom_node.store.joblog import JobLog
+from dicom_node.store.joblog import DATABASE_ERRORS, JobLog
 from dicom_node.process.processor import SynthesisProcessor
 from dicom_node.schedule.scheduler import Processor, Scheduler
 from dicom_node.receive.disk_guard import DiskGuard
 from dicom_node.receive.scp import StorageSCP
+from dicom_node.store.nodes import node_stopped, register_node
 from dicom_node.store.spool import Spool
 from dicom_node.receive.spool_recovery import SpoolRecovery, recover_spool
 
 __all__ = ["Node"]
 
 logger = logging.getLogger(__name__)
+SHARED_SPOOL_AGE_SECONDS = 3600.0  # shared spool: younger unrecorded/partial files may be live
 
 
 class Node:
@@ -45,7 +54,7 @@ class Node:
                  synthesizer: Any = None, disk: DiskGuard | None = None) -> None:
         self.config = config
         config.node.data_dir.mkdir(parents=True, exist_ok=True)
-        self.log = JobLog(config.database_path)
+        self.log = JobLog(config.database_url)
         self.spool = Spool(config.spool_dir)
         self.processor = processor or SynthesisProcessor(config, synthesizer)
         self.scheduler = Scheduler(config, self.log, self.processor)
@@ -57,31 +66,44 @@ class Node:
 
     @property
     def address(self) -> tuple[str, int]:
-        """(host, port) the SCP listens on."""
+        """(host, port) the SCP listens on (only with the ``receive`` role)."""
         return self.scp.address
+
+    @property
+    def receives(self) -> bool:
+        """True when this process has the ``receive`` role (runs the storage SCP)."""
+        return "receive" in self.config.node.roles
 
     def start(self) -> "Node":
         """Recover, start the scheduler, then listen (returns at once)."""
         if self._running:
             raise RuntimeError("the node is already running")
-        if isinstance(self.processor, SynthesisProcessor):
+        node = self.config.node
+        processes = "process" in node.roles
+        if processes and isinstance(self.processor, SynthesisProcessor):
             self.processor.preflight()
             threading.Thread(target=self.processor.warm_up, name="rtfsyn-warm-up",
                              daemon=True).start()
-        self.spool.remove_stale_parts(self.config.node.data_dir / "tmp")
-        self.spool_recovery = recover_spool(self.log, self.spool)
+        register_node(self.log, node.roles)
+        if self.receives:
+            age = SHARED_SPOOL_AGE_SECONDS if self.log.shared else 0.0
+            self.spool.remove_stale_parts(node.data_dir / "tmp", older_than_seconds=age)
+            self.spool_recovery = recover_spool(self.log, self.spool, min_age_seconds=age)
         self.recovery = self.scheduler.queue.recover()
-        self.scheduler.start()
+        self.scheduler.start(node.roles)
         try:
-            self.scp.start()
+            if self.receives:
+                self.scp.start()
         except Exception:
             self.scheduler.stop()
+            node_stopped(self.log)
             raise
         self._running = True
         self._stopped.clear()
-        node = self.config.node
-        logger.info("node %s running: data in %s, %d route(s), %d worker(s)", node.ae_title,
-                    node.data_dir, len(self.config.routes), node.workers)
+        logger.info("node %s running (%s, id %s): data in %s, job log %s, %d route(s), "
+                    "%d worker(s)", node.ae_title, "+".join(node.roles), self.log.node_id,
+                    node.data_dir, self.log.where, len(self.config.routes),
+                    node.workers if processes else 0)
         return self
 
     def stop(self, grace_seconds: float = 10.0) -> None:
@@ -91,6 +113,11 @@ class Node:
         self._running = False
         self.scp.stop(grace_seconds)
         self.scheduler.stop(timeout=max(grace_seconds, 1.0))
+        try:
+            node_stopped(self.log)
+        except DATABASE_ERRORS as exc:  # the database is gone: its heartbeat simply ends
+            logger.warning("cannot record the node's stop in the job log: %s",
+                           type(exc).__name__)
         self._stopped.set()
         logger.info("node %s stopped", self.config.node.ae_title)
 

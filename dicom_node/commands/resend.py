@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_config_or_report("resend", args.config)
     if config is None:
         return EXIT_CONFIG
-    queue = JobQueue(JobLog(config.database_path))
+    queue = JobQueue(JobLog(config.database_url), config.node.lease_seconds)
     ids = queue.failed_jobs() if args.failed else [args.job_id]
     if not ids:
         print("no failed jobs")

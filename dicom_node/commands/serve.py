@@ -49,6 +49,8 @@ def _prepare_process(data_dir: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM; exit 0, 2 (bad configuration) or 3 (cannot start)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from dicom_node.http.services import start_services
     from dicom_node.store.db import SchemaMismatch
     from dicom_node.net.tls import TLSConfigError
@@ -66,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         _prepare_process(config.node.data_dir)
         node = Node(config)
-    except (SchemaMismatch, OSError) as exc:  # job log of another version, data_dir unusable
+    except (SchemaMismatch, OSError, SQLAlchemyError) as exc:  # job log of another version,
+        # data_dir unusable, database server unreachable
         print(f"rtfsyn serve: cannot open the node's data: {exc}", file=sys.stderr)
         return EXIT_START
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -78,8 +81,12 @@ def run(args: argparse.Namespace) -> int:
         except (TLSConfigError, OSError) as exc:  # TLS files, port in use, permissions
             print(f"rtfsyn serve: cannot start the node: {exc}", file=sys.stderr)
             return EXIT_START
-        host, port = node.address
-        print(f"rtfsyn node {config.node.ae_title} listening on {host}:{port}", flush=True)
+        if node.receives:
+            host, port = node.address
+            print(f"rtfsyn node {config.node.ae_title} listening on {host}:{port}", flush=True)
+        else:
+            print(f"rtfsyn node {config.node.ae_title} processing jobs from {node.log.where} "
+                  f"(roles: {', '.join(config.node.roles)})", flush=True)
         if services.http is not None:
             print("rtfsyn status service on http://%s:%d/" % services.http.address, flush=True)
         while not stop.wait(0.5):

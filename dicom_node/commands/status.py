@@ -2,7 +2,8 @@
 
 ``--json`` prints one object: ``associations`` (counts per state and the most
 recent ones), ``instances`` (counts), ``series``, ``jobs`` and ``deliveries``
-(lists, newest first). Every series and job has a ``state`` and, for failures
+(lists, newest first), and ``nodes`` (the node processes that used the job log,
+with their roles and whether they are live). Every series and job has a ``state`` and, for failures
 and rejections, a ``reason``; the states are documented in ``docs/JOBLOG.md``.
 Without ``--json`` the same is printed as tables. Nothing here is patient data.
 """
@@ -52,25 +53,31 @@ _SERIES = ("series_uid", "study_uid", "modality", "description", "series_number"
 _JOBS = ("id", "series_uid", "generation", "route", "target", "destination", "dest_ae_title",
          "dest_host", "dest_port", "output_format", "state", "reason", "attempts",
          "send_attempts", "next_attempt_at", "derived_series_uid", "prompt", "created_at",
-         "started_at", "processed_at", "finished_at", "process_seconds", "send_seconds")
+         "started_at", "processed_at", "finished_at", "process_seconds", "send_seconds",
+         "claimed_by", "lease_expires_at")
 _DELIVERIES = ("id", "job_id", "attempt", "dest_ae_title", "dest_host", "dest_port", "status",
                "n_sent", "n_warning", "n_failed", "error", "started_at", "ended_at")
 _ASSOCIATIONS = ("id", "calling_aet", "called_aet", "peer_host", "peer_port", "state", "reason",
                  "n_instances", "started_at", "ended_at")
 
 
-def build_report(database: Path, limit: int | None = None) -> dict[str, Any]:
-    """The status object (see the module docstring) from the job log at ``database``."""
+def build_report(database: Path | str, limit: int | None = None,
+                 lease_seconds: float = 30.0) -> dict[str, Any]:
+    """The status object (see the module docstring) from the job log at ``database`` (a
+    SQLite file or a database URL); a node is live when its heartbeat is younger than
+    ``lease_seconds``."""
     from sqlalchemy import func, select
 
     from dicom_node.store import db
     from dicom_node.store.joblog import JobLog
+    from dicom_node.store.nodes import node_rows
 
     def newest(s: Any, model: Any, order: Any) -> list[Any]:
         query = select(model).order_by(order.desc())
         return list(s.scalars(query.limit(limit) if limit else query))
 
-    with JobLog(database).transaction() as s:
+    log = JobLog(database)
+    with log.transaction() as s:
         by_state = dict(s.execute(select(db.Association.state, func.count(db.Association.id))
                                   .group_by(db.Association.state)).all())
         n_inst, n_eligible, n_dup = s.execute(select(
@@ -83,7 +90,7 @@ def build_report(database: Path, limit: int | None = None) -> dict[str, Any]:
             item["stage_seconds"] = json.loads(job.stage_seconds or "{}")
             jobs.append(item)
         return {
-            "database": str(database),
+            "database": log.where,
             "associations": {
                 "total": sum(by_state.values()),
                 "by_state": {state.value: n for state, n in by_state.items()},
@@ -94,6 +101,8 @@ def build_report(database: Path, limit: int | None = None) -> dict[str, Any]:
             "series": [_row(r, _SERIES) for r in newest(s, db.Series, db.Series.id)],
             "jobs": jobs,
             "deliveries": [_row(d, _DELIVERIES) for d in newest(s, db.Delivery, db.Delivery.id)],
+            "nodes": [{k: _iso(v) if isinstance(v, dt.datetime) else v for k, v in n.items()}
+                      for n in node_rows(s, dt.timedelta(seconds=lease_seconds))],
         }
 
 
@@ -131,18 +140,30 @@ def format_report(report: dict[str, Any]) -> str:
                                            ("attempt", "try", 3), ("dest_ae_title", "to", 16),
                                            ("status", "status", 8), ("n_sent", "sent", 5),
                                            ("n_failed", "failed", 6), ("error", "error", 60)))]
+    nodes = report.get("nodes") or []
+    if len(nodes) > 1 or any(n["roles"] != ["receive", "process"] for n in nodes):
+        parts += ["", "NODES", _table([{**n, "roles": "+".join(n["roles"])} for n in nodes],
+                                      (("node_id", "node", 36), ("roles", "roles", 15),
+                                       ("live", "live", 5), ("last_seen_at", "last seen", 24)))]
     return "\n".join(parts)
 
 
 def run(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
     config = load_config_or_report("status", args.config)
     if config is None:
         return EXIT_CONFIG
-    if not config.database_path.exists():
+    if not config.shared_database and not config.database_path.exists():
         print(f"rtfsyn status: no job log at {config.database_path} (has the node run?)",
               file=sys.stderr)
         return EXIT_ERROR
     limit = args.limit if args.limit is not None else (None if args.json else 20)
-    report = build_report(config.database_path, limit)
+    try:
+        report = build_report(config.database_url, limit, config.node.lease_seconds)
+    except SQLAlchemyError as exc:
+        print(f"rtfsyn status: cannot read the job log: {type(exc).__name__}: "
+              f"{str(exc).splitlines()[0][:200]}", file=sys.stderr)
+        return EXIT_ERROR
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0

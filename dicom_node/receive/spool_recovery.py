@@ -17,6 +17,8 @@ job log holds for that series and records every file it lacks:
   association count for it, else it ends ``partial``;
 * a file whose SOP Instance UID the job log holds under another series (the
   node refused it with 0x0111 and stopped before deleting it) is deleted;
+* with ``min_age_seconds`` (a spool that other receivers share), a file younger
+  than that is left alone: another receiver may be recording it right now;
 * a file that cannot be read as DICOM (never acknowledged: it was renamed into
   place but not yet synced when the machine went down), or whose Study, Series
   or SOP Instance UID does not match its place in the spool, is renamed to
@@ -29,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +82,14 @@ def _read(path: Path, study_uid: str, series_uid: str, sop_uid: str) -> Instance
         return None
 
 
+def _younger(path: Path, cutoff: float) -> bool:
+    """True when the file was written after ``cutoff`` (or is gone)."""
+    try:
+        return path.stat().st_mtime > cutoff
+    except FileNotFoundError:
+        return True
+
+
 def _set_aside(path: Path) -> None:
     try:
         os.replace(path, path.with_name(path.name + ".unreadable"))
@@ -93,10 +104,11 @@ def _recovery_association(log: JobLog) -> int:
     return assoc_id
 
 
-def recover_spool(log: JobLog, spool: Spool) -> SpoolRecovery:
+def recover_spool(log: JobLog, spool: Spool, *, min_age_seconds: float = 0.0) -> SpoolRecovery:
     """Record every ``*.dcm`` file of the spool that the job log lacks (see the module
     docstring); call it before the node listens. Returns what it did."""
     recorded = refused = unreadable = 0
+    cutoff = time.time() - min_age_seconds
     assoc_id: int | None = None
     for study_uid, series_uid, folder in spool.series_folders():
         with os.scandir(folder) as entries:
@@ -110,6 +122,8 @@ def recover_spool(log: JobLog, spool: Spool) -> SpoolRecovery:
             if sop_uid in known:
                 continue
             path = folder / name
+            if min_age_seconds > 0 and _younger(path, cutoff):
+                continue
             record = _read(path, study_uid, series_uid, sop_uid)
             if record is None:
                 logger.warning("spool file %s is not readable DICOM, or not the instance its "

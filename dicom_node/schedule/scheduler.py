@@ -1,6 +1,7 @@
 """Series completion, routing, synthesis workers and the export queue.
 
-Three kinds of threads share the job log:
+Four kinds of threads share the job log (the first with the ``receive`` role,
+workers and sender with ``process``; ``[node] roles``):
 
 * the **scheduler loop** marks a ``receiving`` series ``complete`` after
   ``stable_seconds`` without new instances (only instances that came on
@@ -11,11 +12,17 @@ Three kinds of threads share the job log:
   (assemble -> condition -> synthesize -> encode), so receiving never waits
   for synthesis;
 * the **sender** delivers finished jobs, retrying with exponential back-off
-  up to ``[export] max_attempts``; every attempt is a ``deliveries`` row.
+  up to ``[export] max_attempts``; every attempt is a ``deliveries`` row;
+* the **lease keeper** beats the heartbeat of this process's claims every third
+  of ``[node] lease_seconds`` and, on a shared job log, takes back the work of
+  processes whose lease expired (:meth:`~dicom_node.store.jobqueue.JobQueue.recover`).
 
 A job's derived Series Instance UID is fixed when the job is created, so a job
 processed again after a crash produces the same series and a destination
-de-duplicates what it already has.
+de-duplicates what it already has. Each processing attempt writes into its own
+folder, ``out/job-<id>/attempt-<n>``: a worker that lost its claim never writes
+into the folder of the one that took the job over, and its result is discarded
+(:class:`~dicom_node.store.jobqueue.LostClaim`).
 """
 from __future__ import annotations
 
@@ -29,10 +36,10 @@ from typing import Callable
 
 from pydicom import dcmread
 
-from dicom_node.config import Config
+from dicom_node.config import ROLES, Config
 from dicom_node.store.db import DeliveryStatus, SeriesState
 from dicom_node.errors import RejectedSeries
-from dicom_node.store.jobqueue import JobQueue
+from dicom_node.store.jobqueue import JobQueue, LostClaim
 from dicom_node.store.joblog import DeliveryOutcome, JobLog, JobSpec
 from dicom_node.schedule.routes import plan_routes
 from dicom_node.send.destinations import job_endpoint
@@ -62,7 +69,7 @@ class Scheduler:
 
     def __init__(self, config: Config, log: JobLog, processor: Processor) -> None:
         self.config, self.log, self.processor = config, log, processor
-        self.queue = JobQueue(log)
+        self.queue = JobQueue(log, config.node.lease_seconds)
         self.poll_seconds = min(1.0, max(0.05, config.node.stable_seconds / 5.0))
         self._stop = threading.Event()
         self._work = threading.Event()
@@ -70,14 +77,19 @@ class Scheduler:
         self._threads: list[threading.Thread] = []
 
     # -- threads --------------------------------------------------------------------------
-    def start(self) -> None:
-        """Start the loop, ``[node] workers`` worker threads and the sender thread."""
+    def start(self, roles: tuple[str, ...] = ROLES) -> None:
+        """Start the threads of ``roles``: the loop (``receive``), ``[node] workers``
+        worker threads and the sender (``process``), and the lease keeper."""
         if self._threads:
             raise RuntimeError("the scheduler is already running")
         self._stop.clear()
-        targets = [("rtfsyn-scheduler", self._loop), ("rtfsyn-sender", self._sender_loop)]
-        targets += [(f"rtfsyn-worker-{i}", self._worker_loop)
-                    for i in range(self.config.node.workers)]
+        targets = [("rtfsyn-lease", self._lease_loop)]
+        if "receive" in roles:
+            targets.append(("rtfsyn-scheduler", self._loop))
+        if "process" in roles:
+            targets.append(("rtfsyn-sender", self._sender_loop))
+            targets += [(f"rtfsyn-worker-{i}", self._worker_loop)
+                        for i in range(self.config.node.workers)]
         for name, target in targets:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -111,6 +123,24 @@ class Scheduler:
         while not self._stop.is_set():
             self._guarded("scheduler", self.tick)
             self._stop.wait(self.poll_seconds)
+
+    def _lease_loop(self) -> None:
+        interval = self.config.node.lease_seconds / 3.0
+        while not self._stop.wait(interval):
+            self._guarded("lease", self.keep_leases)
+
+    def keep_leases(self) -> bool:
+        """Beat this process's heartbeat; on a shared job log, take back expired work
+        (and wake the workers and the sender for it). True if work was taken back."""
+        self.queue.heartbeat()
+        if not self.log.shared:
+            return False
+        recovery = self.queue.recover()
+        if recovery.jobs_requeued or recovery.jobs_resending:
+            self._work.set()
+            self._sendable.set()
+            return True
+        return False
 
     def _worker_loop(self) -> None:
         while not self._stop.is_set():
@@ -168,9 +198,10 @@ class Scheduler:
         job = self.queue.claim_next()
         if job is None:
             return False
-        out_dir = self.job_dir(job.id)
-        if out_dir.exists():  # left by an interrupted attempt: rebuild from scratch
-            shutil.rmtree(out_dir)
+        job_dir = self.job_dir(job.id)
+        if job_dir.exists():  # left by an interrupted attempt: rebuild from scratch
+            shutil.rmtree(job_dir, ignore_errors=True)
+        out_dir = job_dir / f"attempt-{job.attempts}"
         out_dir.mkdir(parents=True)
         files = self.log.released_instances(job.series_uid)
         logger.info("job %d: %s from series %s (%d instances, attempt %d)", job.id, job.target,
@@ -182,21 +213,32 @@ class Scheduler:
             result = self.processor(job, files, out_dir)
         except RejectedSeries as exc:
             logger.warning("job %d rejected: %s", job.id, exc.reason)
-            self.queue.rejected(job.id, exc.reason)
-            return True
+            return self._settle(lambda: self.queue.rejected(job.id, exc.reason,
+                                                            attempt=job.attempts))
         except Exception as exc:  # any processing error ends this job, not the worker
             logger.exception("job %d failed while processing", job.id)
-            self.queue.failed(job.id, f"processing error: {type(exc).__name__}: "
-                                      f"{str(exc)[:300]}")
-            return True
-        relative = [str(Path(f).resolve().relative_to(out_dir.resolve()))
-                    if Path(f).resolve().is_relative_to(out_dir.resolve()) else str(f)
+            reason = f"processing error: {type(exc).__name__}: {str(exc)[:300]}"
+            return self._settle(lambda: self.queue.failed(job.id, reason, attempt=job.attempts))
+        relative = [str(Path(f).resolve().relative_to(job_dir.resolve()))
+                    if Path(f).resolve().is_relative_to(job_dir.resolve()) else str(f)
                     for f in result.files]
         seconds = time.monotonic() - started
-        self.queue.processed(job.id, relative, result.prompt, seconds,
-                             result.extra.get("timings"))
+        if not self._settle(lambda: self.queue.processed(
+                job.id, relative, result.prompt, seconds, result.extra.get("timings"),
+                attempt=job.attempts)):
+            return True
         self._sendable.set()  # the sender delivers it without waiting for its next poll
         logger.info("job %d: %d derived instance(s) in %.1f s", job.id, len(relative), seconds)
+        return True
+
+    @staticmethod
+    def _settle(step: Callable[[], None]) -> bool:
+        """Record a job's outcome; False (logged) when this process lost the job's claim."""
+        try:
+            step()
+        except LostClaim as exc:
+            logger.warning("%s", exc)
+            return False
         return True
 
     # -- delivery -------------------------------------------------------------------------
@@ -210,12 +252,15 @@ class Scheduler:
         return bool(jobs)
 
     def deliver(self, job: JobSpec) -> None:
-        """One export attempt of one job, recorded in ``deliveries``."""
+        """One export attempt of one job, recorded in ``deliveries`` (nothing when another
+        process claimed the delivery first or it is no longer due)."""
         endpoint, error = job_endpoint(job, self.config)
         delivery_id = self.queue.begin_delivery(
             job.id, endpoint.ae_title if endpoint else job.dest_ae_title,
             endpoint.host if endpoint else job.dest_host,
-            endpoint.port if endpoint else job.dest_port)
+            endpoint.port if endpoint else job.dest_port, if_due=True)
+        if delivery_id is None:
+            return
         if endpoint is None:
             outcome = DeliveryOutcome(DeliveryStatus.FAILED, error=error)
         else:

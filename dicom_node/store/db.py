@@ -1,14 +1,17 @@
 """The job log: SQLAlchemy 2.0 models, their states and the legal transitions between them.
 
-One SQLite file (``data_dir/joblog.sqlite``, WAL mode) is the single source of
-truth for ``rtfsyn status`` and for recovery after a restart. Tables:
+By default one SQLite file (``data_dir/joblog.sqlite``, WAL mode) is the single
+source of truth for ``rtfsyn status`` and for recovery after a restart; with
+``[database] url`` a PostgreSQL database is, shared by several node processes
+(:mod:`dicom_node.store.schema` creates and upgrades the tables). Tables:
 
 * ``associations`` - one row per association request (accepted or not);
 * ``instances``    - one row per SOP Instance UID (duplicates update the row);
 * ``series``       - one row per Series Instance UID;
 * ``jobs``         - one row per (series, generation, target, destination);
 * ``deliveries``   - one row per C-STORE export attempt of a job;
-* ``delivery_instances`` - the status the destination returned per instance.
+* ``delivery_instances`` - the status the destination returned per instance;
+* ``nodes``        - one row per node process that used the log (roles, heartbeat).
 
 No patient name, ID or birth date is stored here: only UIDs, AE titles,
 addresses, counts, states and reasons. The allowed state changes are in
@@ -24,19 +27,22 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sqlalchemy import (Boolean, DateTime, Enum, Float, ForeignKey, Integer, String, Text,
-                        UniqueConstraint, create_engine, event, inspect)
-from sqlalchemy.engine import Engine
+                        UniqueConstraint, create_engine, event)
+from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from dicom_node.store.schema import SCHEMA_VERSION, SchemaMismatch
 
 __all__ = [
     "AssociationState", "SeriesState", "JobState", "DeliveryStatus", "TRANSITIONS",
     "IllegalTransition", "check_transition", "Base", "Association", "Instance", "Series", "Job",
-    "Delivery", "DeliveryInstance", "get_engine", "session_factory", "utcnow", "SCHEMA_VERSION",
-    "SchemaMismatch", "configure_connection",
+    "Delivery", "DeliveryInstance", "Node", "get_engine", "session_factory", "utcnow",
+    "SCHEMA_VERSION", "SchemaMismatch", "configure_connection", "database_url", "sqlite_path",
+    "NODE_ID_LENGTH",
 ]
 
 logger = logging.getLogger(__name__)
-SCHEMA_VERSION = 1  # PRAGMA user_version of the job log; bump on any table change
+NODE_ID_LENGTH = 96  # characters of a node process id (host name, pid, random suffix)
 
 
 def utcnow() -> dt.datetime:
@@ -148,6 +154,7 @@ class Association(Base):
     state: Mapped[AssociationState] = mapped_column(_state(AssociationState), index=True)
     reason: Mapped[str | None] = mapped_column(Text)
     n_instances: Mapped[int] = mapped_column(Integer, default=0)
+    receiver: Mapped[str | None] = mapped_column(String(NODE_ID_LENGTH))  # nodes.node_id
 
 
 class Series(Base):
@@ -215,6 +222,10 @@ class Job(Base):
     process_seconds: Mapped[float | None] = mapped_column(Float)
     send_seconds: Mapped[float | None] = mapped_column(Float)  # all attempts together
     stage_seconds: Mapped[str | None] = mapped_column(Text)  # JSON {stage: s}, from the pipeline
+    # The node process synthesizing or delivering the job, and until when that claim holds
+    # without a heartbeat (None: nobody works on it now).
+    claimed_by: Mapped[str | None] = mapped_column(String(NODE_ID_LENGTH))
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime, index=True)
 
 
 class Delivery(Base):
@@ -232,6 +243,7 @@ class Delivery(Base):
     n_warning: Mapped[int] = mapped_column(Integer, default=0)
     n_failed: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
+    sender: Mapped[str | None] = mapped_column(String(NODE_ID_LENGTH))  # nodes.node_id
 
 
 class DeliveryInstance(Base):
@@ -243,14 +255,27 @@ class DeliveryInstance(Base):
     outcome: Mapped[str] = mapped_column(String(16))  # success | warning | failure
 
 
-# -- engine: one per database file per process ------------------------------------------
-_ENGINES: dict[Path, Engine] = {}
+class Node(Base):
+    """A node process (``rtfsyn serve``) that used the job log: its roles and heartbeat."""
+
+    __tablename__ = "nodes"
+    node_id: Mapped[str] = mapped_column(String(NODE_ID_LENGTH), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(64))
+    pid: Mapped[int] = mapped_column(Integer)
+    roles: Mapped[str] = mapped_column(String(32))  # comma-separated: receive,process
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    last_seen_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    stopped_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+
+# -- engine: one per database per process ----------------------------------------------
+_ENGINES: dict[str, Engine] = {}
 _ENGINES_LOCK = threading.Lock()
 
 
 def configure_connection(dbapi_connection: Any) -> None:
     """WAL, ``synchronous=FULL``, foreign keys, a busy timeout, and manual transactions
-    (so that BEGIN IMMEDIATE works): every connection to the job log gets these."""
+    (so that BEGIN IMMEDIATE works): every connection to a SQLite job log gets these."""
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -271,43 +296,63 @@ def _on_begin(connection: Any) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-class SchemaMismatch(RuntimeError):
-    """The job log was written by a node with another schema version."""
+def database_url(location: str | Path) -> URL:
+    """The SQLAlchemy URL of a job log given as a SQLite file path or a URL
+    (``sqlite:///...`` or ``postgresql+psycopg://...``); a SQLite path is made absolute."""
+    if isinstance(location, Path) or "://" not in str(location):
+        return URL.create("sqlite", database=str(Path(location).resolve()))
+    url = make_url(str(location))
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        url = url.set(database=str(Path(url.database).resolve()))
+    return url
 
 
-def _create_or_check_schema(engine: Engine, path: Path) -> None:
-    """Create the tables of a new job log, or refuse one of another schema version."""
-    with engine.begin() as conn:
-        existing = inspect(conn).has_table("jobs")
-        version = conn.exec_driver_sql("PRAGMA user_version").scalar()
-        if existing and version != SCHEMA_VERSION:
-            raise SchemaMismatch(f"the job log {str(path)!r} has schema version {version}; this "
-                                 f"node writes version {SCHEMA_VERSION}. Move it aside (keep it "
-                                 "for the record) and start again.")
-        Base.metadata.create_all(conn)
-        if not existing:
-            conn.exec_driver_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
+def sqlite_path(url: URL) -> Path | None:
+    """The file of a SQLite job log (None for another database)."""
+    if url.get_backend_name() != "sqlite" or not url.database:
+        return None
+    return Path(url.database)
 
 
-def get_engine(path: str | Path) -> Engine:
-    """The process-wide engine for the SQLite file at ``path`` (created, with its tables,
-    on first use)."""
-    path = Path(path).resolve()
+def _create_engine(url: URL) -> Engine:
+    path = sqlite_path(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Many threads (one per association, scheduler, workers, sender) share it.
+        engine = create_engine(url, pool_size=8, max_overflow=56,
+                               connect_args={"check_same_thread": False, "timeout": 30})
+        event.listen(engine, "connect", _on_connect)
+        event.listen(engine, "begin", _on_begin)
+        return engine
+    # A server database: a connection per busy thread, checked before use (a restarted
+    # server or a dropped connection costs one retry, not a failed C-STORE).
+    return create_engine(url, pool_size=8, max_overflow=24, pool_pre_ping=True)
+
+
+def get_engine(location: str | Path) -> Engine:
+    """The process-wide engine of the job log at ``location`` (a SQLite file path or a
+    database URL); on first use its tables are created or upgraded
+    (:func:`dicom_node.store.schema.upgrade`). Raises :class:`SchemaMismatch`."""
+    from dicom_node.store.schema import upgrade
+
+    url = database_url(location)
+    key = url.render_as_string(hide_password=False)
     with _ENGINES_LOCK:
-        engine = _ENGINES.get(path)
+        engine = _ENGINES.get(key)
         if engine is None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # Many threads (one per association, scheduler, workers, sender) share it.
-            engine = create_engine(f"sqlite:///{path}", pool_size=8, max_overflow=56,
-                                   connect_args={"check_same_thread": False, "timeout": 30})
-            event.listen(engine, "connect", _on_connect)
-            event.listen(engine, "begin", _on_begin)
-            _create_or_check_schema(engine, path)
-            _ENGINES[path] = engine
-            logger.debug("job log opened at %s", path)
+            engine = _create_engine(url)
+            path = sqlite_path(url)
+            where = str(path) if path else url.render_as_string(hide_password=True)
+            try:
+                upgrade(engine, repr(where))
+            except BaseException:
+                engine.dispose()
+                raise
+            _ENGINES[key] = engine
+            logger.debug("job log opened at %s", where)
         return engine
 
 
-def session_factory(path: str | Path) -> Callable[[], Session]:
+def session_factory(location: str | Path) -> Callable[[], Session]:
     """A session factory bound to :func:`get_engine` (objects stay usable after commit)."""
-    return sessionmaker(bind=get_engine(path), expire_on_commit=False)
+    return sessionmaker(bind=get_engine(location), expire_on_commit=False)

@@ -1,9 +1,16 @@
 """Operations on the job log that the SCP, the scheduler and the CLI share.
 
-Each method is one short transaction (``BEGIN IMMEDIATE``), so every state
-change is atomic and survives a crash: after a restart :meth:`JobLog.recover`
-puts interrupted work back in the queue. Objects handed out are frozen
-snapshots, never live ORM rows.
+Each method is one short transaction (``BEGIN IMMEDIATE`` on SQLite), so every
+state change is atomic and survives a crash: after a restart
+:meth:`dicom_node.store.jobqueue.JobQueue.recover` puts interrupted work back in the
+queue. Objects handed out are frozen snapshots, never live ORM rows.
+
+On a database that several node processes share (PostgreSQL), the rows a
+method changes are locked first (``SELECT ... FOR UPDATE``; ``SKIP LOCKED``
+where another process may take the row instead), so two receivers recording
+instances of one series, or two schedulers completing it, never lose an
+update or route it twice. SQLite has one writer at a time and ignores these
+clauses.
 """
 from __future__ import annotations
 
@@ -12,6 +19,9 @@ import datetime as dt
 import enum
 import json
 import logging
+import os
+import secrets
+import socket
 import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,21 +30,30 @@ from typing import Iterator, Mapping, Sequence
 
 from pydicom.uid import generate_uid
 from sqlalchemy import func, select
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.store.db import (Association, AssociationState, DeliveryStatus, Instance, Job,
-                                 JobState, Series, SeriesState, check_transition, session_factory,
-                                 utcnow)
+                                 JobState, Series, SeriesState, check_transition, database_url,
+                                 get_engine, sqlite_path, utcnow)
 from dicom_node.store.joblog_fast import writer_for
 
 __all__ = ["DATABASE_ERRORS", "InstanceRecord", "PlannedJob", "JobSpec", "DeliveryOutcome",
-           "JobLog", "UnknownJob", "InstanceConflict", "REOPENABLE", "job_spec"]
+           "JobLog", "UnknownJob", "InstanceConflict", "REOPENABLE", "job_spec", "new_node_id"]
 
 logger = logging.getLogger(__name__)
 REOPENABLE = (SeriesState.ROUTED, SeriesState.IGNORED, SeriesState.NOT_ELIGIBLE)
 # What a job-log operation raises when the database fails (ORM paths, raw sqlite3 hot path).
 DATABASE_ERRORS: tuple[type[Exception], ...] = (SQLAlchemyError, sqlite3.Error)
+
+
+
+def new_node_id() -> str:
+    """An id for this node process, unique across hosts and restarts: host, pid, random."""
+    return f"{socket.gethostname()[:64]}-{os.getpid()}-{secrets.token_hex(4)}"
+
 
 class UnknownJob(LookupError):
     """No job with the given id."""
@@ -120,12 +139,20 @@ def _set(row: Series | Job | Association, new: enum.Enum, reason: str | None = N
 
 
 class JobLog:
-    """The job log at ``database_path`` (engine shared process-wide)."""
+    """The job log at ``database``: a SQLite file path or a database URL (engine shared
+    process-wide). ``node_id`` names this process in the rows it claims or writes
+    (default: :func:`new_node_id`, one per :class:`JobLog`)."""
 
-    def __init__(self, database_path: str | Path) -> None:
-        self.path = Path(database_path)
-        self._sessions = session_factory(self.path)  # creates the tables first
-        self._writer = writer_for(self.path)
+    def __init__(self, database: str | Path, node_id: str | None = None) -> None:
+        self.url = database_url(database)
+        self.engine = get_engine(self.url)  # creates or upgrades the tables first
+        self.path = sqlite_path(self.url)  # None on a server database
+        self.shared = self.path is None  # other node processes may use it at the same time
+        self.where = str(self.path) if self.path else \
+            self.url.render_as_string(hide_password=True)
+        self.node_id = node_id or new_node_id()
+        self._sessions = sessionmaker(bind=self.engine, expire_on_commit=False)
+        self._writer = writer_for(self.engine)
 
     def session(self) -> Session:
         """A new session (use ``with log.session() as s, s.begin(): ...``)."""
@@ -143,7 +170,8 @@ class JobLog:
         """Record an association request; returns its id."""
         with self.transaction() as s:
             row = Association(calling_aet=calling, called_aet=called, peer_host=host,
-                              peer_port=port, state=AssociationState.OPEN)
+                              peer_port=port, state=AssociationState.OPEN,
+                              receiver=self.node_id)
             s.add(row)
             s.flush()
             return row.id
@@ -175,22 +203,23 @@ class JobLog:
         now = utcnow()
         if self._record_new_instance(rec, now):
             return True
+        try:
+            return self._record_in_full(rec, now)
+        except IntegrityError:  # another receiver recorded the same UID meanwhile: now a duplicate
+            return self._record_in_full(rec, now)
+
+    def _record_in_full(self, rec: InstanceRecord, now: dt.datetime) -> bool:
+        """:meth:`record_instance` on the ORM, the series row locked."""
         with self.transaction() as s:
             inst = s.scalar(select(Instance).where(
-                Instance.sop_instance_uid == rec.sop_instance_uid))
+                Instance.sop_instance_uid == rec.sop_instance_uid).with_for_update())
             if inst is not None and (inst.series_uid, inst.study_uid) != (rec.series_uid,
                                                                           rec.study_uid):
                 raise InstanceConflict(
                     f"SOP Instance UID {rec.sop_instance_uid} is already recorded in series "
                     f"{inst.series_uid} (study {inst.study_uid}); a second instance with that "
                     f"UID in series {rec.series_uid} (study {rec.study_uid}) is refused")
-            series = s.scalar(select(Series).where(Series.series_uid == rec.series_uid))
-            if series is None:
-                series = Series(series_uid=rec.series_uid, study_uid=rec.study_uid,
-                                modality=rec.modality, description=rec.description,
-                                series_number=rec.series_number, n_instances=0, generation=1,
-                                state=SeriesState.RECEIVING, first_received_at=now)
-                s.add(series)
+            series = self._locked_series(s, rec, now)
             if inst is None:
                 s.add(Instance(sop_instance_uid=rec.sop_instance_uid,
                                sop_class_uid=rec.sop_class_uid,
@@ -213,7 +242,21 @@ class JobLog:
                 assoc = s.get(Association, rec.association_id)
                 if assoc is not None:
                     assoc.n_instances += 1
+            s.flush()
             return inst is None
+
+    @staticmethod
+    def _locked_series(s: Session, rec: InstanceRecord, now: dt.datetime) -> Series:
+        """The instance's series row, created if new, locked until the transaction ends (a
+        receiver that creates the same series at the same time waits, then finds it)."""
+        insert = pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
+        s.execute(insert(Series).values(
+            series_uid=rec.series_uid, study_uid=rec.study_uid, modality=rec.modality,
+            description=rec.description, series_number=rec.series_number, n_instances=0,
+            generation=1, state=SeriesState.RECEIVING, first_received_at=now,
+            last_received_at=now).on_conflict_do_nothing(index_elements=["series_uid"]))
+        return s.scalars(select(Series).where(Series.series_uid == rec.series_uid)
+                         .with_for_update()).one()
 
     def _record_new_instance(self, rec: InstanceRecord, now: dt.datetime) -> bool:
         """The common case, a new instance of a series that is receiving (no state change),
@@ -246,7 +289,8 @@ class JobLog:
         completed = []
         with self.transaction() as s:
             quiet = s.scalars(select(Series).where(Series.state == SeriesState.RECEIVING,
-                                                   Series.last_received_at <= cutoff)).all()
+                                                   Series.last_received_at <= cutoff)
+                              .with_for_update(skip_locked=True)).all()
             for series in quiet:
                 counts = dict(s.execute(
                     select(Association.state, func.count(Instance.id))
@@ -317,7 +361,8 @@ class JobLog:
         failed = failed or {}
         created = 0
         with self.transaction() as s:
-            series = s.scalar(select(Series).where(Series.series_uid == series_uid))
+            series = s.scalar(select(Series).where(Series.series_uid == series_uid)
+                              .with_for_update())
             if series is None or series.state != SeriesState.COMPLETE \
                     or series.generation != generation:
                 return 0

@@ -32,6 +32,14 @@ left to the ORM path (``FULL``), which the writer reports by returning False
 with nothing written. Values are stored as SQLAlchemy stores them
 (``DateTime`` as ``YYYY-MM-DD HH:MM:SS.ffffff``, ``Boolean`` as 0/1, states as
 their values), so both paths read the same rows.
+
+On a server database (PostgreSQL) :class:`CoreInstanceWriter` is the same
+path on SQLAlchemy Core: one transaction, its first statement an ``UPDATE ...
+WHERE state = 'receiving' RETURNING id`` that both checks the series and locks
+its row (a scheduler completing the series waits, or makes this writer give
+the instance to the ORM path), then an ``INSERT ... ON CONFLICT DO NOTHING`` of
+the instance (a duplicate rolls the transaction back). Its commit is durable
+(PostgreSQL's default ``synchronous_commit``).
 """
 from __future__ import annotations
 
@@ -40,11 +48,17 @@ import logging
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from dicom_node.store.db import SeriesState, configure_connection
+from sqlalchemy import bindparam, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import Engine
 
-__all__ = ["InstanceWriter", "writer_for", "sql_datetime"]
+from dicom_node.store.db import (Association, Instance, Series, SeriesState,
+                                 configure_connection, sqlite_path)
+
+__all__ = ["InstanceWriter", "CoreInstanceWriter", "NewInstanceWriter", "writer_for",
+           "sql_datetime"]
 
 logger = logging.getLogger(__name__)
 
@@ -105,16 +119,60 @@ class InstanceWriter:
         return True
 
 
-_WRITERS: dict[Path, InstanceWriter] = {}
+class CoreInstanceWriter:
+    """:meth:`InstanceWriter.record_new` on SQLAlchemy Core, for a server database."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._count = (update(Series).where(Series.series_uid == bindparam("uid"),
+                                            Series.state == SeriesState.RECEIVING)
+                       .values(n_instances=Series.n_instances + 1,
+                               last_received_at=bindparam("now"))
+                       .returning(Series.id))
+
+    def record_new(self, rec: Any, now: dt.datetime) -> bool:
+        """As :meth:`InstanceWriter.record_new` (raises ``sqlalchemy.exc.SQLAlchemyError``)."""
+        with self.engine.connect() as conn, conn.begin() as transaction:
+            if conn.execute(self._count, {"uid": rec.series_uid, "now": now}).first() \
+                    is None:
+                transaction.rollback()
+                return False
+            inserted = conn.execute(pg_insert(Instance).values(
+                sop_instance_uid=rec.sop_instance_uid, sop_class_uid=rec.sop_class_uid,
+                transfer_syntax_uid=rec.transfer_syntax_uid, series_uid=rec.series_uid,
+                study_uid=rec.study_uid, path=str(rec.path), size_bytes=rec.size_bytes,
+                association_id=rec.association_id, received_at=now, n_received=1,
+                eligible=bool(rec.eligible), reason=rec.reason)
+                .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
+                .returning(Instance.id)).first()
+            if inserted is None:  # a duplicate: the full path records it
+                transaction.rollback()
+                return False
+            if rec.association_id is not None:
+                conn.execute(update(Association).where(Association.id == rec.association_id)
+                             .values(n_instances=Association.n_instances + 1))
+        return True
+
+
+class NewInstanceWriter(Protocol):
+    """What :class:`~dicom_node.store.joblog.JobLog` needs of a hot-path writer."""
+
+    def record_new(self, rec: Any, now: dt.datetime) -> bool: ...
+
+
+_WRITERS: dict[Any, NewInstanceWriter] = {}
 _WRITERS_LOCK = threading.Lock()
 
 
-def writer_for(path: str | Path) -> InstanceWriter:
-    """The process-wide writer of the job log at ``path`` (opened on first use; the tables
-    must exist, i.e. :func:`dicom_node.store.db.get_engine` ran first)."""
-    path = Path(path).resolve()
+def writer_for(job_log: str | Path | Engine) -> NewInstanceWriter:
+    """The process-wide hot-path writer of a job log: an :class:`InstanceWriter` for a
+    SQLite file (given by path or engine), a :class:`CoreInstanceWriter` for a server
+    database's engine. The tables must exist (:func:`dicom_node.store.db.get_engine` ran)."""
+    path = sqlite_path(job_log.url) if isinstance(job_log, Engine) else Path(job_log)
+    key: Any = path.resolve() if path is not None else job_log
     with _WRITERS_LOCK:
-        writer = _WRITERS.get(path)
+        writer = _WRITERS.get(key)
         if writer is None:
-            writer = _WRITERS[path] = InstanceWriter(path)
+            writer = _WRITERS[key] = (InstanceWriter(key) if path is not None
+                                      else CoreInstanceWriter(job_log))  # type: ignore[arg-type]
         return writer

@@ -5,6 +5,19 @@ crash interrupts stays visible in the log and :meth:`JobQueue.recover` puts it
 back: jobs left ``running`` are queued again (their output folder is rebuilt,
 their derived Series Instance UID kept), deliveries left ``running`` are marked
 failed and their jobs re-sent, associations left ``open`` become ``aborted``.
+
+Claims and leases. A worker claims a job (``queued`` -> ``running``) and a
+sender claims a delivery in one transaction that locks the job row (``FOR
+UPDATE SKIP LOCKED`` on PostgreSQL: two processes never take the same job, and
+neither waits for the other). A claim names the node process
+(``jobs.claimed_by``) and holds until ``jobs.lease_expires_at``, which the
+process's heartbeat (:meth:`JobQueue.heartbeat`) pushes forward while it
+synthesizes or sends. Every finishing step checks that the claim is still
+its own (:class:`LostClaim` otherwise), so a process that lost its lease never
+overwrites the work of the one that took the job over. On a job log of its own
+(SQLite, one process) :meth:`JobQueue.recover` at start-up takes back
+everything; on a shared one it takes back only what an expired lease or a
+stopped receiver left (run periodically by every process).
 """
 from __future__ import annotations
 
@@ -12,19 +25,27 @@ import datetime as dt
 import json
 import logging
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select, true, update
 from sqlalchemy.orm import Session
 
 from dicom_node.config import ExportConfig
 from dicom_node.store.db import (Association, AssociationState, Delivery, DeliveryInstance,
                                  DeliveryStatus, Job, JobState, check_transition, utcnow)
 from dicom_node.store.joblog import DeliveryOutcome, JobLog, JobSpec, UnknownJob, job_spec
+from dicom_node.store.nodes import live_nodes, touch_node
 
-__all__ = ["JobQueue", "Recovery", "MAX_PROCESSING_ATTEMPTS"]
+__all__ = ["JobQueue", "Recovery", "LostClaim", "MAX_PROCESSING_ATTEMPTS",
+           "DEFAULT_LEASE_SECONDS"]
 
 logger = logging.getLogger(__name__)
 MAX_PROCESSING_ATTEMPTS = 3  # a job interrupted this often is failed, not retried forever
+DEFAULT_LEASE_SECONDS = 30.0
+
+
+class LostClaim(RuntimeError):
+    """The job is no longer this process's: its lease expired and it was taken back."""
 
 
 @dataclass(frozen=True)
@@ -47,28 +68,54 @@ def _move(job: Job, new: JobState, reason: str | None) -> None:
 class JobQueue:
     """Queue operations on a :class:`~dicom_node.store.joblog.JobLog`."""
 
-    def __init__(self, log: JobLog) -> None:
+    def __init__(self, log: JobLog, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> None:
         self.log = log
+        self.lease = dt.timedelta(seconds=lease_seconds)
+
+    @property
+    def worker(self) -> str:
+        """The node process id that this queue's claims carry."""
+        return self.log.node_id
 
     # -- synthesis ------------------------------------------------------------------------
     def claim_next(self) -> JobSpec | None:
-        """Take the oldest ``queued`` job (-> ``running``); None when the queue is empty."""
+        """Take the oldest ``queued`` job (-> ``running``, claimed by this process for one
+        lease); None when the queue is empty. Jobs other processes are claiming at the
+        same moment are skipped, not waited for."""
+        now = utcnow()
         with self.log.transaction() as s:
             job = s.scalar(select(Job).where(Job.state == JobState.QUEUED)
-                           .order_by(Job.id).limit(1))
+                           .order_by(Job.id).limit(1).with_for_update(skip_locked=True))
             if job is None:
                 return None
             _move(job, JobState.RUNNING, None)
             job.attempts += 1
-            job.started_at = utcnow()
+            job.started_at = now
+            job.claimed_by, job.lease_expires_at = self.worker, now + self.lease
             return job_spec(job)
 
+    def _claimed(self, s: Session, job_id: int, attempt: int | None) -> Job:
+        """The job row, locked, if this process still holds its ``running`` claim (of
+        processing attempt ``attempt``, when given); else :class:`LostClaim`."""
+        job = s.scalars(select(Job).where(Job.id == job_id).with_for_update()).one_or_none()
+        if job is None:
+            raise UnknownJob(f"no job with id {job_id}")
+        if job.state != JobState.RUNNING or (attempt is not None and job.attempts != attempt) \
+                or job.claimed_by not in (None, self.worker):
+            raise LostClaim(f"job {job_id} is no longer claimed by {self.worker} (now "
+                            f"{job.state.value}, attempt {job.attempts}, claimed by "
+                            f"{job.claimed_by}); its result is discarded")
+        job.lease_expires_at = None
+        return job
+
     def processed(self, job_id: int, files: list[str], prompt: str | None, seconds: float,
-                  stage_seconds: dict[str, float] | None = None) -> None:
+                  stage_seconds: dict[str, float] | None = None, *,
+                  attempt: int | None = None) -> None:
         """Synthesis done: ``files`` (relative to the job folder) wait for delivery;
-        ``stage_seconds`` maps pipeline stages (assembly, synthesis, ...) to seconds."""
+        ``stage_seconds`` maps pipeline stages (assembly, synthesis, ...) to seconds.
+        Raises :class:`LostClaim` when the claim (of ``attempt``) is gone."""
         with self.log.transaction() as s:
-            job = self._get(s, job_id)
+            job = self._claimed(s, job_id, attempt)
             _move(job, JobState.SENDING, None)
             job.derived_files = json.dumps(list(files))
             job.prompt = prompt
@@ -77,37 +124,55 @@ class JobQueue:
             job.stage_seconds = json.dumps(stage_seconds) if stage_seconds else None
             job.send_attempts = 0
 
-    def rejected(self, job_id: int, reason: str) -> None:
-        """The series cannot be processed (reason is patient-free)."""
-        self._finish(job_id, JobState.REJECTED, reason)
+    def rejected(self, job_id: int, reason: str, *, attempt: int | None = None) -> None:
+        """The series cannot be processed (reason is patient-free); :class:`LostClaim`."""
+        self._finish(job_id, JobState.REJECTED, reason, attempt)
 
-    def failed(self, job_id: int, reason: str) -> None:
-        """Processing failed with an error."""
-        self._finish(job_id, JobState.FAILED, reason)
+    def failed(self, job_id: int, reason: str, *, attempt: int | None = None) -> None:
+        """Processing failed with an error; :class:`LostClaim` as :meth:`processed`."""
+        self._finish(job_id, JobState.FAILED, reason, attempt)
 
-    def _finish(self, job_id: int, state: JobState, reason: str) -> None:
+    def _finish(self, job_id: int, state: JobState, reason: str, attempt: int | None) -> None:
         with self.log.transaction() as s:
-            job = self._get(s, job_id)
+            job = self._claimed(s, job_id, attempt)
             _move(job, state, reason)
             job.finished_at = utcnow()
 
     # -- delivery -------------------------------------------------------------------------
+    @staticmethod
+    def _unclaimed(now: dt.datetime) -> Any:
+        return or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now)
+
     def due_sends(self, limit: int = 10) -> list[JobSpec]:
-        """Jobs in ``sending`` whose next attempt is due, oldest first."""
+        """Jobs in ``sending`` whose next attempt is due and that no process is delivering,
+        oldest first (a hint: :meth:`begin_delivery` claims)."""
+        now = utcnow()
         with self.log.transaction() as s:
             rows = s.scalars(select(Job).where(Job.state == JobState.SENDING,
-                                               Job.next_attempt_at <= utcnow())
+                                               Job.next_attempt_at <= now, self._unclaimed(now))
                              .order_by(Job.next_attempt_at).limit(limit))
             return [job_spec(j) for j in rows]
 
     def begin_delivery(self, job_id: int, ae_title: str | None, host: str | None,
-                       port: int | None) -> int:
-        """Record the start of an export attempt; returns the delivery id."""
+                       port: int | None, *, if_due: bool = False) -> int | None:
+        """Claim the job's delivery for one lease and record the start of an export
+        attempt; returns the delivery id, or None when the job is not ``sending``, another
+        process is delivering it, or (``if_due``) its next attempt is not due."""
+        now = utcnow()
         with self.log.transaction() as s:
+            query = select(Job).where(Job.id == job_id, Job.state == JobState.SENDING,
+                                      self._unclaimed(now))
+            if if_due:
+                query = query.where(Job.next_attempt_at <= now)
+            job = s.scalar(query.with_for_update(skip_locked=True))
+            if job is None:
+                return None
+            job.claimed_by, job.lease_expires_at = self.worker, now + self.lease
             attempt = 1 + s.scalar(select(func.count(Delivery.id))
                                    .where(Delivery.job_id == job_id))
             row = Delivery(job_id=job_id, attempt=attempt, dest_ae_title=ae_title,
-                           dest_host=host, dest_port=port, status=DeliveryStatus.RUNNING)
+                           dest_host=host, dest_port=port, status=DeliveryStatus.RUNNING,
+                           sender=self.worker, started_at=now)
             s.add(row)
             s.flush()
             return row.id
@@ -121,6 +186,13 @@ class JobQueue:
             delivery = s.get(Delivery, delivery_id)
             if delivery is None:
                 raise UnknownJob(f"no delivery with id {delivery_id}")
+            job = s.scalars(select(Job).where(Job.id == delivery.job_id)
+                            .with_for_update()).one()
+            if delivery.status != DeliveryStatus.RUNNING:  # given up: the lease expired
+                logger.warning("delivery %d of job %d ended (%s) after it was given up as "
+                               "interrupted; job left %s", delivery_id, job.id,
+                               outcome.status.value, job.state.value)
+                return job.state
             check_transition(delivery.status, outcome.status)
             delivery.status, delivery.ended_at = outcome.status, now
             delivery.n_sent, delivery.n_warning = outcome.n_sent, outcome.n_warning
@@ -128,7 +200,8 @@ class JobQueue:
             s.add_all(DeliveryInstance(delivery_id=delivery_id, sop_instance_uid=uid,
                                        status_code=code, outcome=result)
                       for uid, code, result in outcome.instances)
-            job = self._get(s, delivery.job_id)
+            if job.claimed_by == delivery.sender:
+                job.lease_expires_at = None
             job.send_attempts += 1
             spent = (now - delivery.started_at).total_seconds()
             job.send_seconds = (job.send_seconds or 0.0) + spent
@@ -148,37 +221,72 @@ class JobQueue:
 
     # -- recovery and admin ---------------------------------------------------------------
     def recover(self) -> Recovery:
-        """Put work interrupted by a crash or a stop back in order (run before serving)."""
+        """Put interrupted work back in order. On a job log of its own (SQLite; run before
+        serving) everything left running or open; on a shared one only the work of
+        processes whose lease expired, and the open associations of receivers that
+        stopped (run at start-up and then periodically)."""
         now = utcnow()
         counts = dict.fromkeys(Recovery.__dataclass_fields__, 0)
+        shared = self.log.shared
+        gone = "its lease expired" if shared else "node stopped"
         with self.log.transaction() as s:
-            for assoc in s.scalars(select(Association)
-                                   .where(Association.state == AssociationState.OPEN)):
+            assocs = select(Association).where(Association.state == AssociationState.OPEN)
+            if shared:
+                assocs = assocs.where(Association.receiver.not_in(live_nodes(now, self.lease)))
+            for assoc in s.scalars(assocs.with_for_update(skip_locked=True)):
                 check_transition(assoc.state, AssociationState.ABORTED)
                 assoc.state, assoc.ended_at = AssociationState.ABORTED, now
-                assoc.reason = "node stopped during the association"
+                assoc.reason = ("receiver stopped during the association" if shared else
+                                "node stopped during the association")
                 counts["associations_aborted"] += 1
-            for delivery in s.scalars(select(Delivery)
-                                      .where(Delivery.status == DeliveryStatus.RUNNING)):
-                delivery.status, delivery.ended_at = DeliveryStatus.FAILED, now
-                delivery.error = "interrupted: node stopped during the delivery"
-                counts["deliveries_interrupted"] += 1
-            for job in s.scalars(select(Job).where(Job.state == JobState.RUNNING)):
-                if job.attempts >= MAX_PROCESSING_ATTEMPTS:
-                    _move(job, JobState.FAILED, f"processing interrupted {job.attempts} times "
-                                                "(node stopped while synthesizing)")
-                    job.finished_at = now
-                    counts["jobs_failed"] += 1
-                else:
-                    _move(job, JobState.QUEUED, "requeued: node stopped while synthesizing")
-                    counts["jobs_requeued"] += 1
-            for job in s.scalars(select(Job).where(Job.state == JobState.SENDING)):
-                job.next_attempt_at = now
-                counts["jobs_resending"] += 1
+            expired = and_(Job.lease_expires_at.is_not(None), Job.lease_expires_at < now) \
+                if shared else true()
+            for job in s.scalars(select(Job).where(Job.state.in_([JobState.RUNNING,
+                                                                  JobState.SENDING]), expired)
+                                 .with_for_update(skip_locked=True)):
+                self._take_back(s, job, now, gone, counts)
         recovery = Recovery(**counts)
         if any(counts.values()):
-            logger.info("recovery after restart: %s", recovery)
+            logger.info("recovery (%s): %s", "expired leases" if shared else "after restart",
+                        recovery)
         return recovery
+
+    def _take_back(self, s: Session, job: Job, now: dt.datetime, gone: str,
+                   counts: dict[str, int]) -> None:
+        """Requeue (or fail) an interrupted synthesis; end an interrupted delivery and send
+        the job again now."""
+        who = f" ({job.claimed_by})" if job.claimed_by and self.log.shared else ""
+        job.lease_expires_at = None
+        if job.state == JobState.SENDING:
+            for delivery in s.scalars(select(Delivery).where(
+                    Delivery.job_id == job.id, Delivery.status == DeliveryStatus.RUNNING)):
+                delivery.status, delivery.ended_at = DeliveryStatus.FAILED, now
+                delivery.error = f"interrupted: {gone} during the delivery{who}"
+                counts["deliveries_interrupted"] += 1
+            job.next_attempt_at = now
+            counts["jobs_resending"] += 1
+        elif job.attempts >= MAX_PROCESSING_ATTEMPTS:
+            _move(job, JobState.FAILED, f"processing interrupted {job.attempts} times "
+                                        f"({gone} while synthesizing{who})")
+            job.finished_at = now
+            counts["jobs_failed"] += 1
+        else:
+            _move(job, JobState.QUEUED, f"requeued: {gone} while synthesizing{who}")
+            counts["jobs_requeued"] += 1
+
+    def heartbeat(self) -> int:
+        """Extend the lease of every job this process is synthesizing or delivering, and
+        mark the process alive; returns how many leases were extended."""
+        now = utcnow()
+        with self.log.transaction() as s:
+            extended = s.execute(
+                update(Job).where(Job.claimed_by == self.worker,
+                                  Job.lease_expires_at.is_not(None),
+                                  Job.state.in_([JobState.RUNNING, JobState.SENDING]))
+                .values(lease_expires_at=now + self.lease)
+                .execution_options(synchronize_session=False)).rowcount
+            touch_node(s, self.worker, now)
+        return int(extended or 0)
 
     def requeue(self, job_id: int) -> JobState:
         """Admin re-send: a failed or done job is delivered again (or re-processed when it

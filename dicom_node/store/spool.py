@@ -31,6 +31,7 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -301,16 +302,29 @@ class Spool:
             for series in _uid_folders(Path(study.path)):
                 yield study.name, series.name, Path(series.path)
 
-    def remove_stale_parts(self, temp_dir: Path | None = None) -> int:
+    def remove_stale_parts(self, temp_dir: Path | None = None, *,
+                           older_than_seconds: float = 0.0) -> int:
         """Delete temporary files left by a crash (``.part`` files in the spool, and every
         file in ``temp_dir``, where incoming data sets are streamed); returns how many.
-        Call it before the node listens."""
+        Call it before the node listens. ``older_than_seconds`` spares younger files (a
+        spool that other receivers share: theirs are being written)."""
         stale = list(self.root.rglob(".incoming-*.part"))
         if temp_dir is not None and Path(temp_dir).is_dir():
             stale += [p for p in Path(temp_dir).iterdir() if p.is_file()]
+        if older_than_seconds > 0:
+            cutoff = time.time() - older_than_seconds
+            stale = [p for p in stale if _modified(p) < cutoff]
         for part in stale:
             part.unlink(missing_ok=True)
         count = len(stale)
         if count:
             logger.info("removed %d unfinished spool file(s) left by an earlier run", count)
         return count
+
+
+def _modified(path: Path) -> float:
+    """The file's modification time (now when it is gone already)."""
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return time.time()

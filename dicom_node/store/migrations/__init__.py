@@ -1,0 +1,1 @@
+"""Alembic migrations of the job log (see :mod:`dicom_node.store.schema`)."""

@@ -114,6 +114,8 @@ class Node:
         self.scp.stop(grace_seconds)
         self.scheduler.stop(timeout=max(grace_seconds, 1.0))
         try:
+            if self.log.shared and self.scheduler.queue.release_claims():
+                logger.info("claims of unfinished jobs released to the other node processes")
             node_stopped(self.log)
         except DATABASE_ERRORS as exc:  # the database is gone: its heartbeat simply ends
             logger.warning("cannot record the node's stop in the job log: %s",

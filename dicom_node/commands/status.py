@@ -54,7 +54,7 @@ _JOBS = ("id", "series_uid", "generation", "route", "target", "destination", "de
          "dest_host", "dest_port", "output_format", "state", "reason", "attempts",
          "send_attempts", "next_attempt_at", "derived_series_uid", "prompt", "created_at",
          "started_at", "processed_at", "finished_at", "process_seconds", "send_seconds",
-         "claimed_by", "lease_expires_at")
+         "claimed_by", "processed_by", "lease_expires_at")
 _DELIVERIES = ("id", "job_id", "attempt", "dest_ae_title", "dest_host", "dest_port", "status",
                "n_sent", "n_warning", "n_failed", "error", "started_at", "ended_at")
 _ASSOCIATIONS = ("id", "calling_aet", "called_aet", "peer_host", "peer_port", "state", "reason",

@@ -225,6 +225,7 @@ class Job(Base):
     # The node process synthesizing or delivering the job, and until when that claim holds
     # without a heartbeat (None: nobody works on it now).
     claimed_by: Mapped[str | None] = mapped_column(String(NODE_ID_LENGTH))
+    processed_by: Mapped[str | None] = mapped_column(String(NODE_ID_LENGTH))  # who synthesized
     lease_expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime, index=True)
 
 

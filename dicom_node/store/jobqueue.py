@@ -105,7 +105,7 @@ class JobQueue:
             raise LostClaim(f"job {job_id} is no longer claimed by {self.worker} (now "
                             f"{job.state.value}, attempt {job.attempts}, claimed by "
                             f"{job.claimed_by}); its result is discarded")
-        job.lease_expires_at = None
+        job.lease_expires_at, job.processed_by = None, self.worker
         return job
 
     def processed(self, job_id: int, files: list[str], prompt: str | None, seconds: float,
@@ -287,6 +287,19 @@ class JobQueue:
                 .execution_options(synchronize_session=False)).rowcount
             touch_node(s, self.worker, now)
         return int(extended or 0)
+
+    def release_claims(self) -> int:
+        """End the leases of this process's claims now (at a clean stop): on a shared job
+        log another process takes the work over at its next recovery instead of after a
+        lease; a result this process still records is then discarded (:class:`LostClaim`).
+        Returns how many claims were released."""
+        now = utcnow()
+        with self.log.transaction() as s:
+            released = s.execute(
+                update(Job).where(Job.claimed_by == self.worker, Job.lease_expires_at > now)
+                .values(lease_expires_at=now)
+                .execution_options(synchronize_session=False)).rowcount
+        return int(released or 0)
 
     def requeue(self, job_id: int) -> JobState:
         """Admin re-send: a failed or done job is delivered again (or re-processed when it

@@ -7,6 +7,7 @@ Revises: 0001
   heartbeat (``last_seen_at``) and when it stopped;
 * ``jobs.claimed_by`` / ``jobs.lease_expires_at``: the process synthesizing or
   delivering a job and until when its claim holds without a heartbeat;
+  ``jobs.processed_by``: the process whose synthesis attempt ended the job's processing;
 * ``associations.receiver``, ``deliveries.sender``: the process that received
   or sent.
 """
@@ -35,6 +36,7 @@ def upgrade() -> None:
         sa.Column("stopped_at", sa.DateTime()))
     with op.batch_alter_table("jobs") as batch:
         batch.add_column(sa.Column("claimed_by", sa.String(NODE_ID)))
+        batch.add_column(sa.Column("processed_by", sa.String(NODE_ID)))
         batch.add_column(sa.Column("lease_expires_at", sa.DateTime()))
         batch.create_index("ix_jobs_lease_expires_at", ["lease_expires_at"])
     with op.batch_alter_table("associations") as batch:
@@ -51,5 +53,6 @@ def downgrade() -> None:
     with op.batch_alter_table("jobs") as batch:
         batch.drop_index("ix_jobs_lease_expires_at")
         batch.drop_column("lease_expires_at")
+        batch.drop_column("processed_by")
         batch.drop_column("claimed_by")
     op.drop_table("nodes")

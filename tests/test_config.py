@@ -154,3 +154,34 @@ def test_model_checkpoint_must_exist_unless_default(tmp_path: Path) -> None:
     weights = tmp_path / "tiny.pt"
     weights.write_bytes(b"weights")
     assert parse_config({"model": {"checkpoint": str(weights)}}).model.checkpoint == str(weights)
+
+
+def test_database_and_roles_default_to_one_process_on_sqlite(tmp_path: Path) -> None:
+    config = parse_config(_base(node={"data_dir": str(tmp_path / "var")}))
+    assert config.node.roles == ("receive", "process") and config.node.lease_seconds == 30
+    assert config.database.url is None and not config.shared_database
+    assert config.database_url == f"sqlite:///{tmp_path / 'var' / 'joblog.sqlite'}"
+    shared = parse_config(_base(node={"roles": ["process"]},
+                                database={"url": "postgresql+psycopg://u:secret@db:5432/log"}))
+    assert shared.node.roles == ("process",) and shared.shared_database
+    assert shared.database_url == "postgresql+psycopg://u:secret@db:5432/log"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"node": {"roles": []}}, "node.roles must be a non-empty list of distinct roles out of "
+                              "'receive', 'process'. Found []"),
+    ({"node": {"roles": ["receive", "send"]}}, "Found ['receive', 'send']"),
+    ({"node": {"roles": ["process", "process"]}}, "distinct roles"),
+    ({"node": {"roles": ["process"]}}, "which share a job log only on a database server: set "
+                                       "[database] url"),
+    ({"node": {"lease_seconds": 1}}, "node.lease_seconds must be a number in [3.0"),
+    ({"database": {"url": "mysql://u:secret@db/log"}}, "database.url must start with one of "
+                                                        "sqlite://, postgresql+psycopg://. "
+                                                        "Found scheme 'mysql'"),
+    ({"database": {"url": "postgresql://u@db/log"}}, "Found scheme 'postgresql'"),
+    ({"database": {"path": "x"}}, "database"),
+])
+def test_invalid_scale_out_settings_are_refused(change: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(_base(**change))
+    assert message in str(info.value) and "secret" not in str(info.value)

@@ -47,6 +47,30 @@ def test_compose_file_runs_orthanc_and_the_node() -> None:
     assert dockerfile.is_file()
 
 
+def test_postgres_compose_shares_the_job_log_and_the_data_volume() -> None:
+    """compose.postgres.yaml: a receiver and scalable workers with the deploy/postgres
+    configurations (which the node loads: roles, the same database), one data volume."""
+    yaml = pytest.importorskip("yaml")
+    from dicom_node.config import load_config
+
+    compose = yaml.safe_load((DEPLOY / "docker" / "compose.postgres.yaml").read_text())
+    services = compose["services"]
+    assert set(services) == {"postgres", "orthanc", "receiver", "worker"}
+    configs = {}
+    for name, roles in (("receiver", ("receive",)), ("worker", ("process",))):
+        mounts = services[name]["volumes"]
+        assert "node-data:/var/lib/rtfsyn" in mounts
+        toml = next(m.split(":")[0] for m in mounts if m.endswith(":/etc/rtfsyn/node.toml:ro"))
+        configs[name] = load_config((DEPLOY / "docker" / toml).resolve())
+        assert configs[name].node.roles == roles
+        assert str(configs[name].node.data_dir) == "/var/lib/rtfsyn"
+    assert configs["receiver"].database.url == configs["worker"].database.url
+    url = configs["worker"].database.url
+    env = services["postgres"]["environment"]
+    assert f"{env['POSTGRES_USER']}:{env['POSTGRES_PASSWORD']}@postgres:5432/" \
+           f"{env['POSTGRES_DB']}" in url
+
+
 def test_autoroute_script_modality_is_configurable() -> None:
     text = autoroute_script("node_b")
     assert "RTFSYN_MODALITY = 'node_b'" in text

@@ -13,16 +13,24 @@ import glob
 import os
 import pwd
 import shutil
+import socket
 import subprocess
 import tempfile
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ["PostgresCluster", "postgres_bin_dir", "MISSING_REASON"]
+__all__ = ["PostgresCluster", "postgres_bin_dir", "MISSING_REASON", "free_port"]
 
 MISSING_REASON = ("PostgreSQL server binaries not found (/usr/lib/postgresql/*/bin/initdb); "
                   "install Debian's 'postgresql' package (.ci/run does)")
 SERVICE_USER = "postgres"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def postgres_bin_dir() -> Path | None:
@@ -88,6 +96,11 @@ class PostgresCluster:
         self._run(["createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "rtfsyn",
                    self.database])
         return self
+
+    def create_database(self, name: str) -> str:
+        """Create another database on the server; its SQLAlchemy URL."""
+        self._run(["createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "rtfsyn", name])
+        return f"postgresql+psycopg://rtfsyn@127.0.0.1:{self.port}/{name}"
 
     def log_tail(self, n_chars: int = 3000) -> str:
         """The end of the server log (for failure messages)."""

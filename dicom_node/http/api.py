@@ -50,12 +50,12 @@ def _stamp(text: str | None) -> dt.datetime | None:
     return None if text is None else dt.datetime.fromisoformat(text.rstrip("Z"))
 
 
-def report(database: Path, limit: int | None) -> dict[str, Any]:
+def report(database: Path | str, limit: int | None) -> dict[str, Any]:
     """The whole status report (what ``rtfsyn status --json --limit N`` prints)."""
     return build_report(database, limit)
 
 
-def query_rows(database: Path, kind: str, params: Mapping[str, str]) -> list[dict[str, Any]]:
+def query_rows(database: Path | str, kind: str, params: Mapping[str, str]) -> list[dict[str, Any]]:
     """The ``kind`` (``series`` or ``jobs``) rows of the status report that match
     ``params``, newest first; raises :class:`BadQuery` for an unknown or bad parameter."""
     unknown = sorted(set(params) - _KEYS[kind])

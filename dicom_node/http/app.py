@@ -62,8 +62,8 @@ class StatusContext:
 
     @property
     def database(self) -> Any:
-        """The job log as the status report takes it."""
-        return self.config.database_path
+        """The job log as the status report takes it (a SQLite path or a database URL)."""
+        return self.config.database_url
 
     @property
     def token(self) -> str | None:

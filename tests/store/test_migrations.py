@@ -14,9 +14,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, select
 
-from dicom_node import db
-from dicom_node.jobqueue import JobQueue
-from dicom_node.joblog import JobLog
+from dicom_node.store import db
+from dicom_node.store.jobqueue import JobQueue
+from dicom_node.store.joblog import JobLog
 from dicom_node.store.schema import BASELINE, SCHEMA_VERSION, head_revision
 
 V1_LOG = Path(__file__).with_name("data") / "joblog-v1.sqlite"

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
-from dicom_node import db
-from dicom_node.db import AssociationState, JobState, SeriesState
-from dicom_node.jobqueue import JobQueue, LostClaim
-from dicom_node.joblog import InstanceRecord, JobLog, PlannedJob
+from dicom_node.store import db
+from dicom_node.store.db import AssociationState, JobState, SeriesState
+from dicom_node.store.jobqueue import JobQueue, LostClaim
+from dicom_node.store.joblog import InstanceRecord, JobLog, PlannedJob
 from dicom_node.store.nodes import node_stopped, register_node
 
 STUDY = "1.2.3"

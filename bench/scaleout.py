@@ -130,8 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for run in range(1, args.repeats + 1):
             for workers in args.workers:  # interleaved: load drifts hit both alike
                 runs.append(measure_once(workers, args, cluster, run))
-    summary = {str(w): {"median_series_per_hour": statistics.median(
-        r["series_per_hour"] for r in runs if r["workers"] == w),
+    summary = {str(w): {"median_series_per_hour": round(statistics.median(
+        r["series_per_hour"] for r in runs if r["workers"] == w), 1),
         "runs": [r["series_per_hour"] for r in runs if r["workers"] == w]}
         for w in args.workers}
     report = {"command": "python bench/scaleout.py " + " ".join(sys.argv[1:] if argv is None

@@ -25,7 +25,6 @@ import logging
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Sequence
 

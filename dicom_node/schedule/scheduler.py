@@ -212,9 +212,9 @@ class Scheduler:
                 raise RejectedSeries("no eligible instance arrived on a released association")
             result = self.processor(job, files, out_dir)
         except RejectedSeries as exc:
-            logger.warning("job %d rejected: %s", job.id, exc.reason)
-            return self._settle(lambda: self.queue.rejected(job.id, exc.reason,
-                                                            attempt=job.attempts))
+            why = exc.reason
+            logger.warning("job %d rejected: %s", job.id, why)
+            return self._settle(lambda: self.queue.rejected(job.id, why, attempt=job.attempts))
         except Exception as exc:  # any processing error ends this job, not the worker
             logger.exception("job %d failed while processing", job.id)
             reason = f"processing error: {type(exc).__name__}: {str(exc)[:300]}"

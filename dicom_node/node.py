@@ -29,7 +29,8 @@ from dicom_node.config import Config
 from dicom_node.store.jobqueue import Recovery
 from dicom_node.store.joblog import DATABASE_ERRORS, JobLog
 from dicom_node.process.processor import SynthesisProcessor
-from dicom_node.schedule.scheduler import Processor, Scheduler
+from dicom_node.schedule.scheduler import Scheduler
+from dicom_node.schedule.work import Processor
 from dicom_node.receive.disk_guard import DiskGuard
 from dicom_node.receive.scp import StorageSCP
 from dicom_node.store.nodes import node_stopped, register_node

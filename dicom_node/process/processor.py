@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from dicom_node.config import Config
-from dicom_node.schedule.scheduler import ProcessResult
+from dicom_node.schedule.work import ProcessResult
 from dicom_node.store.joblog import JobSpec
 
 __all__ = ["SynthesisProcessor", "WARM_UP_DONE"]

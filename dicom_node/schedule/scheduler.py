@@ -1,4 +1,6 @@
-"""Series completion, routing, synthesis workers and the export queue.
+"""The scheduler: the threads that move work along the job log, each running one step in a
+loop (the steps live in :mod:`dicom_node.schedule.completion`, :mod:`dicom_node.schedule.work`
+and :mod:`dicom_node.send.delivery`).
 
 Four kinds of threads share the job log (the first with the ``receive`` role,
 workers and sender with ``process``; ``[node] roles``):
@@ -27,40 +29,21 @@ into the folder of the one that took the job over, and its result is discarded
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from pydicom import dcmread
-
 from dicom_node.config import ROLES, Config
-from dicom_node.store.db import DeliveryStatus, SeriesState
-from dicom_node.errors import RejectedSeries
-from dicom_node.store.jobqueue import JobQueue, LostClaim
-from dicom_node.store.joblog import DeliveryOutcome, JobLog, JobSpec
-from dicom_node.schedule.routes import plan_routes
-from dicom_node.send.destinations import job_endpoint
-from dicom_node.send.sender import send_files
+from dicom_node.schedule.completion import complete_and_route, route_series
+from dicom_node.schedule.work import Processor, job_dir, run_one_job
+from dicom_node.send.delivery import deliver
+from dicom_node.store.jobqueue import JobQueue
+from dicom_node.store.joblog import JobLog, JobSpec
 
-__all__ = ["ProcessResult", "Processor", "Scheduler"]
+__all__ = ["Scheduler"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ProcessResult:
-    """What a processor made: the derived files (inside the job folder) and the prompt."""
-
-    files: list[Path]
-    prompt: str | None = None
-    extra: dict = field(default_factory=dict)
-
-
-# processor(job, source files (released, eligible), empty output folder) -> result
-Processor = Callable[[JobSpec, list[Path], Path], ProcessResult]
 
 
 class Scheduler:
@@ -154,94 +137,28 @@ class Scheduler:
             if not self._guarded("sender", self.send_due):
                 self._sendable.wait(self.poll_seconds)
 
-    # -- completion and routing ----------------------------------------------------------
+    # -- the steps (each also callable directly) -------------------------------------------
     def tick(self) -> bool:
         """Complete quiet series and route complete ones; True if jobs were created."""
-        for uid in self.log.complete_quiet_series(self.config.node.stable_seconds):
-            logger.info("series %s complete", uid)
-        created = 0
-        for series_uid, generation in self.log.series_to_route():
-            created += self.route_series(series_uid, generation)
+        created = complete_and_route(self.log, self.config)
         if created:
             self._work.set()
         return created > 0
 
     def route_series(self, series_uid: str, generation: int) -> int:
         """Apply the routes to one complete series; returns the number of jobs created."""
-        files = self.log.released_instances(series_uid)
-        if not files:
-            return self.log.apply_routing(series_uid, generation, [], SeriesState.NOT_ELIGIBLE,
-                                          "no eligible instance (SOP class not eligible)", [])
-        try:
-            header = dcmread(files[0], stop_before_pixels=True)
-        except Exception as exc:  # a spooled file that cannot be parsed: record, not crash
-            return self.log.apply_routing(
-                series_uid, generation, [], SeriesState.NOT_ELIGIBLE,
-                f"cannot read the series header: {type(exc).__name__}", [])
-        cfg = self.config
-        decision = plan_routes(header, cfg.routes, destinations=cfg.destinations,
-                               callers=cfg.callers, caller=self.log.caller_of(series_uid),
-                               is_ours=self.log.is_derived_series)
-        created = self.log.apply_routing(series_uid, generation, decision.jobs, decision.state,
-                                         decision.reason, decision.routes, decision.failed)
-        logger.info("series %s %s%s: %d job(s)", series_uid, decision.state.value,
-                    f" ({decision.reason})" if decision.reason else "", created)
-        return created
+        return route_series(self.log, self.config, series_uid, generation)
 
-    # -- synthesis ------------------------------------------------------------------------
     def job_dir(self, job_id: int) -> Path:
         """The job's output folder: ``data_dir/out/job-<id>``."""
-        return self.config.out_dir / f"job-{job_id}"
+        return job_dir(self.config.out_dir, job_id)
 
     def run_one_job(self) -> bool:
         """Claim and process one queued job; False when the queue was empty."""
-        job = self.queue.claim_next()
-        if job is None:
-            return False
-        job_dir = self.job_dir(job.id)
-        if job_dir.exists():  # left by an interrupted attempt: rebuild from scratch
-            shutil.rmtree(job_dir, ignore_errors=True)
-        out_dir = job_dir / f"attempt-{job.attempts}"
-        out_dir.mkdir(parents=True)
-        files = self.log.released_instances(job.series_uid)
-        logger.info("job %d: %s from series %s (%d instances, attempt %d)", job.id, job.target,
-                    job.series_uid, len(files), job.attempts)
-        started = time.monotonic()
-        try:
-            if not files:
-                raise RejectedSeries("no eligible instance arrived on a released association")
-            result = self.processor(job, files, out_dir)
-        except RejectedSeries as exc:
-            why = exc.reason
-            logger.warning("job %d rejected: %s", job.id, why)
-            return self._settle(lambda: self.queue.rejected(job.id, why, attempt=job.attempts))
-        except Exception as exc:  # any processing error ends this job, not the worker
-            logger.exception("job %d failed while processing", job.id)
-            reason = f"processing error: {type(exc).__name__}: {str(exc)[:300]}"
-            return self._settle(lambda: self.queue.failed(job.id, reason, attempt=job.attempts))
-        relative = [str(Path(f).resolve().relative_to(job_dir.resolve()))
-                    if Path(f).resolve().is_relative_to(job_dir.resolve()) else str(f)
-                    for f in result.files]
-        seconds = time.monotonic() - started
-        if not self._settle(lambda: self.queue.processed(
-                job.id, relative, result.prompt, seconds, result.extra.get("timings"),
-                attempt=job.attempts)):
-            return True
-        self._sendable.set()  # the sender delivers it without waiting for its next poll
-        logger.info("job %d: %d derived instance(s) in %.1f s", job.id, len(relative), seconds)
-        return True
+        # once processed, the sender delivers it without waiting for its next poll
+        return run_one_job(self.queue, self.log, self.processor, self.config.out_dir,
+                           on_processed=self._sendable.set)
 
-    @staticmethod
-    def _settle(step: Callable[[], None]) -> bool:
-        """Record a job's outcome; False (logged) when this process lost the job's claim."""
-        try:
-            step()
-        except LostClaim as exc:
-            logger.warning("%s", exc)
-            return False
-        return True
-
-    # -- delivery -------------------------------------------------------------------------
     def send_due(self) -> bool:
         """Make one delivery attempt for every job that is due; False if none was."""
         jobs = self.queue.due_sends()
@@ -252,21 +169,5 @@ class Scheduler:
         return bool(jobs)
 
     def deliver(self, job: JobSpec) -> None:
-        """One export attempt of one job, recorded in ``deliveries`` (nothing when another
-        process claimed the delivery first or it is no longer due)."""
-        endpoint, error = job_endpoint(job, self.config)
-        delivery_id = self.queue.begin_delivery(
-            job.id, endpoint.ae_title if endpoint else job.dest_ae_title,
-            endpoint.host if endpoint else job.dest_host,
-            endpoint.port if endpoint else job.dest_port, if_due=True)
-        if delivery_id is None:
-            return
-        if endpoint is None:
-            outcome = DeliveryOutcome(DeliveryStatus.FAILED, error=error)
-        else:
-            out_dir = self.job_dir(job.id)
-            files = [out_dir / f for f in job.derived_files]
-            outcome = send_files(files, endpoint, calling_aet=self.config.node.ae_title,
-                                 timeout=self.config.export.timeout_seconds)
-        state = self.queue.finish_delivery(delivery_id, outcome, self.config.export)
-        logger.info("job %d delivery: %s -> job %s", job.id, outcome.status.value, state.value)
+        """One export attempt of one job, recorded in ``deliveries``."""
+        deliver(job, self.queue, self.config, self.job_dir(job.id))

@@ -23,7 +23,7 @@ from pynetdicom.sop_class import Verification
 from dicom_node.config import Config, parse_config
 from dicom_node.store.joblog import JobSpec
 from dicom_node.tools.loopback import free_port
-from dicom_node.schedule.scheduler import ProcessResult
+from dicom_node.schedule.work import ProcessResult
 
 NODE_AET = "RTFSYN"
 

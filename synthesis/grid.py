@@ -17,7 +17,10 @@ from scipy import ndimage
 __all__ = [
     "ANISOTROPY_LIMIT",
     "scale_to_range",
+    "WORKING_SPACING_MM",
     "working_spacing",
+    "default_output_spacing",
+    "resample_antialiased",
     "output_shape",
     "axis_coords",
     "origin_offset_mm",
@@ -29,7 +32,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-ANISOTROPY_LIMIT = 1.5  # axes coarser than this times the finest one are resampled
+ANISOTROPY_LIMIT = 1.5  # output axes coarser than this times the finest one take the finest spacing
+WORKING_SPACING_MM = 1.0  # the network's grid
+WORKING_TOLERANCE = 0.1   # an input axis this close to 1 mm (relative) is not resampled
 
 
 def _spacing(name: str, spacing: Sequence[float]) -> tuple[float, float, float]:
@@ -43,7 +48,21 @@ def _spacing(name: str, spacing: Sequence[float]) -> tuple[float, float, float]:
 
 
 def working_spacing(spacing: Sequence[float]) -> tuple[float, float, float]:
-    """The spacing the network runs on: axes coarser than 1.5x the finest axis take the finest spacing."""
+    """The spacing the network runs on: ~1 mm whatever the input spacing.
+
+    An axis within ``WORKING_TOLERANCE`` of :data:`WORKING_SPACING_MM` keeps its own
+    spacing (no resampling of a 1 mm scan); every other axis takes exactly 1 mm. A
+    0.45 mm scan is anti-aliased down to 1 mm and a 5 mm one interpolated up; the
+    implicit decoder then writes whatever output grid is asked for.
+    """
+    sp = _spacing("spacing", spacing)
+    return tuple(s if abs(s - WORKING_SPACING_MM) <= WORKING_TOLERANCE * WORKING_SPACING_MM
+                 else WORKING_SPACING_MM for s in sp)  # type: ignore[return-value]
+
+
+def default_output_spacing(spacing: Sequence[float]) -> tuple[float, float, float]:
+    """The output grid when none is asked for: axes coarser than 1.5x the finest axis take
+    the finest spacing (a 1 x 1 x 5 mm scan gives 1 mm isotropic); the others keep theirs."""
     sp = _spacing("spacing", spacing)
     finest = min(sp)
     return tuple(finest if s > ANISOTROPY_LIMIT * finest else s for s in sp)  # type: ignore[return-value]
@@ -95,6 +114,32 @@ def resample(volume: np.ndarray, spacing: Sequence[float], new_spacing: Sequence
         source, np.asarray(scale), offset=offset, output_shape=shape, order=order, mode="nearest",
         prefilter=order > 1,
     )
+
+
+def resample_antialiased(volume: np.ndarray, spacing: Sequence[float],
+                         new_spacing: Sequence[float]) -> np.ndarray:
+    """:func:`resample` (same grid convention, linear) with SimpleITK, after a Gaussian
+    anti-aliasing blur along every axis made coarser (sigma ``0.5 * sqrt(f^2 - 1)`` input
+    voxels for a factor ``f``), float32. Axes made finer are interpolated as they are."""
+    import SimpleITK as sitk
+
+    volume = np.asarray(volume, dtype=np.float32)
+    if volume.ndim != 3:
+        raise ValueError(f"volume must be 3-D (z, y, x). Found shape {volume.shape}.")
+    sp_in, sp_out = _spacing("spacing", spacing), _spacing("new_spacing", new_spacing)
+    shape = output_shape(volume.shape, sp_in, sp_out)
+    if shape == volume.shape and np.allclose(sp_in, sp_out):
+        return volume.copy()
+    image = sitk.GetImageFromArray(volume)          # sitk axes are (x, y, z)
+    image.SetSpacing(sp_in[::-1])
+    sigma_mm = [0.5 * a * math.sqrt(max((b / a) ** 2 - 1.0, 0.0)) for a, b in zip(sp_in, sp_out)]
+    if max(sigma_mm) > 0:
+        # a tiny sigma on the untouched axes: the filter wants one positive sigma per axis
+        image = sitk.SmoothingRecursiveGaussian(image, [max(s, 1e-3) for s in sigma_mm[::-1]])
+    origin = [0.5 * (b - a) for a, b in zip(sp_in, sp_out)]
+    out = sitk.Resample(image, list(shape[::-1]), sitk.Transform(), sitk.sitkLinear, origin[::-1],
+                        sp_out[::-1], image.GetDirection(), 0.0, sitk.sitkFloat32, True)
+    return sitk.GetArrayFromImage(out)
 
 
 def scale_to_range(volume: np.ndarray, p_lo: float, p_hi: float, *, margin: float = 0.5) -> np.ndarray:

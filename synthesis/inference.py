@@ -3,8 +3,8 @@
 Steps of one call (see ``docs/ARCHITECTURE.md``):
 
 1. validate the volume ``(z, y, x)`` and spacing ``(dz, dy, dx)`` mm;
-2. percentile-normalize (0.5-99.5 % -> [0, 1], no mask);
-3. resample to the working grid (:func:`synthesis.grid.working_spacing`);
+2. normalize by the tissue peak (:mod:`synthesis.intensity`; independent of the field of view);
+3. resample to the ~1 mm working grid (:func:`synthesis.grid.working_spacing`), anti-aliased;
 4. encode the prompt (cached) and the numeric protocol features;
 5. encode the volume whole, or in overlapping tiles blended smoothly in feature space;
 6. decode the output grid (``render_grid`` when it equals the working grid, else chunked ``query``);
@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from synthesis import grid
+from synthesis import grid, intensity
 from synthesis.nets.rtfsyn import Features, RTFSyn
 from synthesis.protocol import MRProtocol
 from synthesis.condition import pair_features, prompt
@@ -174,28 +174,27 @@ class Synthesizer:
     # -- the call --------------------------------------------------------
     def __call__(self, volume: np.ndarray, spacing: Sequence[float], source: MRProtocol, target: MRProtocol,
                  output_spacing: Sequence[float] | None = None, *,
-                 input_range: tuple[float, float] | None = None) -> SynthesisResult:
+                 source_peak: float | None = None) -> SynthesisResult:
         """Synthesize ``target`` from a ``source`` volume; see the module docstring.
 
-        ``input_range``: (p_lo, p_hi) intensities to map to 0 and 1 instead of the
-        volume's own 0.5/99.5 percentiles, for a crop of a larger volume whose
-        whole-volume percentiles are known (evaluation on crops).
+        ``output_spacing``: the output grid (default :func:`synthesis.grid.default_output_spacing`).
+        ``source_peak``: the source's tissue peak (:func:`synthesis.intensity.tissue_peak`)
+        when it is known from a larger volume than the one given (evaluation on crops).
+        Raises ``ValueError`` for a source with no usable signal (blank or constant).
         """
         volume = _validate(volume, spacing, source, target, output_spacing)
         spacing = tuple(float(s) for s in spacing)
         with self._lock, torch.inference_mode():
             start = time.perf_counter()
-            if input_range is None:                                                 # 2
-                normalized, _ = grid.percentile_normalize(volume)
-            else:
-                normalized = grid.scale_to_range(volume, *input_range)
+            peak = intensity.tissue_peak(volume) if source_peak is None else source_peak  # 2
+            normalized = intensity.scale_source(volume, peak)
             work_spacing = grid.working_spacing(spacing)                            # 3
-            work = grid.resample(normalized, spacing, work_spacing, order=1)
+            work = grid.resample_antialiased(normalized, spacing, work_spacing)
             del normalized
             text_prompt = prompt(source, target)                                    # 4
             text, features = self._condition(text_prompt, source, target)
             feats = self._encode(work, text, features)                              # 5
-            out_spacing = tuple(float(s) for s in (output_spacing or work_spacing))
+            out_spacing = tuple(float(s) for s in (output_spacing or grid.default_output_spacing(spacing)))
             out = self._decode(feats, volume.shape, spacing, work_spacing, out_spacing)  # 6
             del feats, work
             np.clip(out, 0.0, OUTPUT_MAX, out=out)                                  # 7

@@ -108,7 +108,7 @@ def process_series(files: Sequence[Path], target: str, out_dir: Path,
         assembled: AssembledVolume = assemble_series(files)
     with _timed(timings, "conditioning"):
         source = protocol_from_dataset(assembled.header, slice_spacing_mm=assembled.spacing[0])
-        out_spacing = tuple(output_spacing or grid.working_spacing(assembled.spacing))
+        out_spacing = tuple(output_spacing or grid.default_output_spacing(assembled.spacing))
         target_proto = target_protocol(target, source, out_spacing)
     with _timed(timings, "synthesis"):
         result = synthesizer(assembled.volume, assembled.spacing, source, target_proto,

@@ -83,10 +83,12 @@ class NodeConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Which checkpoint the Synthesizer loads and on which device (auto|cpu|cuda[:N])."""
+    """Which checkpoint the Synthesizer loads, on which device (auto|cpu|cuda[:N]), and
+    whether it N4-corrects the source's bias field first (``bias_correction``)."""
 
     checkpoint: str = "default"
     device: str = "auto"
+    bias_correction: bool = False
 
 
 @dataclass(frozen=True)
@@ -289,7 +291,7 @@ def _max_pdu(value: Any) -> int:
 
 
 def _parse_model(raw: Mapping[str, Any]) -> ModelConfig:
-    check_no_unknown("model", raw, {"checkpoint", "device"})
+    check_no_unknown("model", raw, {"checkpoint", "device", "bias_correction"})
     device = check_string("model.device", raw.get("device", "auto"))
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
         raise ConfigError(f"model.device must be auto, cpu, cuda or cuda:N. Found {device!r}.")
@@ -300,7 +302,8 @@ def _parse_model(raw: Mapping[str, Any]) -> ModelConfig:
             raise ConfigError(f"model.checkpoint must be 'default' or an existing checkpoint "
                               f"file. Found {checkpoint!r} (no file at {str(path)!r}).")
         checkpoint = str(path)
-    return ModelConfig(checkpoint=checkpoint, device=device)
+    bias_correction = check_bool("model.bias_correction", raw.get("bias_correction", False))
+    return ModelConfig(checkpoint=checkpoint, device=device, bias_correction=bias_correction)
 
 
 def _parse_export(raw: Mapping[str, Any]) -> ExportConfig:

@@ -2,7 +2,8 @@
 
 Steps of one call (see ``docs/ARCHITECTURE.md``):
 
-1. validate the volume ``(z, y, x)`` and spacing ``(dz, dy, dx)`` mm;
+1. validate the volume ``(z, y, x)`` and spacing ``(dz, dy, dx)`` mm; N4 bias-field
+   correction when asked for (:func:`synthesis.bias.n4_correct`);
 2. normalize by the tissue peak (:mod:`synthesis.intensity`; independent of the field of view);
 3. resample to the ~1 mm working grid (:func:`synthesis.grid.working_spacing`), anti-aliased;
 4. encode the prompt (cached) and the numeric protocol features;
@@ -115,21 +116,25 @@ class Synthesizer:
     ``device``: ``"auto"`` (CUDA when available, else CPU), ``"cpu"`` or ``"cuda[:N]"``.
     ``max_tile_voxels``: the largest (padded) working-grid block encoded at once;
     larger volumes are split into overlapping tiles. ``tile_overlap``: voxels shared
-    by neighbouring tiles.
+    by neighbouring tiles. ``bias_correction``: N4-correct every source before
+    normalizing it (:func:`synthesis.bias.n4_correct`; seconds per volume on a CPU).
     """
 
     def __init__(self, checkpoint: str | Path | None = "default", device: str = "auto", *,
-                 max_tile_voxels: int | None = None, tile_overlap: int = 32) -> None:
+                 max_tile_voxels: int | None = None, tile_overlap: int = 32,
+                 bias_correction: bool = False) -> None:
         from synthesis.checkpoint import load
 
         path = _resolve_checkpoint(checkpoint)
         model, meta = load(path, map_location="cpu")
-        self._setup(model, device, meta["model_version"], meta["sha256"], max_tile_voxels, tile_overlap)
+        self._setup(model, device, meta["model_version"], meta["sha256"], max_tile_voxels, tile_overlap,
+                    bias_correction)
         logger.info("Loaded RTFSyn %s from %s on %s", self._model_version, path, self.device)
 
     @classmethod
     def from_model(cls, model: RTFSyn, device: str = "cpu", *, max_tile_voxels: int | None = None,
-                   tile_overlap: int = 32, model_version: str = "unsaved") -> "Synthesizer":
+                   tile_overlap: int = 32, model_version: str = "unsaved",
+                   bias_correction: bool = False) -> "Synthesizer":
         """Wrap an in-memory model (e.g. during training); ``info['checkpoint_sha256']`` is None.
 
         The model is moved to ``device`` and put in eval mode (in place).
@@ -137,20 +142,23 @@ class Synthesizer:
         if not isinstance(model, RTFSyn):
             raise TypeError(f"model must be an RTFSyn. Found {type(model).__name__}.")
         self = cls.__new__(cls)
-        self._setup(model, device, model_version, None, max_tile_voxels, tile_overlap)
+        self._setup(model, device, model_version, None, max_tile_voxels, tile_overlap, bias_correction)
         return self
 
     def _setup(self, model: RTFSyn, device: str, version: str, digest: str | None,
-               max_tile_voxels: int | None, tile_overlap: int) -> None:
+               max_tile_voxels: int | None, tile_overlap: int, bias_correction: bool) -> None:
         if max_tile_voxels is not None and (isinstance(max_tile_voxels, bool) or int(max_tile_voxels) < 8):
             raise ValueError(f"max_tile_voxels must be an integer >= 8. Found {max_tile_voxels!r}.")
         if isinstance(tile_overlap, bool) or int(tile_overlap) < 0:
             raise ValueError(f"tile_overlap must be an integer >= 0. Found {tile_overlap!r}.")
+        if not isinstance(bias_correction, bool):
+            raise ValueError(f"bias_correction must be True or False. Found {bias_correction!r}.")
         self.device = _resolve_device(device)
         self.model = model.to(self.device).eval()
         self._model_version, self._sha256 = version, digest
         self.max_tile_voxels = int(max_tile_voxels) if max_tile_voxels is not None else self._default_budget()
         self.tile_overlap = int(tile_overlap)
+        self.bias_correction = bias_correction
         self._lock = threading.Lock()
         self._text_cache: dict[str, TextCondition] = {}
 
@@ -162,13 +170,15 @@ class Synthesizer:
 
     @property
     def info(self) -> dict[str, Any]:
-        """Provenance: model_name, model_version, checkpoint_sha256, architecture, device."""
+        """Provenance: model_name, model_version, checkpoint_sha256, architecture, device,
+        bias_correction (whether sources are N4-corrected)."""
         return {
             "model_name": "RTFSyn",
             "model_version": self._model_version,
             "checkpoint_sha256": self._sha256,
             "architecture": self.model.summary(),
             "device": str(self.device),
+            "bias_correction": self.bias_correction,
         }
 
     # -- the call --------------------------------------------------------
@@ -178,15 +188,20 @@ class Synthesizer:
         """Synthesize ``target`` from a ``source`` volume; see the module docstring.
 
         ``output_spacing``: the output grid (default :func:`synthesis.grid.default_output_spacing`).
-        ``source_peak``: the source's tissue peak (:func:`synthesis.intensity.tissue_peak`)
-        when it is known from a larger volume than the one given (evaluation on crops).
+        ``source_peak``: the source's tissue peak (:func:`synthesis.intensity.tissue_peak`,
+        after bias correction when that is on) when it is known from a larger volume than
+        the one given (evaluation on crops).
         Raises ``ValueError`` for a source with no usable signal (blank or constant).
         """
         volume = _validate(volume, spacing, source, target, output_spacing)
         spacing = tuple(float(s) for s in spacing)
+        start = time.perf_counter()
+        if self.bias_correction:  # outside the lock: it does not use the model
+            from synthesis.bias import n4_correct
+
+            volume = n4_correct(volume, spacing)
         with self._lock, torch.inference_mode():
-            start = time.perf_counter()
-            peak = intensity.tissue_peak(volume) if source_peak is None else source_peak  # 2
+            peak = intensity.tissue_peak(volume, spacing) if source_peak is None else source_peak  # 2
             normalized = intensity.scale_source(volume, peak)
             work_spacing = grid.working_spacing(spacing)                            # 3
             work = grid.resample_antialiased(normalized, spacing, work_spacing)

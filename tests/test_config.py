@@ -29,6 +29,7 @@ def test_shipped_config_loads_with_the_issue_keys() -> None:
     assert config.node.allowed_calling_aets == ()
     assert config.node.disk_watermark_percent == 75
     assert config.model.checkpoint == "default" and config.model.device == "auto"
+    assert config.model.bias_correction is False
     assert config.destinations["PACS"].port == 4242
     route = config.routes[0]
     assert route.targets == ("T2", "FLAIR") and route.destination == "PACS"
@@ -64,6 +65,7 @@ def test_backoff_doubles_and_is_capped() -> None:
     ({"node": {"tls": {"certificate": "/nonexistent.crt", "private_key": "/nonexistent.key"}}},
      "node.tls.certificate must name an existing file"),
     ({"model": {"device": "gpu"}}, "model.device must be auto, cpu, cuda or cuda:N. Found 'gpu'"),
+    ({"model": {"bias_correction": "yes"}}, "model.bias_correction must be true or false. Found 'yes'"),
     ({"export": {"backoff_seconds": 10, "backoff_max_seconds": 5}},
      "export.backoff_max_seconds must be >= export.backoff_seconds"),
     ({"destinations": {"PACS": {"ae_title": "PACS", "host": "h"}}},
@@ -185,3 +187,8 @@ def test_invalid_scale_out_settings_are_refused(change: dict, message: str) -> N
     with pytest.raises(ConfigError) as info:
         parse_config(_base(**change))
     assert message in str(info.value) and "secret" not in str(info.value)
+
+
+def test_model_bias_correction_is_off_unless_asked_for() -> None:
+    assert parse_config(_base()).model.bias_correction is False
+    assert parse_config(_base(model={"bias_correction": True})).model.bias_correction is True

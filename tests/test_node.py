@@ -186,3 +186,19 @@ def test_warm_up_says_when_it_is_done(caplog: pytest.LogCaptureFixture) -> None:
     done = [r.getMessage() for r in caplog.records if r.getMessage().startswith(WARM_UP_DONE)]
     assert len(done) == 1 and done[0].endswith(" s")
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_model_settings_reach_the_synthesizer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``[model] bias_correction`` (with checkpoint and device) is what the shared
+    Synthesizer is built with."""
+    import synthesis.inference
+    from dicom_node.config import parse_config
+    from dicom_node.process.processor import SynthesisProcessor
+
+    built: list[tuple[tuple, dict]] = []
+    monkeypatch.setattr(synthesis.inference, "Synthesizer",
+                        lambda *args, **kwargs: built.append((args, kwargs)) or "model")
+    config = parse_config({"model": {"device": "cpu", "bias_correction": True}})
+    processor = SynthesisProcessor(config)
+    assert processor.synthesizer == "model" and processor.synthesizer == "model"
+    assert built == [(("default", "cpu"), {"bias_correction": True})]

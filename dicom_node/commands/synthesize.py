@@ -40,6 +40,9 @@ def add_parser(subparsers: Any) -> None:
                    help="auto (CUDA when available), cpu or cuda[:N] (default: auto)")
     p.add_argument("--checkpoint", default="default",
                    help="model checkpoint file, or 'default' for the bundled weights")
+    p.add_argument("--bias-correction", action="store_true",
+                   help="N4 bias-field correction of the source before synthesis (SimpleITK; "
+                        "adds seconds)")
     p.add_argument("--format", dest="output_format", default="mr", choices=FORMATS,
                    help="mr: one MR image per slice (default); enhanced-mr: one multi-frame "
                         "instance; parametric-map: float32 values")
@@ -112,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
     from synthesis.inference import Synthesizer
 
     try:
-        synthesizer = Synthesizer(args.checkpoint, device=args.device)
+        synthesizer = Synthesizer(args.checkpoint, device=args.device,
+                                  bias_correction=args.bias_correction)
     except (FileNotFoundError, ValueError, RuntimeError, OSError) as exc:
         return _fail(f"cannot load the model (checkpoint {args.checkpoint}): {exc}",
                      EXIT_BAD_INPUT)

@@ -36,9 +36,11 @@ class SynthesisProcessor:
                 from synthesis.inference import Synthesizer
 
                 model = self.config.model
-                logger.info("loading the synthesis model (%s on %s)", model.checkpoint,
-                            model.device)
-                self._synthesizer = Synthesizer(model.checkpoint, model.device)
+                logger.info("loading the synthesis model (%s on %s, N4 bias correction %s)",
+                            model.checkpoint, model.device,
+                            "on" if model.bias_correction else "off")
+                self._synthesizer = Synthesizer(model.checkpoint, model.device,
+                                                bias_correction=model.bias_correction)
             return self._synthesizer
 
     def preflight(self) -> None:

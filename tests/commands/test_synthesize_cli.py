@@ -49,6 +49,37 @@ def test_synthesize_writes_a_valid_derived_series(tmp_path: Path, simulated_t1: 
             assert dciodvfy_errors(path) == [], path.name
 
 
+def test_bias_correction_flag_runs_n4_on_the_source(tmp_path: Path, simulated_t1: Path,
+                                                    tiny_checkpoint: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import synthesis.bias
+
+    real, shapes = synthesis.bias.n4_correct, []
+
+    def spy(volume: np.ndarray, spacing: tuple) -> np.ndarray:
+        shapes.append(volume.shape)
+        return real(volume, spacing)
+
+    monkeypatch.setattr(synthesis.bias, "n4_correct", spy)
+
+    def synthesize(out: str, *flags: str) -> int:
+        return main(["synthesize", str(simulated_t1), str(tmp_path / out), "--target", "T2",
+                     "--device", "cpu", "--checkpoint", str(tiny_checkpoint), *flags])
+
+    assert synthesize("plain") == 0 and shapes == []
+    assert synthesize("n4", "--bias-correction") == 0
+    assert shapes == [(10, 16, 16)] and len(list((tmp_path / "n4").iterdir())) == 10
+
+
+def test_blank_series_is_refused_with_the_reason(tmp_path: Path, tiny_checkpoint: Path,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    write_series(np.zeros((6, 16, 16)), (1.0, 1.0, 1.0), preset("T1"), tmp_path / "blank", seed=3)
+    code, err = _run_failing([str(tmp_path / "blank"), str(tmp_path / "out"), "--target", "T2",
+                              "--checkpoint", str(tiny_checkpoint)], capsys)
+    assert code != 0 and "no usable signal" in err and str(tmp_path / "blank") in err
+    assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
+
+
 def _run_failing(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
     code = main(["synthesize", *args, "--device", "cpu"])
     return code, capsys.readouterr().err

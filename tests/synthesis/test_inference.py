@@ -29,12 +29,41 @@ def phantom(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
 
 
 # -- grid helpers -------------------------------------------------------------
-def test_working_spacing_upsamples_only_thick_axes() -> None:
-    assert grid.working_spacing((5.0, 0.9, 0.9)) == (0.9, 0.9, 0.9)
-    assert grid.working_spacing((1.2, 1.0, 1.0)) == (1.2, 1.0, 1.0)
-    assert grid.working_spacing((1.0, 1.0, 1.6)) == (1.0, 1.0, 1.0)
+@pytest.mark.parametrize(("spacing", "working"), [
+    ((0.45, 0.45, 0.45), (1.0, 1.0, 1.0)),      # fine scans are anti-aliased down to 1 mm
+    ((3.0, 0.45, 0.45), (1.0, 1.0, 1.0)),
+    ((5.0, 1.0, 1.0), (1.0, 1.0, 1.0)),         # thick slices are interpolated up to 1 mm
+    ((5.0, 0.9, 0.9), (1.0, 0.9, 0.9)),         # within 10 % of 1 mm: kept, no resampling
+    ((1.05, 0.95, 1.0), (1.05, 0.95, 1.0)),
+    ((1.2, 1.0, 1.0), (1.0, 1.0, 1.0)),
+])
+def test_working_spacing_is_about_1_mm_whatever_the_input(spacing: tuple, working: tuple) -> None:
+    assert grid.working_spacing(spacing) == working
     with pytest.raises(ValueError, match=r"spacing must be finite and > 0 mm. Found \(1.0, 0.0, 1.0\)"):
         grid.working_spacing((1, 0, 1))
+
+
+def test_default_output_spacing_refines_only_thick_axes() -> None:
+    assert grid.default_output_spacing((5.0, 0.9, 0.9)) == (0.9, 0.9, 0.9)
+    assert grid.default_output_spacing((1.2, 1.0, 1.0)) == (1.2, 1.0, 1.0)
+    assert grid.default_output_spacing((1.0, 1.0, 1.6)) == (1.0, 1.0, 1.0)
+    assert grid.default_output_spacing((0.45, 0.45, 0.45)) == (0.45, 0.45, 0.45)
+
+
+def test_antialiased_resample_keeps_the_grid_and_removes_aliasing() -> None:
+    ramp = np.broadcast_to(np.arange(4, dtype=np.float32) * 5.0, (3, 3, 4)).copy()  # 5 mm slices
+    up = grid.resample_antialiased(ramp, (1, 1, 5), (1, 1, 1))  # finer: plain linear, same grid
+    np.testing.assert_allclose(up, grid.resample(ramp, (1, 1, 5), (1, 1, 1)), atol=1e-4)
+    np.testing.assert_array_equal(grid.resample_antialiased(ramp, (1, 1, 5), (1, 1, 5)), ramp)
+    # stripes at the input's Nyquist frequency, made 3x coarser: plain interpolation aliases
+    # them into a full-contrast pattern; the anti-aliased resampling leaves their mean
+    stripes = np.zeros((8, 8, 42), dtype=np.float32)
+    stripes[..., ::2] = 1.0
+    plain = grid.resample(stripes, (1, 1, 0.5), (1, 1, 1.5))
+    smooth = grid.resample_antialiased(stripes, (1, 1, 0.5), (1, 1, 1.5))
+    assert smooth.shape == plain.shape == (8, 8, 14) and smooth.dtype == np.float32
+    assert np.abs(plain[..., 2:-2] - 0.5).min() > 0.4
+    assert np.abs(smooth[..., 2:-2] - 0.5).max() < 0.05
 
 
 def test_output_grid_covers_the_field_of_view() -> None:
@@ -112,11 +141,76 @@ def test_info(tiny_synthesizer: Synthesizer, tiny_checkpoint: Path) -> None:
     assert info["architecture"]["fusion"] == "rtf" and info["architecture"]["trainable_parameters"] > 0
 
 
-def test_thick_slices_run_on_the_fine_grid(tiny_synthesizer: Synthesizer) -> None:
+def test_thick_slices_give_a_1_mm_output_by_default(tiny_synthesizer: Synthesizer) -> None:
     vol = phantom((6, 20, 18))
     res = tiny_synthesizer(vol, (5.0, 1.0, 1.0), SOURCE, TARGET)
     assert res.volume.shape == (30, 20, 18) and res.spacing == (1.0, 1.0, 1.0)
     assert res.origin_offset_mm == (-2.0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize(("shape", "spacing", "requested", "out_shape"), [
+    ((40, 40, 40), (0.45, 0.45, 0.45), None, (40, 40, 40)),            # default: the input grid
+    ((40, 40, 40), (0.45, 0.45, 0.45), (0.9, 0.9, 0.9), (20, 20, 20)),
+    ((6, 20, 18), (5.0, 1.0, 1.0), None, (30, 20, 18)),                # default: 1 mm isotropic
+    ((6, 20, 18), (5.0, 1.0, 1.0), (2.5, 0.5, 1.0), (12, 40, 18)),
+])
+def test_network_runs_on_a_1_mm_grid_and_writes_the_requested_grid(
+        tiny_synthesizer: Synthesizer, monkeypatch: pytest.MonkeyPatch, shape: tuple, spacing: tuple,
+        requested: tuple | None, out_shape: tuple) -> None:
+    model = tiny_synthesizer.model
+    encoded: list[tuple[int, ...]] = []
+    real_encode = model.encode
+
+    def spy(x, text, features):  # type: ignore[no-untyped-def]
+        feats = real_encode(x, text, features)
+        encoded.append(tuple(feats.volume.shape[2:]))
+        return feats
+
+    monkeypatch.setattr(model, "encode", spy)
+    res = tiny_synthesizer(phantom(shape), spacing, SOURCE, TARGET, output_spacing=requested)
+    (feature_shape,) = encoded
+    feature_mm = [n * sp / m for n, sp, m in zip(shape, spacing, feature_shape)]
+    assert feature_mm == pytest.approx([1.0, 1.0, 1.0], rel=0.1), feature_mm
+    assert res.volume.shape == out_shape
+    assert res.spacing == (requested or grid.default_output_spacing(spacing))
+
+
+@pytest.mark.parametrize(("volume", "message"), [
+    (np.zeros((16, 16, 16), dtype=np.uint16), "no usable signal"),
+    (np.full((16, 16, 16), 700, dtype=np.uint16), "constant"),
+    # a blank series with a few stray bright voxels: refused, not stretched to full scale
+    (np.pad(np.full((2, 2, 2), 50.0), 7), "no usable signal"),
+])
+@pytest.mark.parametrize("bias_correction", [False, True])
+def test_blank_or_constant_source_is_refused(tiny_checkpoint: Path, volume: np.ndarray, message: str,
+                                             bias_correction: bool) -> None:
+    syn = Synthesizer(tiny_checkpoint, device="cpu", bias_correction=bias_correction)
+    with pytest.raises(ValueError, match=message):
+        syn(volume, (1.0, 1.0, 1.0), SOURCE, TARGET)
+
+
+def test_bias_correction_runs_n4_first_and_is_recorded(tiny_checkpoint: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import synthesis.bias
+
+    calls: list[tuple[tuple[int, ...], tuple[float, ...]]] = []
+
+    def halve(volume: np.ndarray, spacing: tuple) -> np.ndarray:
+        calls.append((volume.shape, tuple(spacing)))
+        return volume.astype(np.float32) * 0.5   # a "bias field" of 2 everywhere
+
+    monkeypatch.setattr(synthesis.bias, "n4_correct", halve)
+    plain = Synthesizer(tiny_checkpoint, device="cpu")
+    corrected = Synthesizer(tiny_checkpoint, device="cpu", bias_correction=True)
+    assert plain.info["bias_correction"] is False and corrected.info["bias_correction"] is True
+    vol = phantom((16, 18, 16))
+    expected = plain(vol, (1.0, 1.0, 1.2), SOURCE, TARGET).volume
+    assert calls == []
+    # the corrected volume is what gets normalized: a uniform field changes nothing after it
+    np.testing.assert_allclose(corrected(vol, (1.0, 1.0, 1.2), SOURCE, TARGET).volume, expected, atol=1e-5)
+    assert calls == [((16, 18, 16), (1.0, 1.0, 1.2))]
+    with pytest.raises(ValueError, match="bias_correction must be True or False. Found 'yes'"):
+        Synthesizer(tiny_checkpoint, device="cpu", bias_correction="yes")  # type: ignore[arg-type]
 
 
 def test_output_spacing_uses_the_implicit_query(tiny_synthesizer: Synthesizer) -> None:

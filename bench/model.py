@@ -7,7 +7,8 @@ volume at 1 mm through the real :class:`~synthesis.inference.Synthesizer`:
 * FLOPs: ``torch.utils.flop_counter.FlopCounterMode`` over one forward
   (``encode`` + ``render_grid``), counted exactly at full size on the ``meta``
   device (no arithmetic runs), also for a 60^3 patch and a 160x192x160 volume;
-* wall time: median of ``--runs`` Synthesizer calls after one warm-up call;
+* wall time: median of ``--runs`` Synthesizer calls after one warm-up call (tissue-peak
+  normalization, ~1 mm working grid, network, decoding; ``--bias-correction`` adds N4);
 * peak memory: CPU -> VmHWM (peak RSS) of a child process that does only the
   Synthesizer calls; CUDA -> ``torch.cuda.max_memory_allocated``;
 * CPU training step: 2 patches of 48^3, encode + render_grid + 4096 queries,
@@ -17,6 +18,7 @@ Usage::
 
     python bench/model.py --device cpu --threads 2          # writes bench/results/model_cpu.json
     python bench/model.py --quick                           # smaller volume, one run
+    python bench/model.py --device cpu --bias-correction    # with N4 (bench/results/model_cpu_n4.json)
 """
 from __future__ import annotations
 
@@ -132,7 +134,8 @@ def child(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     device = "cuda" if args.device == "cuda" else "cpu"
-    syn = Synthesizer.from_model(build_model(args.checkpoint), device=device)
+    syn = Synthesizer.from_model(build_model(args.checkpoint), device=device,
+                                 bias_correction=args.bias_correction)
     volume = phantom(args.shape)
     source, target = preset("T1", 3.0), preset("T2", 3.0)
     times, cpu = [], []
@@ -167,6 +170,8 @@ def run_child(args: argparse.Namespace, device: str) -> dict[str, Any]:
            "--threads", str(args.threads), "--shape", *map(str, args.shape)]
     if args.checkpoint:
         cmd += ["--checkpoint", args.checkpoint]
+    if args.bias_correction:
+        cmd += ["--bias-correction"]
     done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True, env=_child_env(args.threads))
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -195,6 +200,7 @@ def measure(args: argparse.Namespace, device: str) -> dict[str, Any]:
         "config": model.config.to_dict(),
         "volume_shape": list(shape),
         "volume_spacing_mm": [1.0, 1.0, 1.0],
+        "bias_correction": args.bias_correction,
         "parameters_trainable": model.num_parameters(),
         "parameters_text_encoder_frozen": text_encoder_parameters(),
         "flops_forward_volume": count_flops(model, shape),
@@ -237,7 +243,8 @@ def table(result: dict[str, Any]) -> str:
         ("FLOPs, 160x192x160 volume", f"{result['flops_forward_160x192x160'] / 1e12:.2f} T",
          f"~{pub['flops_per_160x192x160_volume'] / 1e15:.0f} P"),
         (f"FLOPs, {shape} volume", f"{result['flops_forward_volume'] / 1e12:.2f} T", "-"),
-        (f"Wall time, {shape} @ 1 mm ({result['device']}, median of {result['runs']})",
+        (f"Wall time, {shape} @ 1 mm ({result['device']}, median of {result['runs']}"
+         f"{', N4 on' if result.get('bias_correction') else ''})",
          f"{result['wall_s_median']:.1f} s", "-"),
         (f"Peak memory ({mem_kind})", f"{mem:.2f} GiB", "-"),
     ]
@@ -264,6 +271,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", default=None, help="a checkpoint instead of the default architecture")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="folder for the JSON")
     parser.add_argument("--no-train-step", action="store_true", help="skip the CPU training-step timing")
+    parser.add_argument("--bias-correction", action="store_true",
+                        help="N4 bias correction of the source in every call (Synthesizer(bias_correction=True))")
     parser.add_argument("--shape", type=int, nargs=3, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -290,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     result = measure(args, device)
     args.out.mkdir(parents=True, exist_ok=True)
-    suffix = "_quick" if args.quick else ""
+    suffix = ("_quick" if args.quick else "") + ("_n4" if args.bias_correction else "")
     path = args.out / f"model_{device}{suffix}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(table(result))

@@ -70,9 +70,10 @@ def _signal_threshold(values: np.ndarray) -> float:
     return 0.1 * top
 
 
-def head_core(volume: np.ndarray, spacing: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def head_core(volume: np.ndarray, spacing: Sequence[float] | None = None, *,
+              core_depth_mm: float = CORE_DEPTH_MM) -> tuple[np.ndarray, np.ndarray]:
     """``(values, core)`` on a regular subsample of ``volume``: the float32 subsample and a bool
-    mask of its head core (head voxels at least ``min(CORE_DEPTH_MM, median head depth)`` below
+    mask of its head core (head voxels at least ``min(core_depth_mm, median head depth)`` below
     the head's outer surface; dark inner tissues such as skull count as head, and the
     field-of-view border is not a surface). ``spacing``: ``(dz, dy, dx)`` mm, default 1 mm.
     Raises ``ValueError`` for a volume with no usable signal (see :func:`tissue_peak`)."""
@@ -82,18 +83,20 @@ def head_core(volume: np.ndarray, spacing: Sequence[float] | None = None) -> tup
     head = ndimage.binary_fill_holes(values > threshold)
     sampling = [stride * float(s) for s in (spacing if spacing is not None else (1.0, 1.0, 1.0))]
     depth = ndimage.distance_transform_edt(head, sampling=sampling)
-    cut = min(CORE_DEPTH_MM, float(np.median(depth[head])))
+    cut = min(float(core_depth_mm), float(np.median(depth[head])))
     return values, head & (depth >= cut) & (values > threshold)
 
 
-def tissue_peak(volume: np.ndarray, spacing: Sequence[float] | None = None) -> float:
+def tissue_peak(volume: np.ndarray, spacing: Sequence[float] | None = None, *,
+                core_depth_mm: float = CORE_DEPTH_MM) -> float:
     """The intensity of the tallest histogram mode of the head's core above the core's median
-    (see the module), in the volume's units. ``spacing``: ``(dz, dy, dx)`` mm, default 1 mm.
+    (see the module), in the volume's units. ``spacing``: ``(dz, dy, dx)`` mm, default 1 mm;
+    ``core_depth_mm``: see :func:`head_core` (0: the whole head).
 
     Raises ``ValueError`` for a volume with no usable signal (blank, constant, or fewer than
     ``min(1000, 5% of the voxels)`` head voxels), so a blank series is refused, not scaled.
     """
-    values, core = head_core(volume, spacing)
+    values, core = head_core(volume, spacing, core_depth_mm=core_depth_mm)
     tissue = values[core]
     median, upper = (float(v) for v in np.percentile(tissue, [50.0, 99.5]))
     if upper <= median:

@@ -97,10 +97,13 @@ def tissue_peak(volume: np.ndarray, spacing: Sequence[float] | None = None, *,
     ``min(1000, 5% of the voxels)`` head voxels), so a blank series is refused, not scaled.
     """
     values, core = head_core(volume, spacing, core_depth_mm=core_depth_mm)
+    lit = values[values > _signal_threshold(values)]
+    if lit.max() <= lit.min():
+        raise ValueError(f"The volume's head intensities are constant ({lit.min():.4g}); nothing to normalize.")
     tissue = values[core]
     median, upper = (float(v) for v in np.percentile(tissue, [50.0, 99.5]))
-    if upper <= median:
-        raise ValueError(f"The volume's head intensities are constant ({median:.4g}); nothing to normalize.")
+    if upper <= median:  # a core of one intensity (a piecewise-constant phantom): that is its peak
+        return median
     counts, edges = np.histogram(tissue, bins=_BINS, range=(0.0, upper))
     smooth = ndimage.gaussian_filter1d(counts.astype(np.float64), 2.0)
     centres = 0.5 * (edges[:-1] + edges[1:])

@@ -63,6 +63,10 @@ def test_peak_follows_the_spacing_and_rejects_no_signal() -> None:
             intensity.tissue_peak(blank)
     with pytest.raises(ValueError, match="constant"):
         intensity.tissue_peak(np.full((20, 20, 20), 7.0))
+    # a noise-free, piecewise-constant phantom: a core of one intensity is its own peak
+    shells = np.where(ball > 0, 300.0, 0.0)
+    shells[8:22, 10:30, 10:30] = 800.0
+    assert intensity.tissue_peak(shells) == 800.0
     with pytest.raises(ValueError, match="peak must be a finite positive intensity. Found 0.0"):
         intensity.scale_source(ball, 0.0)
 

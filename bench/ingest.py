@@ -65,6 +65,14 @@ def add_baseline(src: Path) -> str:
     return "node_baseline"
 
 
+def add_pynetdicom_receiver() -> str:
+    """Register the node with ``[node] receiver = "pynetdicom"`` as receiver
+    ``node_pynetdicom``; its key."""
+    RECEIVERS["node_pynetdicom"] = lambda workdir: NodeServer(
+        workdir, stable_seconds=5.0, extra_node=['receiver = "pynetdicom"'])
+    return "node_pynetdicom"
+
+
 def measure_once(kind: str, files: Sequence[Path], associations: int,
                  workdir: Path) -> dict[str, Any]:
     """Start a fresh ``kind`` receiver, send ``files``, check the count; one result."""

@@ -60,6 +60,12 @@ def write_node_config(path: Path, *, port: int, data_dir: Path,
     return path
 
 
+def _logs_marker(src: Path, marker: str) -> bool:
+    """Does the ``dicom_node`` package in ``src`` log ``marker`` (its source contains it)?"""
+    return any(marker in p.read_text(errors="replace")
+               for p in (Path(src) / "dicom_node").rglob("*.py"))
+
+
 class NodeServer:
     """``rtfsyn serve --config PATH`` as a child process (the real node). ``src``: run
     the ``dicom_node`` package found in that folder instead (e.g. an older version
@@ -94,9 +100,11 @@ class NodeServer:
         self.process.start()
         wait_until(lambda: dicom_echo(self.port, self.ae_title), timeout_s=120,
                    what="node C-ECHO", alive=self.process.exited, interval_s=0.3)
-        if self.src is None:  # measure the running node, not its start-up (torch import etc.)
-            from dicom_node.process.processor import WARM_UP_DONE
+        from dicom_node.process.processor import WARM_UP_DONE
 
+        if self.src is None or _logs_marker(self.src, WARM_UP_DONE):
+            # measure the running node, not its start-up (torch import etc.); an older node
+            # given as ``src`` is waited for too when it logs the marker
             log_path = self.workdir / "node.log"
             wait_until(lambda: WARM_UP_DONE in log_path.read_text(errors="replace"), timeout_s=120,
                        what="node warm-up", alive=self.process.exited, interval_s=0.2)

@@ -79,6 +79,8 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     if args.baseline_src:
         receivers.append(ingest.add_baseline(args.baseline_src))
         results["baseline_src"] = str(args.baseline_src)
+    if args.pynetdicom_receiver:
+        receivers.append(ingest.add_pynetdicom_receiver())
     n_ingest = repeats * 2 * len(receivers) if "ingest" in args.parts else 0
     with tqdm(total=n_ingest + (2 * repeats if "send" in args.parts else 0),
               desc="ingest + send runs", file=sys.stderr) as bar:
@@ -121,6 +123,10 @@ def print_summary(results: dict[str, Any]) -> None:
             was = row["median_instances_per_s"]
             print(f"node before ({results['baseline_src']}) -> now, {n_assoc} association(s): "
                   f"{was:.0f} -> {now:.0f} instances/s ({now / was:.2f}x)")
+        for n_assoc, row in sorted(results["ingest_summary"].get("node_pynetdicom", {}).items()):
+            native = results["ingest_summary"]["node"][n_assoc]["median_instances_per_s"]
+            print(f"node with receiver = \"pynetdicom\", {n_assoc} association(s): "
+                  f"{row['median_instances_per_s']:.0f} instances/s (native: {native:.0f})")
     if "send_summary" in results:
         s = results["send_summary"]
         node, dcmtk = s["node"]["median_instances_per_s"], s["storescu"]["median_instances_per_s"]
@@ -156,6 +162,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--baseline-src", type=Path, default=None,
                         help="also measure the ingest of the dicom_node package in this folder "
                              "(an older version, for before/after)")
+    parser.add_argument("--pynetdicom-receiver", action="store_true",
+                        help="also measure the ingest of the node with [node] receiver = "
+                             "\"pynetdicom\"")
     parser.add_argument("--merge", action="store_true",
                         help="update the existing results JSON with the parts run now")
     parser.add_argument("--tables", action="store_true",

@@ -33,17 +33,14 @@ from typing import BinaryIO
 from dicom_node.net.exchange import MessageReceiver
 from dicom_node.net.interface import (ABORT_INVALID_PARAMETER, ABORT_UNEXPECTED_PDU,
                                       ABORT_UNRECOGNIZED_PDU, REJECT_PROTOCOL_VERSION,
-                                      REJECT_TOO_MANY, AbortCause, PeerClosed, ProtocolViolation)
+                                      REJECT_TOO_MANY, AbortCause, AcceptorView, PeerClosed,
+                                      ProtocolViolation)
 from dicom_node.net.negotiation import (acceptor_rejection, associate_ac, check_context_ids,
                                         negotiate_contexts, peer_max_pdu, printable_ae_title)
 from dicom_node.net.pdu import (A_ABORT, A_ASSOCIATE_RQ, A_RELEASE_RQ, P_DATA_TF, PDU_HEADER,
                                 PDU_TYPES, PDV_HEADER, AssociateRQ, PDUError, decode_associate_rq,
                                 encode_abort, encode_associate_rj, encode_release_rp,
                                 fragment_message)
-from dicom_node.net.interface import (ABORT_INVALID_PARAMETER, ABORT_UNEXPECTED_PDU,
-                                      ABORT_UNRECOGNIZED_PDU, REJECT_PROTOCOL_VERSION,
-                                      REJECT_TOO_MANY, AbortCause, AcceptorView, PeerClosed,
-                                      ProtocolViolation)
 
 __all__ = ["Association"]
 
@@ -320,19 +317,23 @@ class Association:
             self._sock.settimeout(left)
 
     def _read_exact(self, n: int) -> bytes:
-        """``n`` bytes; one socket read at a time, each within the deadline."""
+        """``n`` bytes through the read buffer, one socket read at a time (``peek`` fills the
+        empty buffer with one read; ``read1`` alone would read a few bytes per system call),
+        each within the deadline."""
         rfile = self._rfile
         assert rfile is not None
-        data = rfile.read1(n) if n else b""
-        if len(data) == n:
-            return data
-        parts, got = [data], len(data)
+        if n <= 0:
+            return b""
+        if len(rfile.peek(n)) >= n:  # the usual case: all of it is buffered now
+            return rfile.read(n)
+        parts, got = [], 0
         while got < n:
-            if not parts[-1]:
+            if not rfile.peek(1):
                 raise PeerClosed()
-            self._check_deadline()
             parts.append(rfile.read1(n - got))
             got += len(parts[-1])
+            if got < n:
+                self._check_deadline()
         return b"".join(parts)
 
     def _read_into(self, view: memoryview) -> int:

@@ -1,7 +1,8 @@
 """The storage SCP on pynetdicom's ``AE.start_server`` (``[node] receiver = "pynetdicom"``).
 
 Thin adapters from pynetdicom's events to the shared logic of
-:mod:`dicom_node.receive.receiver` (association bookkeeping, :func:`~dicom_node.receive.c_store.store_instance`):
+:mod:`dicom_node.receive.receiver` (association bookkeeping,
+:func:`~dicom_node.receive.c_store.store_instance`):
 
 * Received data sets are streamed by pynetdicom to a temporary file (bounded
   memory); streaming is switched on for this server's associations only
@@ -149,7 +150,8 @@ def _chunked_path(event: Any) -> Path | None:
 
 
 def handle_store(event: Any, rx: Receiver) -> int:
-    """C-STORE: the shared store (:func:`~dicom_node.receive.c_store.store_instance`); never raises."""
+    """C-STORE: the shared store (:func:`~dicom_node.receive.c_store.store_instance`); never
+    raises."""
     try:
         path = _chunked_path(event)
         request = StoreRequest(

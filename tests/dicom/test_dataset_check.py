@@ -16,17 +16,12 @@ from pydicom.sequence import Sequence
 from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian,
                          ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless,
                          JPEGLSLossless, RLELossless)
-from sqlalchemy import select
 
 from dicom_node.dicom.dataset_check import data_set_offset, data_set_problem
 from dicom_node.dicom.status import Status
-from dicom_node.receive.scp import StorageSCP
-from dicom_node.store import db
-from dicom_node.store.joblog import JobLog
-from dicom_node.store.spool import Spool
 from tests.helpers.dicom_factory import make_series
-from tests.helpers.node import node_config, wait_for
-from tests.net.helpers import RawPeer, data_set_bytes, files_in, rq
+from tests.helpers.node import wait_for
+from tests.net.helpers import RawPeer, ScpNode, data_set_bytes, files_in, rq
 
 SYNTAXES = [ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian,
             DeflatedExplicitVRLittleEndian, RLELossless, JPEG2000Lossless, JPEGLSLossless]
@@ -89,29 +84,14 @@ def test_the_walk_uses_the_head_kept_in_memory(tmp_path: Path) -> None:
 
 
 # -- through both receivers ----------------------------------------------------------------
-class Running:
-    """A StorageSCP (``receiver``) with its job log and spool."""
-
-    def __init__(self, tmp_path: Path, receiver: str) -> None:
-        self.config = node_config(tmp_path, node={"receiver": receiver})
-        self.log = JobLog(self.config.database_path)
-        self.scp = StorageSCP(self.config, self.log, Spool(self.config.spool_dir))
-        self.scp.start()
-        self.port = self.scp.address[1]
-
-    def instances(self) -> list[str]:
-        with self.log.session() as s:
-            return [r.sop_instance_uid for r in s.scalars(select(db.Instance))]
-
-
 @pytest.fixture(params=["native", "pynetdicom"])
-def running(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Running]:
-    node = Running(tmp_path, request.param)
+def running(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ScpNode]:
+    node = ScpNode(tmp_path, receiver=request.param)
     yield node
     node.scp.stop(grace_seconds=1)
 
 
-def test_truncated_data_set_or_lying_pixel_length_is_refused(running: Running,
+def test_truncated_data_set_or_lying_pixel_length_is_refused(running: ScpNode,
                                                             tmp_path: Path) -> None:
     path = make_series(tmp_path / "src", np.random.default_rng(2).uniform(0, 900,
                                                                           (3, 64, 64)))
@@ -126,7 +106,7 @@ def test_truncated_data_set_or_lying_pixel_length_is_refused(running: Running,
         assert peer.store(3, cut[:-500], uid_cut) == Status.CANNOT_UNDERSTAND
         assert peer.store(3, bytes(lying) + bytes(200), uid_lie) == Status.CANNOT_UNDERSTAND
         assert peer.store(3, whole, uid_ok) == Status.SUCCESS
-    assert running.instances() == [uid_ok]
+    assert [r.sop_instance_uid for r in running.instances()] == [uid_ok]
     temp = running.config.node.data_dir / "tmp"
     wait_for(lambda: files_in(temp) == [], what="no temporary file left")
     assert dcmread(io.BytesIO(whole), force=True).SOPInstanceUID == uid_ok

@@ -18,11 +18,17 @@ from typing import Any, Iterable
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, MRImageStorage
 from pynetdicom.sop_class import Verification
+from sqlalchemy import select
 
 from dicom_node.net import acceptor as ul
+from dicom_node.receive.scp import StorageSCP
+from dicom_node.store import db
+from dicom_node.store.joblog import JobLog
+from dicom_node.store.spool import Spool
+from tests.helpers.node import node_config
 from dicom_node.net import dimse, pdu
 
-__all__ = ["Recorder", "start_acceptor", "RawPeer", "SUPPORTED", "store_command",
+__all__ = ["Recorder", "start_acceptor", "ScpNode", "RawPeer", "SUPPORTED", "store_command",
            "data_set_bytes", "echo_command", "rss_mib", "p_data"]
 
 SUPPORTED = {str(MRImageStorage): frozenset({str(ImplicitVRLittleEndian),
@@ -31,12 +37,14 @@ SUPPORTED = {str(MRImageStorage): frozenset({str(ImplicitVRLittleEndian),
 
 
 class Recorder:
-    """An :class:`~dicom_node.ul.AssociationHandler` that records what happens."""
+    """An :class:`~dicom_node.net.interface.AssociationHandler` that records what happens
+    (and can refuse the association, ``refusal``, or fail its C-STOREs, ``fail_store``)."""
 
     def __init__(self) -> None:
         self.events: list[tuple[Any, ...]] = []
         self.stored: dict[str, bytes] = {}
-        self.titles: list[tuple[str, str]] = []
+        self.refusal: tuple[int, int, int] | None = None
+        self.fail_store = False
         self._cond = threading.Condition()
 
     def _add(self, *event: Any) -> None:
@@ -56,10 +64,9 @@ class Recorder:
         with self._cond:
             return [e[0] for e in self.events]
 
-    def requested(self, assoc: ul.Association) -> None:
-        self.titles.append((assoc.calling_ae_title, assoc.called_ae_title))
-        self._add("requested")
-        return None
+    def requested(self, assoc: ul.Association) -> tuple[int, int, int] | None:
+        self._add("requested", assoc.calling_ae_title, assoc.called_ae_title)
+        return self.refusal
 
     def rejected(self, assoc: ul.Association, rejection: tuple[int, int, int]) -> None:
         self._add("rejected", rejection)
@@ -74,19 +81,46 @@ class Recorder:
         return 0
 
     def store(self, assoc: ul.Association, instance: ul.ReceivedInstance) -> int:
+        if self.fail_store:
+            raise RuntimeError("handler failure (test)")
         self.stored[instance.sop_instance_uid] = instance.path.read_bytes()
-        self._add("store", instance.sop_instance_uid)
+        self._add("store", instance.sop_instance_uid, instance.transfer_syntax)
         return 0
 
 
-def start_acceptor(tmp_path: Path, handler: Any, **settings: Any) -> ul.Acceptor:
+def start_acceptor(tmp_path: Path, handler: Any, ssl_context: Any = None,
+                   **settings: Any) -> ul.Acceptor:
     """A started acceptor on 127.0.0.1 (free port), AE ``RTFSYN``, temporary files in
-    ``tmp_path``; ``settings`` override :class:`~dicom_node.ul.AcceptorSettings` fields."""
+    ``tmp_path``, ARTIM 1 s (Sta13 waits 1 s); ``settings`` override
+    :class:`~dicom_node.net.acceptor.AcceptorSettings` fields."""
     values = {"ae_title": "RTFSYN", "supported": SUPPORTED, "network_timeout": 10.0,
-              "temp_dir": tmp_path, **settings}
-    acceptor = ul.Acceptor(("127.0.0.1", 0), ul.AcceptorSettings(**values), handler)
+              "artim_timeout": 1.0, "temp_dir": tmp_path, **settings}
+    acceptor = ul.Acceptor(("127.0.0.1", 0), ul.AcceptorSettings(**values), handler,
+                           ssl_context)
     acceptor.start()
     return acceptor
+
+
+class ScpNode:
+    """The node's StorageSCP (``node`` settings, e.g. ``receiver``) with its job log and
+    spool, started; stop it with ``scp.stop``."""
+
+    def __init__(self, tmp_path: Path, **node: Any) -> None:
+        self.config = node_config(tmp_path, node=node)
+        self.log = JobLog(self.config.database_path)
+        self.scp = StorageSCP(self.config, self.log, Spool(self.config.spool_dir))
+        self.scp.start()
+        self.port = self.scp.address[1]
+
+    def instances(self) -> list[Any]:
+        """The job log's instance rows, oldest first."""
+        with self.log.session() as s:
+            return list(s.scalars(select(db.Instance).order_by(db.Instance.id)))
+
+    def associations(self) -> list[Any]:
+        """The job log's association rows, oldest first."""
+        with self.log.session() as s:
+            return list(s.scalars(select(db.Association).order_by(db.Association.id)))
 
 
 def rq(*contexts: tuple[int, str, tuple[str, ...]], calling: str = "SCU",

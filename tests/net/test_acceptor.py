@@ -15,25 +15,21 @@ from typing import Any, Iterator
 
 import numpy as np
 import pytest
-from tests.helpers.node import make_tls_material, node_config, wait_for
+from tests.helpers.node import make_tls_material, wait_for
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, MRImageStorage
 from pynetdicom import AE, _config, build_role
 from pynetdicom.pdu_primitives import AsynchronousOperationsWindowNegotiation
 from pynetdicom.sop_class import CTImageStorage, Verification
-from sqlalchemy import select
 
 from tests.helpers.dicom_factory import make_series
-from dicom_node.store import db
 from dicom_node.net import acceptor as ul
 from dicom_node.dicom.status import Status
 from dicom_node.net import dimse
 from dicom_node.net import pdu
 from dicom_node.config import ConfigError, TLSConfig, load_config, parse_config
-from dicom_node.store.joblog import JobLog
-from dicom_node.receive.scp import StorageSCP
 from dicom_node.net.tls import server_context
-from dicom_node.store.spool import Spool
+from tests.net.helpers import Recorder, ScpNode, start_acceptor
 
 HTJ2K = "1.2.840.10008.1.2.4.201"  # a transfer syntax the node does not support
 UNKNOWN_CLASS = "1.2.3.4.5.6.7"
@@ -179,68 +175,7 @@ def _data_set_bytes(part10: bytes) -> bytes:
     return part10[132 + 12 + group_length:]
 
 
-# -- the acceptor, with a handler that records -------------------------------------------
-class Recorder:
-    """An AssociationHandler that records what happens (and can refuse or fail)."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[Any, ...]] = []
-        self.stored: dict[str, bytes] = {}
-        self.refusal: tuple[int, int, int] | None = None
-        self.fail_store = False
-        self._cond = threading.Condition()
-
-    def _add(self, *event: Any) -> None:
-        with self._cond:
-            self.events.append(event)
-            self._cond.notify_all()
-
-    def wait(self, kind: str, timeout: float = 20.0) -> tuple[Any, ...]:
-        """The first event of ``kind``, waiting for it up to ``timeout`` s."""
-        with self._cond:
-            assert self._cond.wait_for(lambda: any(e[0] == kind for e in self.events), timeout), \
-                f"no {kind!r} event within {timeout} s; got {self.events}"
-            return next(e for e in self.events if e[0] == kind)
-
-    def requested(self, assoc: ul.Association) -> tuple[int, int, int] | None:
-        self._add("requested", assoc.calling_ae_title, assoc.called_ae_title)
-        return self.refusal
-
-    def rejected(self, assoc: ul.Association, rejection: tuple[int, int, int]) -> None:
-        self._add("rejected", rejection)
-
-    def released(self, assoc: ul.Association) -> None:
-        self._add("released")
-
-    def aborted(self, assoc: ul.Association, cause: ul.AbortCause, detail: str) -> None:
-        self._add("aborted", cause, detail)
-
-    def echo(self, assoc: ul.Association) -> int:
-        return 0
-
-    def store(self, assoc: ul.Association, instance: ul.ReceivedInstance) -> int:
-        if self.fail_store:
-            raise RuntimeError("handler failure (test)")
-        self.stored[instance.sop_instance_uid] = instance.path.read_bytes()
-        self._add("store", instance.sop_instance_uid, instance.transfer_syntax)
-        return 0
-
-
-SUPPORTED = {str(MRImageStorage): frozenset({str(ImplicitVRLittleEndian),
-                                              str(ExplicitVRLittleEndian)}),
-             str(Verification): frozenset({str(ImplicitVRLittleEndian)})}
-
-
-def start_acceptor(tmp_path: Path, handler: Recorder, ssl_context: Any = None,
-                   **settings: Any) -> ul.Acceptor:
-    values = {"ae_title": "RTFSYN", "supported": SUPPORTED, "network_timeout": 10.0,
-              "artim_timeout": 1.0, "temp_dir": tmp_path, **settings}  # Sta13 waits 1 s
-    acceptor = ul.Acceptor(("127.0.0.1", 0), ul.AcceptorSettings(**values), handler,
-                           ssl_context)
-    acceptor.start()
-    return acceptor
-
-
+# -- the acceptor, with a handler that records (tests.net.helpers) ----------------
 @pytest.fixture
 def recorder() -> Recorder:
     return Recorder()
@@ -521,27 +456,8 @@ def test_tls_echo_and_a_silent_peer_blocks_nobody(tmp_path: Path, recorder: Reco
 
 
 # -- through the node's StorageSCP: spool, job log, dcmtk ---------------------------------
-class Node:
-    """A StorageSCP (native receiver) with its job log and spool."""
-
-    def __init__(self, tmp_path: Path, **node: Any) -> None:
-        self.config = node_config(tmp_path, node=node)
-        self.log = JobLog(self.config.database_path)
-        self.scp = StorageSCP(self.config, self.log, Spool(self.config.spool_dir))
-        self.scp.start()
-        self.port = self.scp.address[1]
-
-    def instances(self) -> list[Any]:
-        with self.log.session() as s:
-            return list(s.scalars(select(db.Instance).order_by(db.Instance.id)))
-
-    def associations(self) -> list[Any]:
-        with self.log.session() as s:
-            return list(s.scalars(select(db.Association).order_by(db.Association.id)))
-
-
 def test_c_store_is_spooled_byte_identical_with_small_pdus(tmp_path: Path) -> None:
-    node = Node(tmp_path, max_pdu=4096)
+    node = ScpNode(tmp_path, max_pdu=4096)
     try:
         rng = np.random.default_rng(1)
         small = make_series(tmp_path / "small", rng.uniform(0, 900, (4, 16, 16)))
@@ -572,7 +488,7 @@ def test_c_store_is_spooled_byte_identical_with_small_pdus(tmp_path: Path) -> No
 
 @pytest.mark.skipif(not (STORESCU.exists() and ECHOSCU.exists()), reason="dcmtk not installed")
 def test_dcmtk_echoscu_and_storescu(tmp_path: Path) -> None:
-    node = Node(tmp_path)
+    node = ScpNode(tmp_path)
     try:
         files = make_series(tmp_path / "src", np.random.default_rng(3).uniform(0, 900, (6, 32, 32)))
         echo = subprocess.run([str(ECHOSCU), "-aet", "DCMTK", "-aec", "RTFSYN", "127.0.0.1",

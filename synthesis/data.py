@@ -7,8 +7,8 @@ does at inference), the target is rendered clean.
 
 Intensity units:
 
-* source: the way inference normalizes, the *whole* volume's 0.5/99.5
-  percentiles mapped to 0/1;
+* source: the way inference normalizes, the whole volume's tissue peak
+  (:func:`synthesis.intensity.tissue_peak`) mapped to :data:`synthesis.intensity.PEAK_LEVEL`;
 * target: **brain-relative units**, the signal divided by the brain's 99.5
   percentile. Zero stays "no signal" (air, bone), the bright end of the brain
   is 1, and the scale does not depend on what lies outside the brain (scalp
@@ -24,7 +24,8 @@ from typing import Sequence
 
 import numpy as np
 
-from synthesis.grid import percentile_normalize, resample, scale_to_range
+from synthesis.grid import percentile_normalize, resample
+from synthesis.intensity import scale_source, tissue_peak
 from synthesis.protocol import Contrast, MRProtocol
 from synthesis.simulate import Effects, Subject, degrade, random_effects, random_protocol, render
 from synthesis.simulate.protocols import PRESET_SHARE
@@ -50,14 +51,15 @@ class Pair:
 class VolumeStats:
     """Intensity statistics of a clean render (every third voxel), in its own units.
 
-    lo, hi: the whole-volume 0.5/99.5 percentiles (the normalization of a source);
-    brain_lo, brain_hi: the same percentiles inside the brain mask.
+    lo, hi: the whole-volume 0.5/99.5 percentiles; brain_lo, brain_hi: the same
+    percentiles inside the brain mask; peak: the tissue peak (how a source is normalized).
     """
 
     lo: float
     hi: float
     brain_lo: float
     brain_hi: float
+    peak: float = 1.0
 
     @property
     def brain_range(self) -> float:
@@ -77,7 +79,7 @@ def volume_stats(subject: Subject, protocol: MRProtocol) -> VolumeStats:
     image = render(subject, protocol, region=strided)
     _, (lo, hi) = percentile_normalize(image)
     b_lo, b_hi = np.percentile(image[subject.brain_mask[strided].astype(bool)], [0.5, 99.5])
-    return VolumeStats(float(lo), float(hi), float(b_lo), float(b_hi))
+    return VolumeStats(float(lo), float(hi), float(b_lo), float(b_hi), tissue_peak(image))
 
 
 def fit_to_shape(volume: np.ndarray, shape: Sequence[int]) -> np.ndarray:
@@ -185,7 +187,7 @@ class PairSampler:
         effects = random_effects(rng) if self.effects == "random" else self.effects
         region = self._region(i, rng)
         src_stats, tgt_stats = self._stats(i, src_p), self._stats(i, tgt_p)
-        src_clean = scale_to_range(render(subject, src_p, region=region), src_stats.lo, src_stats.hi)
+        src_clean = scale_source(render(subject, src_p, region=region), src_stats.peak)
         tgt = render(subject, tgt_p, region=region) * np.float32(1.0 / max(tgt_stats.brain_hi, 1e-12))
         src = acquire_source(src_clean, effects, rng, axis=int(rng.integers(3)))
         shape = (self.patch,) * 3

@@ -1,14 +1,23 @@
 """Training of RTFSyn on simulated paired data.
 
-Seeded and resumable: every step draws its samples from
-``np.random.default_rng([seed, step])`` and the learning rate is a pure
-function of the step, so a run restarted from its last checkpoint continues
-exactly where it stopped.  Loss: L1 on the regular grid (voxel centres) plus L1
-at random continuous query positions (the implicit decoder off the grid). Brain
-voxels count in the units evaluation uses (an error divided by the width of the
-target's brain percentile band, :attr:`synthesis.data.Pair.target_brain_range`, at
-most ``brain_weight_cap`` times); voxels outside the brain count ``outside_weight``
-times their plain error.
+Two generators (``generator``): ``randomized`` (the default) streams crops of
+randomized whole heads from a background process (:mod:`synthesis.stream`: new
+anatomy every few draws, acquisition on the whole head); ``template`` draws
+patches of a few cached, lightly warped template subjects (:mod:`synthesis.data`).
+
+Seeded and resumable: the learning rate is a pure function of the step; the
+template generator draws step ``s`` from ``np.random.default_rng([seed, s])`` (a
+restart continues exactly), the randomized one restarts at the draw the stopped
+run had reached (new draws, same distribution). Loss: L1 on the regular grid
+(voxel centres), plus L1 at random continuous query positions (the implicit
+decoder off the grid, with the cell size of each crop and its target blurred to
+match), plus L1 between the output bases and the tissue fractions the simulator
+knows (``tissue_weight``; the bases then stand for tissues, the prompt for
+contrast). Brain voxels count in the units evaluation uses (an error divided by
+the width of the target's brain percentile band, at most ``brain_weight_cap``
+times); voxels outside the brain count ``outside_weight`` times their plain error.
+On CPU the encoder runs under bf16 autocast (``bf16``) in channels-last layout;
+the decoder head and the loss stay in fp32.
 """
 from __future__ import annotations
 
@@ -19,7 +28,7 @@ import subprocess
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -31,6 +40,7 @@ from synthesis.metrics import normalize_in_mask, psnr
 from synthesis.nets.rtfsyn import RTFSyn, RTFSynConfig
 from synthesis.condition import pair_features, prompt
 from synthesis.simulate import SPLIT_SEEDS, load_or_make_subject
+from synthesis.stream import Crop, StreamConfig, stream_batches
 from synthesis.text import get_text_encoder
 
 log = logging.getLogger(__name__)
@@ -74,6 +84,15 @@ class TrainConfig:
     validation_patches: int = 12
     max_minutes: float | None = None
     init_checkpoint: str | None = None  # start from these weights ("default" or a path) when not resuming
+    generator: str = "randomized"  # "randomized" (synthesis.stream) or "template" (synthesis.data)
+    tissue_weight: float = 0.5     # weight of the output bases' L1 to the tissue fractions
+    bf16: bool = True              # bf16 autocast of the encoder on CPU (CUDA: always bf16 autocast)
+    channels_last: bool = True     # channels-last 3-D memory layout
+    data_workers: int = 1          # 1: simulate in a background process; 0: inline
+    draws_per_subject: int = 3     # randomized generator: draws of one subject before the next
+    targets_per_draw: int = 2      # target contrasts rendered per draw
+    crops_per_target: int = 4      # crops per target and draw
+    max_cell: float = 2.0          # query cell sizes drawn log-uniformly in [0.5, max_cell] voxels
     model: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -92,9 +111,12 @@ class TrainConfig:
             if flat.get(key) is not None:
                 flat[key] = tuple(flat[key])
         cfg = cls(**flat)
-        for name in ("steps", "batch", "patch", "queries", "train_subjects"):
+        for name in ("steps", "batch", "patch", "queries", "train_subjects", "draws_per_subject",
+                     "targets_per_draw", "crops_per_target"):
             if getattr(cfg, name) < 1:
                 raise ValueError(f"{name} must be at least 1. Found {getattr(cfg, name)}.")
+        if cfg.generator not in ("randomized", "template"):
+            raise ValueError(f"generator must be 'randomized' or 'template'. Found {cfg.generator!r}.")
         return cfg
 
 
@@ -127,22 +149,33 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_batch(pairs: list[Pair], device: torch.device, feature_dim: int | None = None) -> dict[str, Any]:
-    """Stack pairs into tensors: source/target (B,1,P,P,P), features (B,F), text condition.
+def make_batch(pairs: Sequence[Pair | Crop], device: torch.device, feature_dim: int | None = None) -> dict[str, Any]:
+    """Stack pairs (:class:`~synthesis.data.Pair`) or crops (:class:`~synthesis.stream.Crop`)
+    into tensors: source/target/mask (B,1,P,P,P), features (B,F), the text condition,
+    brain_range (B,); crops add fractions (B,T,P,P,P), target_cell (B,1,P,P,P), cell (B,).
     ``feature_dim``: the model's (older models read a prefix of the features)."""
     prompts = [prompt(p.source_protocol, p.target_protocol) for p in pairs]
     text = get_text_encoder().encode(prompts).to(device)
     feats = torch.from_numpy(np.stack([pair_features(p.source_protocol, p.target_protocol)[:feature_dim]
                                        for p in pairs]))
-    return {
-        "source": torch.from_numpy(np.stack([p.source for p in pairs]))[:, None].to(device),
-        "target": torch.from_numpy(np.stack([p.target for p in pairs]))[:, None].to(device),
-        "mask": torch.from_numpy(np.stack([p.mask for p in pairs]))[:, None].to(device),
+
+    def stack(name: str) -> torch.Tensor:
+        return torch.from_numpy(np.stack([getattr(p, name) for p in pairs])).to(device)
+
+    ranges = [p.brain_range if isinstance(p, Crop) else p.target_brain_range for p in pairs]
+    batch = {
+        "source": stack("source")[:, None],
+        "target": stack("target")[:, None],
+        "mask": stack("mask")[:, None],
         "features": feats.to(device),
         "text": text,
-        "brain_range": torch.tensor([p.target_brain_range for p in pairs], dtype=torch.float32,
-                                    device=device),
+        "brain_range": torch.tensor(ranges, dtype=torch.float32, device=device),
     }
+    if all(isinstance(p, Crop) for p in pairs):
+        batch["fractions"] = stack("fractions").float()
+        batch["target_cell"] = stack("target_cell")[:, None]
+        batch["cell"] = torch.tensor([p.cell for p in pairs], dtype=torch.float32, device=device)
+    return batch
 
 
 def _sample_queries(target: torch.Tensor, mask: torch.Tensor, n: int, gen: torch.Generator
@@ -171,17 +204,40 @@ def voxel_weights(mask: torch.Tensor, brain_range: torch.Tensor, outside_weight:
     return torch.where(mask > 0, inside, torch.full_like(inside, float(outside_weight)))
 
 
+def _autocast(cfg: TrainConfig, device: torch.device) -> Any:
+    """bf16 autocast for the encoder: on CUDA always, on CPU when ``cfg.bf16``."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16)
+
+
 def loss_on_batch(model: RTFSyn, batch: dict[str, Any], cfg: TrainConfig, step: int) -> torch.Tensor:
-    """Weighted L1 (see :func:`voxel_weights`) on the grid plus, weighted by
-    ``query_weight``, at ``queries`` random continuous positions per patch."""
-    feats = model.encode(batch["source"], batch["text"], batch["features"])
-    grid = model.render_grid(feats)
+    """Weighted L1 (see :func:`voxel_weights`) on the grid; plus, weighted by
+    ``query_weight``, at ``queries`` random continuous positions per patch (with the
+    batch's cell sizes when it has them); plus ``tissue_weight`` times the L1 of the
+    output bases to the tissue fractions (when the batch has fractions and the model
+    mixes physics-prior bases)."""
+    source = batch["source"]
+    if cfg.channels_last:
+        source = source.contiguous(memory_format=torch.channels_last_3d)
+    with _autocast(cfg, source.device):
+        feats = model.encode(source, batch["text"], batch["features"])
+    feats = feats.to(source.device, torch.float32)
+    supervise_bases = "fractions" in batch and cfg.tissue_weight > 0 and model.uses_physics_mix
+    if supervise_bases:
+        grid, bases = model.render_grid(feats, with_bases=True)
+    else:
+        grid = model.render_grid(feats)
     weight = voxel_weights(batch["mask"], batch["brain_range"], cfg.outside_weight, cfg.brain_weight_cap)
     loss = ((grid - batch["target"]).abs() * weight).mean()
+    if supervise_bases:
+        loss = loss + cfg.tissue_weight * (bases - batch["fractions"]).abs().mean()
     if cfg.queries > 0 and cfg.query_weight > 0:
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        coords, values, inside = _sample_queries(batch["target"], batch["mask"], cfg.queries, gen)
-        cell = torch.ones(coords.shape[0], 3, device=coords.device)
+        truth = batch.get("target_cell", batch["target"])
+        coords, values, inside = _sample_queries(truth, batch["mask"], cfg.queries, gen)
+        cell = batch["cell"][:, None].expand(-1, 3) if "cell" in batch else \
+            torch.ones(coords.shape[0], 3, device=coords.device)
         pred = model.query(feats, coords, cell)
         q_weight = voxel_weights(inside, batch["brain_range"], cfg.outside_weight, cfg.brain_weight_cap)
         loss = loss + cfg.query_weight * ((pred - values).abs() * q_weight).mean()
@@ -223,6 +279,73 @@ def _initial_model(cfg: TrainConfig) -> RTFSyn:
     return model
 
 
+def _stream_config(cfg: TrainConfig, split: str) -> StreamConfig:
+    return StreamConfig(patch=cfg.patch, source_contrasts=cfg.source_contrasts,
+                        target_contrasts=cfg.target_contrasts, target_weights=cfg.target_weights,
+                        source_preset_share=cfg.source_preset_share,
+                        target_preset_share=cfg.target_preset_share, split=split,
+                        draws_per_subject=cfg.draws_per_subject, targets_per_draw=cfg.targets_per_draw,
+                        crops_per_target=cfg.crops_per_target, max_cell=cfg.max_cell)
+
+
+def _crops_per_draw(cfg: TrainConfig) -> int:
+    return min(cfg.targets_per_draw, len(cfg.target_contrasts)) * cfg.crops_per_target
+
+
+def _validation_set(cfg: TrainConfig) -> tuple[list[Pair | Crop], list[int], list[int]]:
+    """Fixed validation pairs, the template generator's training seeds, the validation seeds."""
+    from synthesis.stream import draw_crops, subject_for_draw
+
+    if cfg.generator == "randomized":
+        val_cfg = _stream_config(cfg, "validation")
+        draws = max(1, math.ceil(cfg.validation_patches / _crops_per_draw(cfg)))
+        crops = [c for d in range(draws) for c in draw_crops(val_cfg, d, cfg.seed)]
+        val_seeds = sorted({subject_for_draw(val_cfg, d) for d in range(draws)})
+        return crops[: cfg.validation_patches], [], val_seeds
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else None
+    val_seeds = list(SPLIT_SEEDS["validation"])[: cfg.validation_subjects]
+    val_sampler = PairSampler([load_or_make_subject(s, cache) for s in val_seeds], patch=cfg.patch,
+                              target_contrasts=cfg.target_contrasts, source_contrasts=cfg.source_contrasts)
+    val_rng = np.random.default_rng([cfg.seed, 10**9])
+    val_pairs = [val_sampler.sample(val_rng) for _ in range(cfg.validation_patches)]
+    return val_pairs, list(SPLIT_SEEDS["train"])[: cfg.train_subjects], val_seeds
+
+
+def _training_batches(cfg: TrainConfig, start: int) -> Iterator[list[Pair | Crop]]:
+    """Endless batches from step ``start`` on (see the module docstring on resuming)."""
+    if cfg.generator == "randomized":
+        first_draw = start * cfg.batch // _crops_per_draw(cfg)
+        return stream_batches(_stream_config(cfg, "train"), seed=cfg.seed, batch=cfg.batch,
+                              first_draw=first_draw, workers=cfg.data_workers)
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else None
+    seeds = list(SPLIT_SEEDS["train"])[: cfg.train_subjects]
+    log.info("Loading %d training subjects", len(seeds))
+    sampler = PairSampler([load_or_make_subject(s, cache) for s in seeds], patch=cfg.patch,
+                          target_contrasts=cfg.target_contrasts, source_contrasts=cfg.source_contrasts,
+                          target_weights=cfg.target_weights, source_preset_share=cfg.source_preset_share,
+                          target_preset_share=cfg.target_preset_share)
+
+    def batches() -> Iterator[list[Pair]]:
+        step = start
+        while True:
+            rng = np.random.default_rng([cfg.seed, step])
+            yield [sampler.sample(rng) for _ in range(cfg.batch)]
+            step += 1
+    return batches()
+
+
+def _seen_subjects(cfg: TrainConfig, steps: int, template_seeds: list[int]) -> list[int] | dict[str, int]:
+    """The training subjects' seeds (template) or their seed range (randomized)."""
+    if cfg.generator != "randomized":
+        return template_seeds
+    from synthesis.stream import subject_for_draw
+
+    last_draw = max(0, steps * cfg.batch // _crops_per_draw(cfg))
+    stream = _stream_config(cfg, "train")
+    return {"first": subject_for_draw(stream, 0), "last": subject_for_draw(stream, last_draw),
+            "draws": last_draw + 1}
+
+
 def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
     """Run (or resume) training; returns the path of the final checkpoint."""
     from tqdm import tqdm
@@ -231,19 +354,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
     device = resolve_device(cfg.device)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cache = Path(cfg.cache_dir) if cfg.cache_dir else None
-    train_seeds = list(SPLIT_SEEDS["train"])[: cfg.train_subjects]
-    val_seeds = list(SPLIT_SEEDS["validation"])[: cfg.validation_subjects]
-    log.info("Loading %d training and %d validation subjects", len(train_seeds), len(val_seeds))
-    sampler = PairSampler([load_or_make_subject(s, cache) for s in train_seeds], patch=cfg.patch,
-                          target_contrasts=cfg.target_contrasts, source_contrasts=cfg.source_contrasts,
-                          target_weights=cfg.target_weights, source_preset_share=cfg.source_preset_share,
-                          target_preset_share=cfg.target_preset_share)
-    val_sampler = PairSampler([load_or_make_subject(s, cache) for s in val_seeds], patch=cfg.patch,
-                              target_contrasts=cfg.target_contrasts, source_contrasts=cfg.source_contrasts)
-    val_rng = np.random.default_rng([cfg.seed, 10**9])
-    val_pairs = [val_sampler.sample(val_rng) for _ in range(cfg.validation_patches)]
-
+    val_pairs, train_seeds, val_seeds = _validation_set(cfg)
     torch.manual_seed(cfg.seed)
     model = _initial_model(cfg).to(device)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
@@ -264,14 +375,16 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
                     "elapsed": elapsed, "history": json.dumps(history)}, tmp)
         tmp.replace(state_path)
 
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)
     model.train()
+    batches = _training_batches(cfg, start)
     t0, step = time.monotonic(), start
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress, desc="train")
     log_file = open(out / "train_log.jsonl", "a")
     try:
         for step in bar:
-            rng = np.random.default_rng([cfg.seed, step])
-            batch = make_batch([sampler.sample(rng) for _ in range(cfg.batch)], device, model.config.feature_dim)
+            batch = make_batch(next(batches), device, model.config.feature_dim)
             for group in opt.param_groups:
                 group["lr"] = learning_rate(cfg, step)
             loss = loss_on_batch(model, batch, cfg, step)
@@ -303,7 +416,8 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
     save_state(step)
     record = {
         "steps_done": step, "steps_planned": cfg.steps, "train_minutes": round(elapsed / 60, 2),
-        "device": str(device), "threads": cfg.threads, "train_subject_seeds": train_seeds,
+        "device": str(device), "threads": cfg.threads, "generator": cfg.generator,
+        "train_subject_seeds": _seen_subjects(cfg, step, train_seeds),
         "validation_subject_seeds": val_seeds, "seed": cfg.seed, "commit": _git_commit(),
         "validation": history, "torch": torch.__version__, "config": asdict(cfg),
     }

@@ -134,18 +134,26 @@ class ImplicitDecoder(nn.Module):
     def _tail(self, z: torch.Tensor, mix: torch.Tensor | None, linear: bool) -> torch.Tensor:
         """Hidden layers, output and mixing: ``(B, n, 8, hidden) -> (B, n, 8)`` (linear) or
         ``(B, hidden, d, h, w) -> (B, 1, d, h, w)`` (conv)."""
+        z = self._bases(z, linear)
+        if linear:
+            return z.squeeze(-1) if mix is None else (z * mix[:, None, None, :].to(z.dtype)).sum(-1)
+        return z if mix is None else (z * mix[:, :, None, None, None].to(z.dtype)).sum(1, keepdim=True)
+
+    def _bases(self, z: torch.Tensor, linear: bool) -> torch.Tensor:
+        """The MLP's ``bases`` outputs before mixing (last axis when ``linear``, else channels)."""
         for layer in [*self.hidden, self.out]:
             z = F.leaky_relu(z, self.slope, inplace=True)
             if linear:
                 z = layer(z)
             else:
                 z = F.conv3d(z, layer.weight[:, :, None, None, None], layer.bias)
-        if linear:
-            return z.squeeze(-1) if mix is None else (z * mix[:, None, None, :].to(z.dtype)).sum(-1)
-        return z if mix is None else (z * mix[:, :, None, None, None].to(z.dtype)).sum(1, keepdim=True)
+        return z
 
-    def render_grid(self, feats: Features) -> torch.Tensor:
-        """Output at the feature voxel centres: ``(B, C, D, H, W) -> (B, 1, D, H, W)``."""
+    def render_grid(self, feats: Features, *, with_bases: bool = False
+                    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Output at the feature voxel centres: ``(B, C, D, H, W) -> (B, 1, D, H, W)``;
+        ``with_bases``: also the unmixed bases ``(B, bases, D, H, W)`` (with the physics
+        prior these stand for the tissue fractions, which training can supervise)."""
         volume = feats.volume
         batch, _, depth, height, width = volume.shape
         ones = volume.new_ones(batch, 3)
@@ -153,11 +161,16 @@ class ImplicitDecoder(nn.Module):
         bias, scale, shift = (t[:, :, None, None, None] for t in first)
         weight = self.feature.weight[:, :, None, None, None]
         out = volume.new_empty(batch, 1, depth, height, width)
+        bases = volume.new_empty(batch, self.out.out_features, depth, height, width) if with_bases else None
         for start, stop in slabs(depth, height * width * batch, self.render_voxels):
             z = F.conv3d(volume[:, :, start:stop], weight, self.feature.bias)
             z = (z + bias) * scale + shift
-            out[:, :, start:stop] = self._tail(z, mix, linear=False)
-        return out
+            b = self._bases(z, linear=False)
+            if bases is not None:
+                bases[:, :, start:stop] = b
+            out[:, :, start:stop] = b if mix is None else (b * mix[:, :, None, None, None].to(b.dtype)).sum(
+                1, keepdim=True)
+        return (out, bases) if with_bases else out
 
     def query(self, feats: Features, coords: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
         """Intensities at continuous coordinates: ``coords (B, N, 3), cell (B, 3) -> (B, N)``."""

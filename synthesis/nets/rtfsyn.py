@@ -190,8 +190,14 @@ class RTFSyn(nn.Module):
         """
         return self.head.query(feats, coords, cell)
 
-    def render_grid(self, feats: Features) -> torch.Tensor:
-        """Output at the input voxel centres, (B, 1, D, H, W)."""
+    def render_grid(self, feats: Features, *, with_bases: bool = False
+                    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Output at the input voxel centres, (B, 1, D, H, W); ``with_bases`` (implicit decoder
+        only): also the unmixed output bases (B, head_bases, D, H, W)."""
+        if with_bases:
+            if not isinstance(self.head, ImplicitDecoder):
+                raise ValueError("with_bases needs the implicit decoder. Found decoder='conv'.")
+            return self.head.render_grid(feats, with_bases=True)
         return self.head.render_grid(feats)
 
     def forward(self, x: torch.Tensor, text: TextCondition | None, features: torch.Tensor | None) -> torch.Tensor:

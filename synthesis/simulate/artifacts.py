@@ -27,7 +27,7 @@ import scipy.fft
 from synthesis.protocol import MRProtocol
 from synthesis.simulate.fields import smooth_field
 
-__all__ = ["Effects", "SEVERITIES", "random_effects", "degrade", "with_acquisition",
+__all__ = ["Effects", "SEVERITIES", "random_effects", "degrade", "with_acquisition", "kspace_effects",
            "thick_slices"]
 
 
@@ -117,7 +117,7 @@ def thick_slices(img: np.ndarray, spacing_mm: float, thickness_mm: float, axis: 
     return np.moveaxis(out, 0, axis).astype(np.float32)
 
 
-def _kspace_effects(img: np.ndarray, effects: Effects, rng: np.random.Generator,
+def kspace_effects(img: np.ndarray, effects: Effects, rng: np.random.Generator,
                     in_plane: tuple[int, int], spacing: tuple[float, ...]) -> np.ndarray:
     """Gibbs truncation and motion ghosting in the 2-D k-space of the ``in_plane`` axes."""
     kspace = scipy.fft.fftn(img.astype(np.complex64), axes=in_plane, workers=1)
@@ -167,7 +167,7 @@ def degrade(img: np.ndarray, spacing: tuple[float, float, float], effects: Effec
         out_spacing[axis] = float(effects.slice_thickness_mm)
     if effects.gibbs > 0 or effects.ghosting > 0:
         in_plane = tuple(a for a in range(3) if a != axis)
-        vol = _kspace_effects(vol, effects, rng, in_plane,  # type: ignore[arg-type]
+        vol = kspace_effects(vol, effects, rng, in_plane,  # type: ignore[arg-type]
                               tuple(out_spacing))
     if effects.noise > 0:
         sigma = np.float32(effects.noise * max(float(np.percentile(vol, 99)), 1e-12))

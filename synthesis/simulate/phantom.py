@@ -15,14 +15,24 @@ import functools
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
-from synthesis.simulate.fields import smooth_field
 from synthesis.physics import FIELDS_T, TISSUES, jittered_params
+from synthesis.simulate.anatomy import (
+    AnatomyEdits,
+    BrainMaps,
+    Coverage,
+    apply_edits,
+    label_phantom,
+    random_affine,
+    svf_displacement,
+    warp,
+)
+from synthesis.simulate.fields import smooth_field
 
 __all__ = ["Subject", "make_subject", "load_or_make_subject", "PHANTOM_VERSION"]
 
@@ -162,14 +172,20 @@ def _lesions(wm: np.ndarray, rng: np.random.Generator, n_lesions: int) -> np.nda
     return np.minimum(lesion, wm)
 
 
-def make_subject(seed: int, *, n_lesions: int | None = None) -> Subject:
-    """A seeded head phantom (a few seconds); the same seed gives the same subject.
+def make_subject(seed: int, *, n_lesions: int | None = None, edits: AnatomyEdits | None = None) -> Subject:
+    """A seeded head phantom (seconds); the same seed (and ``edits``) gives the same subject.
 
-    ``n_lesions`` fixes the number of white-matter lesions (default: random,
-    0 with probability 0.2, else 1–10).
+    Without ``edits``: the template lightly warped, with ``n_lesions`` white-matter
+    lesions (default: random, 0 with probability 0.2, else 1-10). With ``edits``
+    (:class:`~synthesis.simulate.anatomy.AnatomyEdits`, e.g. from
+    :func:`~synthesis.simulate.anatomy.random_edits`): a strong random affine and
+    nonlinear warp, the shape edits, a label phantom or the template, and the field
+    of view of ``edits.coverage``; ``n_lesions`` is then ignored.
     """
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer. Found {seed!r}.")
+    if edits is not None:
+        return _make_randomized(int(seed), edits)
     started = time.perf_counter()
     rng = np.random.default_rng([int(seed), PHANTOM_VERSION])
     gm0, wm0, csf0, box, origin = _template()
@@ -183,21 +199,124 @@ def make_subject(seed: int, *, n_lesions: int | None = None) -> Subject:
         n_lesions = 0 if rng.random() < 0.2 else int(rng.integers(1, 11))
     lesion = _lesions(wm, rng, int(n_lesions))
     wm -= lesion
-    brain_frac = np.clip(gm + wm + csf + lesion, 0.0, 1.0)
+    subject = _assemble(BrainMaps(csf, gm, wm, lesion), rng, int(seed), origin)
+    logger.debug("Made subject %d %s in %.1f s", seed, shape, time.perf_counter() - started)
+    return subject
+
+
+def _assemble(maps: BrainMaps, rng: np.random.Generator, seed: int, origin: tuple[float, float, float]
+              ) -> Subject:
+    """A :class:`Subject` from brain maps: extra-cerebral shells and tissue parameters."""
+    brain_frac = np.clip(maps.brain, 0.0, 1.0)
     brain_mask = brain_frac > 0.5
-    fractions = np.zeros((len(TISSUES), *shape), dtype=np.float16)
-    fractions[_IDX["gm"]] = gm
-    fractions[_IDX["wm"]] = wm
-    fractions[_IDX["lesion"]] = lesion
-    extra = {"csf": csf}
+    fractions = np.zeros((len(TISSUES), *brain_mask.shape), dtype=np.float16)
+    fractions[_IDX["gm"]] = maps.gm
+    fractions[_IDX["wm"]] = maps.wm
+    fractions[_IDX["lesion"]] = maps.lesion
+    extra = {"csf": maps.csf}
     for name, layer in _shells(brain_frac, brain_mask, rng):
         extra[name] = extra[name] + layer if name in extra else layer
     for name, layer in extra.items():
         fractions[_IDX[name]] = layer
     params = jittered_params(rng)
-    logger.debug("Made subject %d %s in %.1f s", seed, shape, time.perf_counter() - started)
-    return Subject(fractions=fractions, brain_mask=brain_mask, params=params, seed=int(seed),
-                   origin_mm=origin)
+    return Subject(fractions=fractions, brain_mask=brain_mask, params=params, seed=seed, origin_mm=origin)
+
+
+def _warp_coords(shape: tuple[int, int, int], offset: tuple[int, ...], rng: np.random.Generator,
+                 strength: float) -> np.ndarray:
+    """Template coordinates ``(3, D, H, W)``: a strong random affine plus a diffeomorphic warp."""
+    matrix = random_affine(rng, strength).astype(np.float32)
+    shift = rng.uniform(-5.0, 5.0, size=3) * strength
+    coords = svf_displacement(shape, rng, max_std_mm=3.0 * strength) if strength > 0 else \
+        np.zeros((3, *shape), dtype=np.float32)
+    centre = (np.asarray(shape, dtype=np.float32) - 1) / 2
+    for i in range(3):
+        coords[i] += centre[i] + offset[i] + shift[i]
+        for j in range(3):
+            axis = np.arange(shape[j], dtype=np.float32) - centre[j]
+            view = [1, 1, 1]
+            view[j] = shape[j]
+            coords[i] += matrix[i, j] * axis.reshape(view)
+    return coords
+
+
+def _make_randomized(seed: int, edits: AnatomyEdits) -> Subject:
+    """:func:`make_subject` with ``edits`` (see there)."""
+    started = time.perf_counter()
+    rng = np.random.default_rng([seed, PHANTOM_VERSION, 1])
+    gm0, wm0, csf0, box, origin = _template()
+    shape = tuple(s.stop - s.start for s in box)
+    offset = tuple(s.start for s in box)
+    coords = _warp_coords(shape, offset, rng, edits.deformation)  # type: ignore[arg-type]
+    warped = warp([csf0, gm0, wm0], coords)
+    del coords
+    if edits.phantom:
+        maps = label_phantom(sum(warped) > 0.5, rng)
+    else:
+        maps = BrainMaps(*warped, lesion=np.zeros_like(warped[0]))
+    apply_edits(maps, edits, rng)
+    subject = _assemble(maps, rng, seed, origin)
+    subject = _with_coverage(subject, edits.coverage, rng)
+    logger.debug("Made randomized subject %d %s in %.1f s", seed, subject.shape,
+                 time.perf_counter() - started)
+    return subject
+
+
+def _with_coverage(subject: Subject, coverage: Coverage, rng: np.random.Generator) -> Subject:
+    """The subject with the field of view of ``coverage`` (see :class:`Coverage`)."""
+    frac = subject.fractions
+    if coverage is Coverage.STRIPPED:
+        keep = subject.brain_mask.astype(np.float16)
+        out = np.zeros_like(frac)
+        for name in ("csf", "gm", "wm", "lesion"):
+            out[_IDX[name]] = frac[_IDX[name]] * keep
+        return replace(subject, fractions=out)
+    if coverage is Coverage.CROPPED:
+        idx = np.argwhere(subject.brain_mask)
+        lo, hi = idx.min(0), idx.max(0) + 1
+        axis = int(rng.choice([0, 0, 1, 2]))
+        depth = int(rng.uniform(5.0, 35.0))
+        cut = [slice(None)] * 3
+        if rng.random() < 0.5 or axis == 0:  # the vertex, or the far side
+            cut[axis] = slice(0, int(hi[axis]) - depth)
+        else:
+            cut[axis] = slice(int(lo[axis]) + depth, None)
+        region = tuple(cut)
+        origin = list(subject.origin_mm)
+        start = region[axis].start or 0
+        origin[2 - axis] += float(start)  # origin is (x, y, z); axes are (z, y, x)
+        return replace(subject, fractions=np.ascontiguousarray(frac[(slice(None),) + region]),
+                       brain_mask=np.ascontiguousarray(subject.brain_mask[region]),
+                       origin_mm=tuple(origin))
+    if coverage is Coverage.NECK:
+        return _add_neck(subject, rng)
+    return subject
+
+
+def _add_neck(subject: Subject, rng: np.random.Generator) -> Subject:
+    """Pad the volume below the head by 30-50 mm and fill a neck there: muscle, a fat
+    layer, skin and a vertebral column (bone), only where the head left air."""
+    pad = int(rng.integers(30, 51))
+    frac = np.concatenate([np.zeros((len(TISSUES), pad, *subject.shape[1:]), dtype=np.float16),
+                           subject.fractions], axis=1)
+    mask = np.concatenate([np.zeros((pad, *subject.shape[1:]), dtype=bool), subject.brain_mask], axis=0)
+    idx = np.argwhere(subject.brain_mask)
+    centre_y, centre_x = idx[:, 1].mean() + rng.uniform(5.0, 15.0), idx[:, 2].mean()
+    lowest = int(idx[:, 0].min()) + pad
+    ry, rx = rng.uniform(40.0, 52.0), rng.uniform(45.0, 58.0)
+    fat, skin = rng.uniform(4.0, 10.0), rng.uniform(1.5, 3.0)
+    yy, xx = np.ogrid[:frac.shape[2], :frac.shape[3]]
+    rho = np.sqrt(((yy - centre_y) / ry) ** 2 + ((xx - centre_x) / rx) ** 2)  # 1 at the neck surface
+    depth = (1.0 - rho) * min(ry, rx)                                        # mm inside, roughly
+    spine = np.sqrt((yy - (centre_y + 0.35 * ry)) ** 2 + (xx - centre_x) ** 2) < rng.uniform(7.0, 10.0)
+    layers = {"skin": (depth >= 0) & (depth < skin), "fat": (depth >= skin) & (depth < skin + fat),
+              "muscle": (depth >= skin + fat) & ~spine, "bone": (depth >= skin + fat) & spine}
+    for z in range(min(lowest, frac.shape[1])):
+        free = 1.0 - frac[:, z].astype(np.float32).sum(0)
+        for name, where in layers.items():
+            frac[_IDX[name], z] += (where * np.clip(free, 0.0, 1.0)).astype(np.float16)
+    origin = (subject.origin_mm[0], subject.origin_mm[1], subject.origin_mm[2] - pad)
+    return replace(subject, fractions=frac, brain_mask=mask, origin_mm=origin)
 
 
 def _cache_path(cache_dir: Path, seed: int) -> Path:

@@ -18,16 +18,21 @@ def tissue_weights(subject: Subject, protocol: MRProtocol, *, nominal: bool = Fa
 
 
 def render(subject: Subject, protocol: MRProtocol, *,
-           region: tuple[slice, slice, slice] | None = None, nominal: bool = False) -> np.ndarray:
+           region: tuple[slice, slice, slice] | None = None, nominal: bool = False,
+           params: np.ndarray | None = None) -> np.ndarray:
     """The clean magnitude image, float32 ``(D, H, W)`` (of ``region`` when given).
 
     Each tissue's signal (see :mod:`synthesis.physics`) at the field
     nearest ``protocol.field_t`` (1.5 or 3 T), weighted by its fraction and
     summed; air gives 0. Values are on the physical scale (PD of CSF = 1).
     ``nominal``: use the nominal tissue parameters, not the subject's jittered ones
-    (the anatomy is the subject's: the evaluation's physics oracle).
+    (the anatomy is the subject's: the evaluation's physics oracle). ``params``: tissue
+    parameters ``(T, 4)`` to use instead (a source rendered with its own contrast spread).
     """
-    weights = tissue_weights(subject, protocol, nominal=nominal)
+    if params is not None:
+        weights = tissue_signal(np.asarray(params), protocol)
+    else:
+        weights = tissue_weights(subject, protocol, nominal=nominal)
     fractions = subject.fractions
     if region is not None:
         fractions = fractions[(slice(None),) + tuple(region)]

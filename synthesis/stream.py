@@ -1,0 +1,210 @@
+"""Training crops from randomized whole heads (issue: learn contrast, not one template).
+
+A *draw* is one randomized subject (:func:`synthesis.simulate.anatomy.random_edits`,
+never the same anatomy twice: subject seeds run on through the training split)
+rendered as a source with its own contrast spread and acquired as a whole head
+(:mod:`synthesis.simulate.acquisition`), normalized as inference does
+(:mod:`synthesis.intensity`), brought back to the 1 mm grid, and rendered clean as
+targets in brain-relative units. Crops of that whole head are what the network
+trains on: the degradations and the normalization saw the whole field of view.
+
+:class:`CropStream` runs draws in a DataLoader worker process, so simulation and
+the optimizer step overlap.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from synthesis.grid import resample_antialiased
+from synthesis.intensity import normalize_source
+from synthesis.protocol import Contrast, MRProtocol
+from synthesis.simulate import SPLIT_SEEDS, Subject, make_subject, random_protocol, render
+from synthesis.simulate.acquisition import Acquisition, acquire, random_acquisition, source_params
+from synthesis.simulate.anatomy import random_edits
+
+__all__ = ["Crop", "StreamConfig", "draw_crops", "CropStream", "subject_for_draw"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Crop:
+    """One training crop, ``(P, P, P)`` arrays on the 1 mm grid.
+
+    source: normalized source; target: clean target (brain-relative units);
+    target_cell: the target blurred to an output voxel of ``cell`` mm (for queries
+    with that cell size); fractions: ``(T, P, P, P)`` float16 tissue fractions;
+    mask: brain mask; brain_range: width of the target's brain percentile band.
+    """
+
+    source: np.ndarray
+    target: np.ndarray
+    target_cell: np.ndarray
+    cell: float
+    fractions: np.ndarray
+    mask: np.ndarray
+    source_protocol: MRProtocol
+    target_protocol: MRProtocol
+    brain_range: float
+    acquisition: Acquisition | None = None
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """What a draw contains: contrasts, protocol preset shares, crop size and counts."""
+
+    patch: int = 64
+    source_contrasts: tuple[str, ...] = ("T1w",)
+    target_contrasts: tuple[str, ...] = ("T2w", "PDw", "FLAIR")
+    target_weights: tuple[float, ...] | None = None
+    source_preset_share: float = 0.3
+    target_preset_share: float = 0.6
+    split: str = "train"
+    draws_per_subject: int = 3
+    targets_per_draw: int = 2
+    crops_per_target: int = 3
+    brain_crop_share: float = 0.85
+    max_cell: float = 2.0
+    first_subject: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def subject_for_draw(cfg: StreamConfig, draw: int) -> int:
+    """The subject seed of draw number ``draw``: a new randomized subject every
+    ``draws_per_subject`` draws, seeds running through the split."""
+    seeds = SPLIT_SEEDS[cfg.split if cfg.split in SPLIT_SEEDS else "train"]
+    return seeds[cfg.first_subject + draw // cfg.draws_per_subject]
+
+
+def _targets(cfg: StreamConfig, rng: np.random.Generator) -> list[Contrast]:
+    contrasts = [Contrast(c) for c in cfg.target_contrasts]
+    p = None
+    if cfg.target_weights is not None:
+        w = np.asarray(cfg.target_weights, dtype=np.float64)
+        p = w / w.sum()
+    k = min(cfg.targets_per_draw, len(contrasts))
+    return [contrasts[i] for i in rng.choice(len(contrasts), size=k, replace=False, p=p)]
+
+
+def _crop_starts(mask: np.ndarray, head: np.ndarray, patch: int, n: int, brain_share: float,
+                 rng: np.random.Generator) -> list[tuple[slice, slice, slice]]:
+    shape = np.array(mask.shape)
+    boxes = []
+    for region in (mask, head):
+        idx = np.argwhere(region[::4, ::4, ::4]) * 4
+        boxes.append((idx.min(0), idx.max(0)) if len(idx) else (np.zeros(3, int), shape - 1))
+    out = []
+    for _ in range(n):
+        lo, hi = boxes[0] if rng.random() < brain_share else boxes[1]
+        centre = rng.integers(lo, hi + 1)
+        start = np.clip(centre - patch // 2, 0, np.maximum(shape - patch, 0))
+        out.append(tuple(slice(int(s), int(s) + patch) for s in start))
+    return out
+
+
+def _pad(array: np.ndarray, patch: int) -> np.ndarray:
+    """Zero-pad the last three axes up to ``patch`` (a crop of a small volume)."""
+    pads = [(0, 0)] * (array.ndim - 3) + [(0, max(0, patch - n)) for n in array.shape[-3:]]
+    return np.pad(array, pads) if any(p[1] for p in pads) else array
+
+
+def acquired_source(subject: Subject, protocol: MRProtocol, acq: Acquisition,
+                    rng: np.random.Generator) -> np.ndarray:
+    """The source as the network sees it: rendered with a contrast spread, acquired as a
+    whole head, normalized by its tissue peak, anti-aliased back to the 1 mm grid."""
+    field_t = 1.5 if (protocol.field_t or 3.0) < 2.25 else 3.0
+    clean = render(subject, protocol, params=source_params(subject.params[field_t], rng))
+    acquired, spacing = acquire(clean, acq, rng)
+    normalized, _ = normalize_source(acquired)
+    back = resample_antialiased(normalized, spacing, (1.0, 1.0, 1.0))
+    out = np.zeros(subject.shape, dtype=np.float32)
+    region = tuple(slice(0, min(a, b)) for a, b in zip(back.shape, subject.shape))
+    out[region] = back[region]
+    return out
+
+
+def draw_crops(cfg: StreamConfig, draw: int, seed: int, subject: Subject | None = None) -> list[Crop]:
+    """The crops of draw number ``draw`` (deterministic in ``seed`` and ``draw``)."""
+    rng = np.random.default_rng([seed, draw, 77])
+    if subject is None:
+        subject = make_randomized_subject(subject_for_draw(cfg, draw))
+    field_t = float(rng.choice([1.5, 3.0]))
+    src_c = Contrast(cfg.source_contrasts[int(rng.integers(len(cfg.source_contrasts)))])
+    src_p = random_protocol(src_c, rng, field_t=field_t, split=cfg.split, preset_share=cfg.source_preset_share)
+    acq = random_acquisition(rng, src_p)
+    source = acquired_source(subject, src_p, acq, rng)
+    src_p = src_p.with_(slice_thickness_mm=acq.slice_mm, voxel_mm=(*acq.in_plane_mm, acq.slice_mm))
+    mask = subject.brain_mask
+    head = subject.fractions.sum(0) > 0.5
+    crops = []
+    for tgt_c in _targets(cfg, rng):
+        tgt_p = random_protocol(tgt_c, rng, field_t=field_t, split=cfg.split,
+                                preset_share=cfg.target_preset_share)
+        target = render(subject, tgt_p)
+        lo, hi = np.percentile(target[::2, ::2, ::2][mask[::2, ::2, ::2]], [0.5, 99.5])
+        target *= np.float32(1.0 / max(float(hi), 1e-12))
+        brain_range = float(max((hi - lo) / max(hi, 1e-12), 1e-3))
+        for region in _crop_starts(mask, head, cfg.patch, cfg.crops_per_target, cfg.brain_crop_share, rng):
+            cell = float(np.exp(rng.uniform(np.log(0.5), np.log(cfg.max_cell))))
+            tgt = _pad(target[region], cfg.patch)
+            blurred = ndimage.gaussian_filter(tgt, 0.5 * np.sqrt(cell**2 - 1)) if cell > 1 else tgt
+            crops.append(Crop(
+                source=_pad(source[region], cfg.patch), target=tgt, target_cell=blurred, cell=cell,
+                fractions=_pad(subject.fractions[(slice(None), *region)], cfg.patch),
+                mask=_pad(mask[region], cfg.patch), source_protocol=src_p, target_protocol=tgt_p,
+                brain_range=brain_range, acquisition=acq))
+    return crops
+
+
+def make_randomized_subject(seed: int) -> Subject:
+    """The randomized subject of ``seed`` (anatomy edits drawn from the seed)."""
+    return make_subject(seed, edits=random_edits(np.random.default_rng([seed, 4242])))
+
+
+class CropStream(torch.utils.data.IterableDataset):
+    """Batches (lists of ``batch`` :class:`Crop`) from consecutive draws, mixed through a
+    shuffle buffer of two draws' crops; starts at draw ``first_draw`` (resuming)."""
+
+    def __init__(self, cfg: StreamConfig, *, seed: int, batch: int, first_draw: int = 0) -> None:
+        super().__init__()
+        self.cfg, self.seed, self.batch, self.first_draw = cfg, int(seed), int(batch), int(first_draw)
+
+    @property
+    def crops_per_draw(self) -> int:
+        return min(self.cfg.targets_per_draw, len(self.cfg.target_contrasts)) * self.cfg.crops_per_target
+
+    def __iter__(self) -> Iterator[list[Crop]]:
+        torch.set_num_threads(1)
+        rng = np.random.default_rng([self.seed, self.first_draw, 99])
+        buffer: list[Crop] = []
+        draw = self.first_draw
+        subject, subject_seed = None, None
+        while True:
+            seed_now = subject_for_draw(self.cfg, draw)
+            if seed_now != subject_seed:
+                subject, subject_seed = make_randomized_subject(seed_now), seed_now
+            buffer.extend(draw_crops(self.cfg, draw, self.seed, subject))
+            draw += 1
+            while len(buffer) >= max(self.batch, self.crops_per_draw):
+                picks = sorted(rng.choice(len(buffer), size=self.batch, replace=False), reverse=True)
+                yield [buffer.pop(int(i)) for i in picks]
+
+
+def stream_batches(cfg: StreamConfig, *, seed: int, batch: int, first_draw: int = 0,
+                   workers: int = 1) -> Iterator[list[Crop]]:
+    """An endless iterator of batches, simulated in a background process (``workers=1``) or
+    inline (``workers=0``); one stream has one worker (more would repeat its draws)."""
+    if workers not in (0, 1):
+        raise ValueError(f"workers must be 0 or 1. Found {workers!r}.")
+    dataset = CropStream(cfg, seed=seed, batch=batch, first_draw=first_draw)
+    if workers <= 0:
+        return iter(dataset)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers, prefetch_factor=4,
+                                         persistent_workers=False)
+    return iter(loader)

@@ -45,7 +45,8 @@ from synthesis.text import get_text_encoder
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainConfig", "load_train_config", "train", "make_batch", "loss_on_batch", "voxel_weights"]
+__all__ = ["TrainConfig", "load_train_config", "train", "export_checkpoint", "make_batch", "loss_on_batch",
+           "voxel_weights"]
 
 
 @dataclass
@@ -292,23 +293,33 @@ def _crops_per_draw(cfg: TrainConfig) -> int:
     return min(cfg.targets_per_draw, len(cfg.target_contrasts)) * cfg.crops_per_target
 
 
-def _validation_set(cfg: TrainConfig) -> tuple[list[Pair | Crop], list[int], list[int]]:
-    """Fixed validation pairs, the template generator's training seeds, the validation seeds."""
-    from synthesis.stream import draw_crops, subject_for_draw
+def _validation_draws(cfg: TrainConfig) -> int:
+    return max(1, math.ceil(cfg.validation_patches / _crops_per_draw(cfg)))
+
+
+def _validation_seeds(cfg: TrainConfig) -> list[int]:
+    from synthesis.stream import subject_for_draw
 
     if cfg.generator == "randomized":
         val_cfg = _stream_config(cfg, "validation")
-        draws = max(1, math.ceil(cfg.validation_patches / _crops_per_draw(cfg)))
-        crops = [c for d in range(draws) for c in draw_crops(val_cfg, d, cfg.seed)]
-        val_seeds = sorted({subject_for_draw(val_cfg, d) for d in range(draws)})
-        return crops[: cfg.validation_patches], [], val_seeds
+        return sorted({subject_for_draw(val_cfg, d) for d in range(_validation_draws(cfg))})
+    return list(SPLIT_SEEDS["validation"])[: cfg.validation_subjects]
+
+
+def _validation_set(cfg: TrainConfig) -> list[Pair | Crop]:
+    """Fixed validation pairs or crops (the validation split's subjects)."""
+    from synthesis.stream import draw_crops
+
+    if cfg.generator == "randomized":
+        val_cfg = _stream_config(cfg, "validation")
+        crops = [c for d in range(_validation_draws(cfg)) for c in draw_crops(val_cfg, d, cfg.seed)]
+        return crops[: cfg.validation_patches]
     cache = Path(cfg.cache_dir) if cfg.cache_dir else None
-    val_seeds = list(SPLIT_SEEDS["validation"])[: cfg.validation_subjects]
+    val_seeds = _validation_seeds(cfg)
     val_sampler = PairSampler([load_or_make_subject(s, cache) for s in val_seeds], patch=cfg.patch,
                               target_contrasts=cfg.target_contrasts, source_contrasts=cfg.source_contrasts)
     val_rng = np.random.default_rng([cfg.seed, 10**9])
-    val_pairs = [val_sampler.sample(val_rng) for _ in range(cfg.validation_patches)]
-    return val_pairs, list(SPLIT_SEEDS["train"])[: cfg.train_subjects], val_seeds
+    return [val_sampler.sample(val_rng) for _ in range(cfg.validation_patches)]
 
 
 def _training_batches(cfg: TrainConfig, start: int) -> Iterator[list[Pair | Crop]]:
@@ -354,7 +365,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
     device = resolve_device(cfg.device)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    val_pairs, train_seeds, val_seeds = _validation_set(cfg)
+    val_pairs = _validation_set(cfg)
     torch.manual_seed(cfg.seed)
     model = _initial_model(cfg).to(device)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
@@ -414,14 +425,36 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
     finally:
         log_file.close()
     save_state(step)
+    return _write_final(cfg, model, step, elapsed, history, device)
+
+
+def _write_final(cfg: TrainConfig, model: RTFSyn, step: int, elapsed: float, history: list[dict],
+                 device: torch.device) -> Path:
+    """``model.pt`` (the weights with their training record) and ``training_record.json``."""
+    out = Path(cfg.out_dir)
+    template_seeds = list(SPLIT_SEEDS["train"])[: cfg.train_subjects]
     record = {
         "steps_done": step, "steps_planned": cfg.steps, "train_minutes": round(elapsed / 60, 2),
         "device": str(device), "threads": cfg.threads, "generator": cfg.generator,
-        "train_subject_seeds": _seen_subjects(cfg, step, train_seeds),
-        "validation_subject_seeds": val_seeds, "seed": cfg.seed, "commit": _git_commit(),
+        "data_workers": cfg.data_workers if cfg.generator == "randomized" else 0,
+        "train_subject_seeds": _seen_subjects(cfg, step, template_seeds),
+        "validation_subject_seeds": _validation_seeds(cfg), "seed": cfg.seed, "commit": _git_commit(),
         "validation": history, "torch": torch.__version__, "config": asdict(cfg),
     }
     final = out / "model.pt"
-    ckpt.save(model.cpu(), final, extra={"training": record})
+    ckpt.save(model.cpu().to(memory_format=torch.contiguous_format), final, extra={"training": record})
     (out / "training_record.json").write_text(json.dumps(record, indent=2))
     return final
+
+
+def export_checkpoint(cfg: TrainConfig) -> Path:
+    """Write ``model.pt`` and ``training_record.json`` from a run's ``last.pt`` without
+    training (a run still in progress can be evaluated this way)."""
+    state_path = Path(cfg.out_dir) / "last.pt"
+    if not state_path.is_file():
+        raise FileNotFoundError(f"No training state to export at {state_path}.")
+    state = torch.load(state_path, map_location="cpu", weights_only=True)
+    model = _initial_model(cfg)
+    model.load_state_dict(state["model"])
+    return _write_final(cfg, model, int(state["step"]), float(state["elapsed"]),
+                        json.loads(state["history"]), resolve_device(cfg.device))

@@ -16,11 +16,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                    help="override any option, e.g. --set patch=32 --set 'model={\"fusion\": \"none\"}'")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--export-only", action="store_true",
+                   help="write model.pt and training_record.json from the run's last.pt, no training")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from synthesis.train import load_train_config, train
+    from synthesis.train import export_checkpoint, load_train_config, train
 
     overrides = {"out_dir": args.out_dir, "steps": args.steps, "max_minutes": args.max_minutes,
                  "device": args.device}
@@ -38,6 +40,14 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"rtfsyn train: {args.config}: {exc}", file=sys.stderr)
         return 2
+    if args.export_only:
+        try:
+            final = export_checkpoint(cfg)
+        except FileNotFoundError as exc:
+            print(f"rtfsyn train: {exc}", file=sys.stderr)
+            return 2
+        print(f"Exported model: {final}")
+        return 0
     final = train(cfg, progress=not args.no_progress)
     print(f"Trained model: {final}")
     return 0

@@ -89,7 +89,12 @@ class AnatomyEdits:
     coverage: Coverage = Coverage.HEAD
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "coverage", Coverage(self.coverage))
+        try:
+            object.__setattr__(self, "coverage", Coverage(self.coverage))
+        except ValueError:
+            allowed = ", ".join(c.value for c in Coverage)
+            raise ValueError(f"AnatomyEdits.coverage must be one of {allowed}. "
+                             f"Found {self.coverage!r}.") from None
         for name, high in (("deformation", 1.5), ("ventricles_mm", 12.0), ("atrophy_mm", 4.0)):
             value = float(getattr(self, name))
             if not (math.isfinite(value) and 0.0 <= value <= high):

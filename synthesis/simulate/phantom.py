@@ -34,7 +34,7 @@ from synthesis.simulate.anatomy import (
 )
 from synthesis.simulate.fields import smooth_field
 
-__all__ = ["Subject", "make_subject", "load_or_make_subject", "PHANTOM_VERSION"]
+__all__ = ["Subject", "make_subject", "load_or_make_subject", "with_coverage", "PHANTOM_VERSION"]
 
 logger = logging.getLogger(__name__)
 
@@ -256,13 +256,13 @@ def _make_randomized(seed: int, edits: AnatomyEdits) -> Subject:
         maps = BrainMaps(*warped, lesion=np.zeros_like(warped[0]))
     apply_edits(maps, edits, rng)
     subject = _assemble(maps, rng, seed, origin)
-    subject = _with_coverage(subject, edits.coverage, rng)
+    subject = with_coverage(subject, edits.coverage, rng)
     logger.debug("Made randomized subject %d %s in %.1f s", seed, subject.shape,
                  time.perf_counter() - started)
     return subject
 
 
-def _with_coverage(subject: Subject, coverage: Coverage, rng: np.random.Generator) -> Subject:
+def with_coverage(subject: Subject, coverage: Coverage, rng: np.random.Generator) -> Subject:
     """The subject with the field of view of ``coverage`` (see :class:`Coverage`)."""
     frac = subject.fractions
     if coverage is Coverage.STRIPPED:

@@ -1,0 +1,92 @@
+"""Training crops of randomized whole heads, and the training step they feed."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from synthesis.nets.rtfsyn import RTFSyn, RTFSynConfig
+from synthesis.physics import TISSUES
+from synthesis.simulate import make_subject
+from synthesis.simulate.acquisition import Acquisition, acquire, random_acquisition
+from synthesis.simulate.anatomy import AnatomyEdits
+from synthesis.stream import StreamConfig, draw_crops, subject_for_draw
+from synthesis.train import TrainConfig, loss_on_batch, make_batch
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def crops():
+    subject = make_subject(21, edits=AnatomyEdits(deformation=0.3, lesions=10))
+    cfg = StreamConfig(patch=32, crops_per_target=2, targets_per_draw=2)
+    return cfg, subject, draw_crops(cfg, 0, 5, subject)
+
+
+def test_crops_have_the_shapes_units_and_labels_training_needs(crops) -> None:
+    cfg, subject, out = crops
+    assert len(out) == 4
+    assert {c.target_protocol.contrast.value for c in out} <= {"T2w", "PDw", "FLAIR"}
+    for c in out:
+        assert c.source.shape == c.target.shape == c.mask.shape == (32, 32, 32)
+        assert c.fractions.shape == (len(TISSUES), 32, 32, 32)
+        assert 0.5 <= c.cell <= 2.0
+        assert 0.0 <= c.source.min() and c.source.max() <= 2.0     # normalized source units
+        assert c.fractions.astype(np.float32).sum(0).max() <= 1.0 + 2e-3
+        if c.mask.sum() > 500:                                       # brain-relative targets
+            assert 0.2 < np.percentile(c.target[c.mask], 99) < 1.3
+    # the source's slice thickness is what the acquisition used
+    assert out[0].source_protocol.slice_thickness_mm == out[0].acquisition.slice_mm
+
+
+def test_draws_are_reproducible_and_subjects_change(crops) -> None:
+    cfg, subject, out = crops
+    again = draw_crops(cfg, 0, 5, subject)
+    np.testing.assert_array_equal(again[0].source, out[0].source)
+    assert subject_for_draw(cfg, 0) == subject_for_draw(cfg, cfg.draws_per_subject - 1)
+    assert subject_for_draw(cfg, cfg.draws_per_subject) != subject_for_draw(cfg, 0)
+
+
+def test_whole_head_acquisition_grid_and_noise() -> None:
+    rng = np.random.default_rng(0)
+    image = np.zeros((60, 50, 40), np.float32)
+    image[10:50, 10:40, 8:32] = 1.0
+    acq = Acquisition(slice_axis=0, slice_mm=5.0, in_plane_mm=(1.2, 1.0), snr=20.0)
+    out, spacing = acquire(image, acq, rng)
+    assert spacing == (5.0, 1.2, 1.0) and out.shape == (12, 42, 40)
+    inside = out[3:9, 12:30, 12:28]
+    assert 0.03 < inside.std() / inside.mean() < 0.09                # SNR about 20
+    draws = [random_acquisition(rng) for _ in range(100)]
+    assert any(a.slice_mm >= 3 for a in draws) and any(a.slice_mm < 1.5 for a in draws)
+    assert all(a.snr == 0 or 10 <= a.snr <= 40 for a in draws)
+
+
+def test_tissue_loss_supervises_the_output_bases(crops) -> None:
+    _, _, out = crops
+    torch.manual_seed(0)
+    model = RTFSyn(RTFSynConfig.tiny(physics_mix=True, head_bases=8))
+    batch = make_batch(out[:2], torch.device("cpu"), model.config.feature_dim)
+    assert batch["fractions"].shape == (2, len(TISSUES), 32, 32, 32)
+    base = TrainConfig(queries=0, tissue_weight=0.0, bf16=False)
+    with_tissue = TrainConfig(queries=0, tissue_weight=1.0, bf16=False)
+    plain = float(loss_on_batch(model, batch, base, 0))
+    feats = model.encode(batch["source"], batch["text"], batch["features"])
+    _, bases = model.render_grid(feats, with_bases=True)
+    expected = plain + float((bases - batch["fractions"]).abs().mean())
+    assert float(loss_on_batch(model, batch, with_tissue, 0)) == pytest.approx(expected, rel=1e-4)
+
+
+def test_bf16_encoder_gradients_agree_with_fp32(crops) -> None:
+    _, _, out = crops
+    torch.manual_seed(0)
+    model = RTFSyn(RTFSynConfig.tiny(physics_mix=True, head_bases=8))
+    batch = make_batch(out[:2], torch.device("cpu"), model.config.feature_dim)
+
+    def grads(bf16: bool) -> torch.Tensor:
+        model.zero_grad()
+        loss_on_batch(model, batch, TrainConfig(queries=256, bf16=bf16, channels_last=bf16), 0).backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    g32, g16 = grads(False), grads(True)
+    cosine = float(torch.nn.functional.cosine_similarity(g32, g16, dim=0))
+    assert cosine > 0.98, cosine

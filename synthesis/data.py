@@ -79,7 +79,7 @@ def volume_stats(subject: Subject, protocol: MRProtocol) -> VolumeStats:
     image = render(subject, protocol, region=strided)
     _, (lo, hi) = percentile_normalize(image)
     b_lo, b_hi = np.percentile(image[subject.brain_mask[strided].astype(bool)], [0.5, 99.5])
-    return VolumeStats(float(lo), float(hi), float(b_lo), float(b_hi), tissue_peak(image))
+    return VolumeStats(float(lo), float(hi), float(b_lo), float(b_hi), tissue_peak(image, (_STRIDE,) * 3))
 
 
 def fit_to_shape(volume: np.ndarray, shape: Sequence[int]) -> np.ndarray:

@@ -121,7 +121,7 @@ def acquired_source(subject: Subject, protocol: MRProtocol, acq: Acquisition,
     field_t = 1.5 if (protocol.field_t or 3.0) < 2.25 else 3.0
     clean = render(subject, protocol, params=source_params(subject.params[field_t], rng))
     acquired, spacing = acquire(clean, acq, rng)
-    normalized, _ = normalize_source(acquired)
+    normalized, _ = normalize_source(acquired, spacing)
     back = resample_antialiased(normalized, spacing, (1.0, 1.0, 1.0))
     out = np.zeros(subject.shape, dtype=np.float32)
     region = tuple(slice(0, min(a, b)) for a, b in zip(back.shape, subject.shape))

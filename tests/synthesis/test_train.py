@@ -91,8 +91,8 @@ def test_target_weights_steer_which_contrast_is_drawn(sampler):
 
 def test_train_runs_resumes_and_writes_a_loadable_checkpoint(sampler, tmp_path):
     _, cache = sampler
-    base = dict(out_dir=str(tmp_path / "run"), cache_dir=str(cache), train_subjects=1, validation_subjects=1,
-                patch=16, batch=1, queries=64, warmup=2, checkpoint_every=2, validate_every=3,
+    base = dict(generator="template", out_dir=str(tmp_path / "run"), cache_dir=str(cache), train_subjects=1,
+                validation_subjects=1, patch=16, batch=1, queries=64, warmup=2, checkpoint_every=2, validate_every=3,
                 validation_patches=2, model=RTFSynConfig.tiny().to_dict(), threads=1)
     # the validation subject differs from the training one; both are cached in `cache`
     train(TrainConfig.from_dict({**base, "steps": 3}), progress=False)
@@ -105,6 +105,34 @@ def test_train_runs_resumes_and_writes_a_loadable_checkpoint(sampler, tmp_path):
     record = meta["extra"]["training"]
     assert record["steps_done"] == 5 and record["train_subject_seeds"]
     assert isinstance(model, RTFSyn)
+
+
+def test_randomized_generator_trains_in_the_background_and_exports(sampler, tmp_path, monkeypatch):
+    import dataclasses
+
+    from synthesis.train import export_checkpoint
+
+    # a 56³ block of a cached subject stands in for the whole randomized heads (seconds, not
+    # minutes); the background worker is forked, so it sees the stand-in too
+    subject = sampler[0].subjects[0]
+    region = tuple(slice(n // 2 - 28, n // 2 + 28) for n in subject.shape)
+    small = dataclasses.replace(subject, fractions=subject.fractions[(slice(None), *region)].copy(),
+                                brain_mask=subject.brain_mask[region].copy())
+    monkeypatch.setattr("synthesis.stream.make_randomized_subject", lambda seed: small)
+
+    cfg = TrainConfig.from_dict(dict(
+        generator="randomized", out_dir=str(tmp_path / "run"), patch=24, batch=2, queries=64, warmup=1,
+        steps=2, checkpoint_every=1, validate_every=2, validation_patches=2, crops_per_target=1,
+        targets_per_draw=1, draws_per_subject=2, model=RTFSynConfig.tiny().to_dict(), threads=1,
+        data_workers=1))
+    final = train(cfg, progress=False)
+    record = ckpt.load(final)[1]["extra"]["training"]
+    assert record["generator"] == "randomized" and record["steps_done"] == 2
+    assert record["train_subject_seeds"]["first"] == 0          # subjects are named by seed range
+    assert "val_psnr" in record["validation"][-1]                  # validated on validation crops
+    final.unlink()
+    exported = export_checkpoint(cfg)                             # from last.pt, no training
+    assert ckpt.load(exported)[1]["extra"]["training"]["steps_done"] == 2
 
 
 def test_learning_rate_is_a_function_of_the_step():

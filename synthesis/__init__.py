@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from synthesis.version import __version__
 __all__ = ["Synthesizer", "SynthesisResult", "MRProtocol", "preset", "prompt", "__version__"]
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from synthesis import __version__
+from synthesis.version import __version__
 from synthesis.nets.config import LEGACY_FIELDS
 from synthesis.nets.rtfsyn import RTFSyn, RTFSynConfig
 

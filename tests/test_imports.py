@@ -144,9 +144,7 @@ def test_the_checker_counts_a_package_facade_read_back(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("package", [
     "dicom_node",
-    pytest.param("synthesis", marks=pytest.mark.xfail(strict=True, reason=(
-        "known: synthesis/__init__ lazily imports inference, which imports checkpoint, which "
-        "reads synthesis.__version__ from the package; the lead fixes it in synthesis/"))),
+    "synthesis",
 ])
 def test_no_module_takes_part_in_an_import_circle(package: str) -> None:
     graph = import_graph(module_files(REPO, package))

@@ -1,217 +1,212 @@
-"""Evaluation on held-out simulated subjects, as the field reports it.
+"""Evaluation on held-out simulated subjects: predictors, scores, summaries.
 
-For each test subject a T1w source (3 T MPRAGE preset) is rendered, degraded
-at a fixed severity and run through the real :class:`~synthesis.Synthesizer`
-path (percentile normalization, working grid, model, output grid); the
-result is compared with the clean target render inside the brain mask
-(:func:`synthesis.metrics.score`).  Also: the zero-shot protocol band, a
-per-intensity look-up-table baseline, and ablation checkpoints.
+The cases come from :mod:`synthesis.eval_sets` (whole heads acquired, scored on a crop).
+Predictors map a case to a 1 mm volume on the case's scoring region, in brain-relative
+units: the real :class:`~synthesis.Synthesizer` path (tissue-peak normalization of the
+whole acquired head, working grid, model, 1 mm output), the physics oracle (also put
+through the source's grid: the *sliced* oracle), and a per-intensity look-up table.
+Each case is scored with :func:`synthesis.metrics.score` (PSNR, SSIM, MAE after
+percentile normalization in the brain), :func:`~synthesis.metrics.brain_relative_rmse`
+and the tissue contrast ratios of prediction and truth.
 """
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Collection, Iterable
+from typing import Callable, Collection, Iterable, Mapping
 
 import numpy as np
 
-from synthesis.data import fit_to_shape, volume_scale
-from synthesis.grid import percentile_normalize
-from synthesis.metrics import Scores, score
-from synthesis.protocol import Contrast, MRProtocol, preset
-from synthesis.simulate import SEVERITIES, SPLIT_SEEDS, Subject, degrade, load_or_make_subject, random_protocol, render
+from synthesis.eval_sets import BASE_ACQ, BASE_EDITS, FIELD_T, TARGETS, EvalCase, brain_relative, from_box, make_case_subject
+from synthesis.intensity import SOURCE_MAX, normalize_source, scale_source
+from synthesis.metrics import brain_relative_rmse, contrast_ratios, score
+from synthesis.protocol import preset
+from synthesis.simulate import SPLIT_SEEDS, Subject, render
+from synthesis.simulate.acquisition import acquire
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EvalCase", "Evaluation", "evaluation_cases", "evaluate", "LookupBaseline", "oracle_predictor",
-           "synthesizer_predictor"]
+__all__ = ["Predictor", "Evaluation", "evaluate", "LookupBaseline", "oracle_predictor", "sliced_oracle_predictor",
+           "synthesizer_predictor", "train_seeds", "seed_groups", "group_summary", "METRICS"]
 
-TARGETS = {"T2w": "T2", "PDw": "PD", "FLAIR": "FLAIR"}
-
-
-@dataclass
-class EvalCase:
-    """One source/target volume pair on a crop of a test subject (1 mm grid)."""
-
-    subject_seed: int
-    target_contrast: str
-    condition: str  # "clean", a severity name, or "zeroshot"
-    source: np.ndarray  # acquired source (may be coarser along one axis)
-    source_spacing: tuple[float, float, float]
-    source_protocol: MRProtocol
-    source_range: tuple[float, float]  # whole-volume 0.5/99.5 percentiles of the clean source
-    truth: np.ndarray  # clean target, 1 mm
-    target_protocol: MRProtocol
-    mask: np.ndarray
-    nominal: np.ndarray  # the target rendered with nominal tissue parameters (physics oracle)
-
-
-Predictor = Callable[[EvalCase], np.ndarray]  # a case -> its prediction on the truth's grid
+Predictor = Callable[[EvalCase], "np.ndarray | None"]  # a case -> its prediction on the region (None: n/a)
+METRICS = ("psnr", "ssim", "mae", "rmse_pct")
+_SEED_NAME = re.compile(r"^(?P<group>.+)/seed(?P<seed>\d+)$")
 
 
 @dataclass
 class Evaluation:
-    """Scores per (model, condition, target), plus timings."""
+    """Scores per (model, set, target, subject), plus timings."""
 
     rows: list[dict] = field(default_factory=list)
 
-    def add(self, model: str, case: EvalCase, scores: Scores, seconds: float) -> None:
-        self.rows.append({"model": model, "condition": case.condition, "target": case.target_contrast,
-                          "subject": case.subject_seed, **scores.to_dict(), "seconds": round(seconds, 2)})
+    def add(self, model: str, case: EvalCase, pred: np.ndarray, seconds: float) -> None:
+        scores = score(pred, case.truth, case.mask).to_dict()
+        self.rows.append({
+            "model": model, "set": case.set_name, "group": case.group, "target": case.target_contrast,
+            "subject": case.subject_seed, **{k: round(v, 4) for k, v in scores.items()},
+            "rmse_pct": round(brain_relative_rmse(pred, case.truth, case.mask), 3),
+            "ratios": _rounded(contrast_ratios(pred, case.tissues, case.mask)),
+            "truth_ratios": _rounded(contrast_ratios(case.truth, case.tissues, case.mask)),
+            "seconds": round(seconds, 2)})
 
-    def summary(self) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
-        """model -> condition -> target -> mean metrics (and n)."""
-        out: dict = {}
+    def summary(self) -> dict[str, dict[str, dict[str, dict]]]:
+        """model -> set -> target -> mean metrics, mean contrast ratios (prediction and truth), n."""
+        grouped: dict = {}
         for row in self.rows:
-            out.setdefault(row["model"], {}).setdefault(row["condition"], {}).setdefault(row["target"], []).append(row)
-        for model, conds in out.items():
-            for cond, targets in conds.items():
+            grouped.setdefault(row["model"], {}).setdefault(row["set"], {}).setdefault(row["target"], []).append(row)
+        out: dict = {}
+        for model, sets in grouped.items():
+            for name, targets in sets.items():
                 for target, rows in targets.items():
-                    targets[target] = {k: round(float(np.mean([r[k] for r in rows])), 4)
-                                       for k in ("psnr", "ssim", "mae")} | {"n": len(rows)}
+                    entry = {k: round(float(np.mean([r[k] for r in rows])), 4) for k in METRICS}
+                    for key in ("ratios", "truth_ratios"):
+                        entry[key] = {r: _mean([row[key][r] for row in rows]) for r in rows[0][key]}
+                    entry["n"] = len(rows)
+                    out.setdefault(model, {}).setdefault(name, {})[target] = entry
         return out
 
 
-def _crop(subject: Subject, size: tuple[int, int, int] | None) -> tuple[slice, slice, slice]:
-    """A crop centred on the brain, at most ``size`` voxels (None: the brain box + 4 voxels)."""
-    idx = np.argwhere(subject.brain_mask)
-    lo, hi = idx.min(0), idx.max(0) + 1
-    shape = np.array(subject.brain_mask.shape)
-    if size is None:
-        lo, hi = np.maximum(lo - 4, 0), np.minimum(hi + 4, shape)
-        return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))  # type: ignore[return-value]
-    centre = (lo + hi) // 2
-    want = np.minimum(np.array(size), shape)
-    start = np.clip(centre - want // 2, 0, shape - want)
-    return tuple(slice(int(s), int(s + n)) for s, n in zip(start, want))  # type: ignore[return-value]
+def _rounded(values: Mapping[str, float | None]) -> dict[str, float | None]:
+    return {k: None if v is None else round(float(v), 4) for k, v in values.items()}
 
 
-def evaluation_cases(subject_seeds: Iterable[int], *, cache_dir: Path | None, crop: tuple[int, int, int] | None,
-                     conditions: Iterable[str], targets: Iterable[str] = tuple(TARGETS),
-                     field_t: float = 3.0) -> Iterable[EvalCase]:
-    """Yield cases; conditions are SEVERITIES names and/or "zeroshot"."""
-    conditions = list(conditions)
-    for seed in subject_seeds:
-        subject = load_or_make_subject(seed, cache_dir)
-        region = _crop(subject, crop)
-        mask = subject.brain_mask[region]
-        source_protocol = preset("T1", field_t)
-        clean_source = render(subject, source_protocol, region=region)
-        source_range = volume_scale(subject, source_protocol)
-        for target in targets:
-            rng = np.random.default_rng([seed, list(TARGETS).index(target)])
-            for condition in conditions:
-                if condition == "zeroshot":
-                    tgt_protocol = random_protocol(Contrast(target), rng, field_t=field_t, split="zeroshot")
-                    effects = SEVERITIES["clean"]
-                else:
-                    tgt_protocol = preset(TARGETS[target], field_t)
-                    effects = SEVERITIES[condition]
-                src, spacing = degrade(clean_source, (1.0, 1.0, 1.0), effects, np.random.default_rng([seed, 7]))
-                src_protocol = source_protocol
-                if effects.slice_thickness_mm > 1:
-                    src_protocol = source_protocol.with_(slice_thickness_mm=effects.slice_thickness_mm)
-                yield EvalCase(seed, target, condition, src, tuple(spacing), src_protocol, source_range,
-                               render(subject, tgt_protocol, region=region), tgt_protocol, mask,
-                               render(subject, tgt_protocol, region=region, nominal=True))
+def _mean(values: Iterable[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return round(float(np.mean(kept)), 4) if kept else None
 
 
 def synthesizer_predictor(synthesizer) -> Predictor:
-    """The :class:`~synthesis.Synthesizer` path: the acquired source in, a 1 mm volume out."""
+    """The :class:`~synthesis.Synthesizer` path: the acquired source crop in (normalized by the
+    whole head's tissue peak), a 1 mm volume out, cut to the scoring region."""
     def predict(case: EvalCase) -> np.ndarray:
-        return synthesizer(case.source, case.source_spacing, case.source_protocol, case.target_protocol,
-                           output_spacing=(1.0, 1.0, 1.0), input_range=case.source_range).volume
+        out = synthesizer(case.source, case.source_spacing, case.source_protocol, case.target_protocol,
+                          output_spacing=(1.0, 1.0, 1.0), source_peak=case.source_peak).volume
+        return from_box(out, case.source_origin_mm, case.truth.shape)
     return predict
 
 
 def oracle_predictor(case: EvalCase) -> np.ndarray:
     """Physics oracle: the subject's *true* tissue fractions rendered with *nominal* tissue
-    parameters. What no model can know from a T1w source is left: the subject's own
-    relaxation times and proton densities (jittered by up to ±10%), so its error is
-    a reference for what the data allow, not a competitor."""
-    return case.nominal
+    parameters. What no model can know from a T1w source is left out: the subject's own
+    relaxation times and proton densities (jittered by up to ±10%). A reference for what
+    the data allow, not a competitor."""
+    return case.oracle
+
+
+def sliced_oracle_predictor(case: EvalCase) -> np.ndarray | None:
+    """The oracle put through the source's acquisition grid (thick slices, coarse voxels) and
+    linearly back to 1 mm; None on a 1 mm source."""
+    return case.sliced_oracle
+
+
+def train_seeds(n: int) -> list[int]:
+    """The first ``n`` subject seeds of the training split."""
+    return list(SPLIT_SEEDS["train"])[:n]
 
 
 class LookupBaseline:
-    """Per-intensity look-up table: mean normalized target intensity per source bin.
+    """Per-intensity look-up table: mean brain-relative target per normalized source bin.
 
-    Fitted on training subjects rendered with the evaluation's own preset
-    protocols (the most favourable setting for this baseline).
+    Fitted on training-split subjects with the in-distribution anatomy and acquisition, their
+    T1w source normalized by its tissue peak as the Synthesizer does, targets the evaluation's own
+    presets (the most favourable setting for this baseline).
     """
 
     def __init__(self, bins: int = 256) -> None:
         self.bins = bins
         self.tables: dict[str, np.ndarray] = {}
 
-    def fit(self, subjects: Iterable[Subject], field_t: float = 3.0) -> "LookupBaseline":
+    def _index(self, normalized: np.ndarray) -> np.ndarray:
+        return np.clip((normalized / SOURCE_MAX * (self.bins - 1)).round().astype(int), 0, self.bins - 1)
+
+    def fit(self, subjects: Iterable[Subject]) -> "LookupBaseline":
         sums = {t: np.zeros(self.bins) for t in TARGETS}
         counts = {t: np.zeros(self.bins) for t in TARGETS}
         for subject in subjects:
-            head = subject.fractions.sum(0) > 0.05
-            src, _ = percentile_normalize(render(subject, preset("T1", field_t)))
-            idx = np.clip((src[head] * (self.bins - 1)).round().astype(int), 0, self.bins - 1)
+            head = subject.fractions.astype(np.float32).sum(0) > 0.05
+            acquired, _ = acquire(render(subject, preset("T1", FIELD_T)), BASE_ACQ,
+                                  np.random.default_rng([subject.seed, 5]))
+            src, _ = normalize_source(acquired)
+            idx = self._index(src[head])
             for target, name in TARGETS.items():
-                tgt, _ = percentile_normalize(render(subject, preset(name, field_t)))
-                tgt = tgt[head]
+                tgt = brain_relative(render(subject, preset(name, FIELD_T)), subject.brain_mask)[head]
                 sums[target] += np.bincount(idx, weights=tgt, minlength=self.bins)
                 counts[target] += np.bincount(idx, minlength=self.bins)
         for target in TARGETS:
             filled = counts[target] > 0
-            table = np.interp(np.arange(self.bins), np.flatnonzero(filled),
-                              sums[target][filled] / counts[target][filled])
+            table = np.interp(np.arange(self.bins), np.flatnonzero(filled), sums[target][filled] / counts[target][filled])
             self.tables[target] = table.astype(np.float32)
         return self
 
     def predictor(self) -> Predictor:
-        from synthesis.grid import resample, scale_to_range
-
-        def predict(case: EvalCase) -> np.ndarray:
-            source = case.source
-            if tuple(case.source_spacing) != (1.0, 1.0, 1.0):
-                source = resample(source, case.source_spacing, (1.0, 1.0, 1.0))
-            norm = scale_to_range(source, *case.source_range)
-            idx = np.clip((norm * (self.bins - 1)).round().astype(int), 0, self.bins - 1)
-            return self.tables[case.target_protocol.contrast.value][idx]
+        def predict(case: EvalCase) -> np.ndarray | None:
+            table = self.tables.get(case.target_protocol.contrast.value)
+            if table is None or case.set_name == "zeroshot":
+                return None  # fitted per preset: no notion of other protocols
+            return table[self._index(scale_source(case.source_1mm, case.source_peak))]
         return predict
 
+    @classmethod
+    def fitted(cls, n_subjects: int, cache_dir: Path | None) -> "LookupBaseline":
+        """A table fitted on the first ``n_subjects`` training seeds (in-distribution anatomy)."""
+        return cls().fit(make_case_subject(s, BASE_EDITS, cache_dir) for s in train_seeds(n_subjects))
 
-def evaluate(predictors: dict[str, Predictor], cases: Iterable[EvalCase], *,
+
+def evaluate(predictors: Mapping[str, Predictor], cases: Iterable[EvalCase], *,
              on_case: Callable[[EvalCase, dict[str, np.ndarray]], None] | None = None,
-             progress: bool = True, clean_only: Collection[str] = ()) -> Evaluation:
-    """Run every predictor on every case; ``on_case`` sees each case's predictions (for pictures).
+             progress: bool = True, sets_of: Mapping[str, Collection[str]] | None = None) -> Evaluation:
+    """Run every predictor on every case; ``on_case`` sees each case's predictions (pictures).
 
-    Predictors named in ``clean_only`` (references compared only on the clean source) skip the
-    degraded and zero-shot cases.
+    ``sets_of``: predictor name -> the set names it runs on (absent: every set).
     """
     from tqdm import tqdm
 
     result = Evaluation()
-    for case in tqdm(list(cases) if progress else cases, desc="evaluate", disable=not progress):
-        preds = {}
+    for case in tqdm(cases, desc="evaluate", disable=not progress, unit="case"):
+        preds: dict[str, np.ndarray] = {}
         for name, predict in predictors.items():
-            if name == "lookup" and case.condition == "zeroshot":
-                continue  # the LUT is fitted per preset; it has no notion of other protocols
-            if name in clean_only and case.condition != "clean":
+            if sets_of and name in sets_of and case.set_name not in sets_of[name]:
                 continue
             t0 = time.perf_counter()
-            pred = fit_to_shape(predict(case), case.truth.shape)
-            seconds = time.perf_counter() - t0
+            pred = predict(case)
+            if pred is None:
+                continue
             preds[name] = pred
-            result.add(name, case, score(pred, case.truth, case.mask), seconds)
+            result.add(name, case, pred, time.perf_counter() - t0)
         if on_case is not None:
             on_case(case, preds)
     return result
 
 
-def test_seeds(n: int) -> list[int]:
-    return list(SPLIT_SEEDS["test"])[:n]
+def seed_groups(models: Iterable[str]) -> dict[str, list[str]]:
+    """Group ``NAME/seedK`` model names by NAME (sorted by K); other names are left out."""
+    groups: dict[str, list[tuple[int, str]]] = {}
+    for model in models:
+        m = _SEED_NAME.match(model)
+        if m:
+            groups.setdefault(m["group"], []).append((int(m["seed"]), model))
+    return {g: [name for _, name in sorted(items)] for g, items in groups.items()}
 
 
-def train_seeds(n: int) -> list[int]:
-    return list(SPLIT_SEEDS["train"])[:n]
+def group_summary(summary: Mapping[str, Mapping], members: list[str], sets: Collection[str],
+                  targets: Iterable[str]) -> dict[str, dict[str, float | int]]:
+    """Mean ± spread over seeds of the PSNR averaged over ``sets``: target -> {mean, spread, n}.
 
-
-def make_case_subjects(seeds: Iterable[int], cache_dir: Path | None) -> list[Subject]:
-    return [load_or_make_subject(s, cache_dir) for s in seeds]
+    Each seed's value is its PSNR averaged over the sets it was evaluated on (all of
+    ``sets`` present); spread is the sample standard deviation over seeds (0 for one seed).
+    """
+    out: dict[str, dict[str, float | int]] = {}
+    for target in targets:
+        per_seed = []
+        for model in members:
+            values = [summary[model][s][target]["psnr"] for s in sets if target in summary.get(model, {}).get(s, {})]
+            if values:
+                per_seed.append(float(np.mean(values)))
+        if per_seed:
+            spread = float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0
+            out[target] = {"mean": round(float(np.mean(per_seed)), 3), "spread": round(spread, 3), "n": len(per_seed)}
+    return out

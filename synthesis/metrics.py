@@ -3,6 +3,10 @@
 Both volumes are normalized by their own 0.5–99.5 percentiles inside the
 brain mask to [0, 1]; PSNR, 3-D SSIM (Gaussian window 11, sigma 1.5) and MAE
 are then computed inside the mask.
+
+Also, in the units the model writes (brain-relative: the truth divided by its brain
+99.5th percentile): :func:`brain_relative_rmse`, and the tissue contrast ratios of
+:func:`contrast_ratios` (means over voxels that are more than 90% one tissue).
 """
 from __future__ import annotations
 
@@ -11,7 +15,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["Scores", "normalize_in_mask", "psnr", "ssim3d", "mae", "score"]
+__all__ = ["Scores", "normalize_in_mask", "psnr", "ssim3d", "mae", "score", "brain_relative_rmse",
+           "tissue_means", "contrast_ratios", "RATIOS"]
 
 
 @dataclass(frozen=True)
@@ -74,3 +79,43 @@ def score(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> Scores:
     p = normalize_in_mask(pred, mask)
     t = normalize_in_mask(truth, mask)
     return Scores(psnr=psnr(p, t, mask), ssim=ssim3d(p, t, mask), mae=mae(p, t, mask))
+
+
+#: Contrast ratios reported per case: name -> (numerator tissue, denominator tissue).
+RATIOS = {"GM/WM": ("gm", "wm"), "CSF/GM": ("csf", "gm"), "lesion/WM": ("lesion", "wm")}
+
+
+def brain_relative_rmse(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> float:
+    """RMSE inside ``mask`` in % of the truth's brain 99.5th percentile.
+
+    ``truth`` is divided by its 99.5th percentile inside ``mask``; ``pred`` is taken as it is,
+    in brain-relative units (the Synthesizer's output units), so a wrong overall scale counts.
+    """
+    mask = mask.astype(bool)
+    if not mask.any():
+        raise ValueError("The brain mask is empty; the RMSE needs at least one voxel inside it.")
+    hi = max(float(np.percentile(truth[mask], 99.5)), 1e-12)
+    diff = pred[mask].astype(np.float64) - truth[mask].astype(np.float64) / hi
+    return float(100.0 * np.sqrt(np.mean(diff * diff)))
+
+
+def tissue_means(volume: np.ndarray, tissues: dict[str, np.ndarray], mask: np.ndarray,
+                 purity: float = 0.9, min_voxels: int = 20) -> dict[str, float | None]:
+    """Mean of ``volume`` over the voxels inside ``mask`` whose fraction of each tissue exceeds
+    ``purity`` (None where fewer than ``min_voxels`` such voxels exist)."""
+    out: dict[str, float | None] = {}
+    for name, fraction in tissues.items():
+        pure = mask & (np.asarray(fraction, dtype=np.float32) > purity)
+        out[name] = float(volume[pure].mean()) if int(pure.sum()) >= min_voxels else None
+    return out
+
+
+def contrast_ratios(volume: np.ndarray, tissues: dict[str, np.ndarray], mask: np.ndarray
+                    ) -> dict[str, float | None]:
+    """:data:`RATIOS` of the tissue means of ``volume`` (None where a tissue is missing or 0)."""
+    means = tissue_means(volume, tissues, mask.astype(bool))
+    out: dict[str, float | None] = {}
+    for name, (num, den) in RATIOS.items():
+        a, b = means.get(num), means.get(den)
+        out[name] = float(a / b) if a is not None and b not in (None, 0.0) else None
+    return out

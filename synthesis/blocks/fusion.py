@@ -1,7 +1,8 @@
 """Text fusion blocks: cross-modal adaptive fusion (CAF) and the global-gate ablation.
 
 CAF = packed cross-attention to the prompt tokens, then a text-conditioned
-dynamic convolution, each a residual branch. ``GlobalFusion`` is the
+dynamic convolution, each a residual branch (``bank=0`` leaves the dynamic
+convolution out: the "no dynamic conv" ablation). ``GlobalFusion`` is the
 TUMSyn-style ablation: one condition vector gates the channels.
 """
 from __future__ import annotations
@@ -38,7 +39,8 @@ class ConditionEmbedding(nn.Module):
 class CrossModalFusion(nn.Module):
     """CAF: ``x (B, C, D, H, W)`` + text tokens/mask + features + condition -> ``(B, C, D, H, W)``.
 
-    D, H, W must be divisible by ``pack``.
+    D, H, W must be divisible by ``pack``. ``bank``: kernels in the dynamic convolution's
+    bank; 0 leaves the dynamic convolution out (ablation: cross-attention only).
     """
 
     def __init__(
@@ -58,9 +60,11 @@ class CrossModalFusion(nn.Module):
         self.attention = PackedCrossAttention(
             channels, text_dim=text_dim, feature_dim=feature_dim, attn_dim=attn_dim, heads=heads, pack=pack
         )
-        self.conv_norm = ChannelNorm(channels)
-        self.dynamic = DynamicConv3d(channels, cond_dim, bank=bank, groups=conv_groups)
-        self.conv_scale = LayerScale(channels)
+        if isinstance(bank, bool) or not isinstance(bank, int) or bank < 0:
+            raise ValueError(f"bank must be an integer >= 0 (0: no dynamic convolution). Found {bank!r}.")
+        self.dynamic = DynamicConv3d(channels, cond_dim, bank=bank, groups=conv_groups) if bank else None
+        self.conv_norm = ChannelNorm(channels) if bank else None
+        self.conv_scale = LayerScale(channels) if bank else None
 
     def forward(
         self,
@@ -71,6 +75,8 @@ class CrossModalFusion(nn.Module):
         cond: torch.Tensor,
     ) -> torch.Tensor:
         x = self.attention(x, tokens, mask, features)                              # 1. attend to the prompt
+        if self.dynamic is None:
+            return x
         update = self.dynamic(F.gelu(self.conv_norm(x)), cond)                   # 2. prompt-specific kernels
         return x + self.conv_scale(update)
 

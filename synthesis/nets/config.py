@@ -75,7 +75,8 @@ class RTFSynConfig:
     refinement / fusion / decoder: the ablation switches.
     axis_kernel, axis_dilations: AVR directional convolutions.
     attn_dim, heads, pack: CAF cross-attention width, heads and pack factor r.
-    kernel_bank, conv_groups: CAF dynamic convolution bank size K and groups.
+    kernel_bank, conv_groups: CAF dynamic convolution bank size K and groups; kernel_bank=0
+    leaves the dynamic convolution out (the "no dynamic conv" ablation).
     cond_dim: condition vector width; head_hidden, head_layers: decoder MLP.
     head_bases: K outputs of the decoder MLP mixed by weights generated from the
     condition (a text-conditioned dynamic output layer; 1 = a plain output).
@@ -123,7 +124,8 @@ class RTFSynConfig:
             raise ValueError(f"channels needs at least 2 scales. Found {self.channels!r}.")
         for i, c in enumerate(self.channels):
             _int(f"channels[{i}]", c)
-        for name in ("blocks", "axis_kernel", "attn_dim", "heads", "pack", "kernel_bank", "conv_groups",
+        _int("kernel_bank", self.kernel_bank, minimum=0)
+        for name in ("blocks", "axis_kernel", "attn_dim", "heads", "pack", "conv_groups",
                      "cond_dim", "head_hidden", "head_layers", "head_bases", "query_chunk",
                      "render_voxels",
                      "text_dim", "feature_dim"):

@@ -1,0 +1,108 @@
+"""Ablations of RTFSyn trained on one budget with several seeds, then evaluated together.
+
+Each variant changes only the architecture (``--set 'model={...}'``) and trains from
+scratch with ``rtfsyn train --config config/train.toml --set seed=K --steps N`` into
+``runs/ablations/NAME-sK``; ``full`` is the unchanged architecture on the same budget (the
+reference the others are compared with). Then one ``rtfsyn evaluate`` groups the
+``NAME/seedK`` checkpoints and reports mean ± spread per variant.
+
+    python -m bench.ablations --dry-run                # print the commands
+    python -m bench.ablations --steps 3600 --seeds 0,1,2   # train what is missing, then evaluate
+
+Training is resumable: a run whose ``model.pt`` exists is skipped, one with ``last.pt``
+continues. On a 2-core CPU one 3600-step run takes about 2 h; 15 runs are a GPU job.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+#: variant name -> RTFSynConfig overrides (``full``: the default architecture, the reference).
+VARIANTS: dict[str, dict] = {
+    "full": {},
+    "no-text": {"fusion": "none"},
+    "global-text": {"fusion": "global"},
+    "no-refinement": {"refinement": "none"},
+    "no-dynconv": {"kernel_bank": 0},
+}
+DEFAULT_STEPS = 3600
+
+
+def run_dir(root: Path | str, name: str, seed: int) -> Path:
+    """Where variant ``name`` with seed ``seed`` trains."""
+    return Path(root) / f"{name}-s{seed}"
+
+
+def train_argv(name: str, seed: int, *, steps: int, root: Path | str = "runs/ablations",
+               config: str = "config/train.toml", extra: Sequence[str] = ()) -> list[str]:
+    """The ``rtfsyn train`` arguments of one variant and seed (from scratch, not the shipped weights)."""
+    if name not in VARIANTS:
+        raise ValueError(f"Unknown ablation variant {name!r}. Known: {', '.join(VARIANTS)}.")
+    argv = ["train", "--config", config, "--set", f"model={json.dumps(VARIANTS[name], sort_keys=True)}",
+            "--set", f"seed={int(seed)}", "--set", "init_checkpoint=null", "--steps", str(int(steps)),
+            "--out-dir", str(run_dir(root, name, seed))]
+    for item in extra:
+        argv += ["--set", item]
+    return argv
+
+
+def evaluate_argv(names: Sequence[str], seeds: Sequence[int], *, root: Path | str = "runs/ablations",
+                  report: str = "docs/EVALUATION.md", extra: Sequence[str] = ()) -> list[str]:
+    """The ``rtfsyn evaluate`` arguments that report the shipped model with every variant's seeds."""
+    argv = ["evaluate", "--checkpoint", "default", "--report", report]
+    for name in names:
+        for seed in seeds:
+            argv += ["--ablation", f"{name}/seed{seed}={run_dir(root, name, seed) / 'model.pt'}"]
+    if "full" in names:
+        argv += ["--ablation-reference", "full"]
+    return argv + list(extra)
+
+
+def commands(names: Sequence[str], *, seeds: Sequence[int] = (0, 1, 2), steps: int = DEFAULT_STEPS,
+             root: str = "runs/ablations") -> list[str]:
+    """The shell commands, one a line: every training run, then the evaluation."""
+    lines = [shlex.join(["rtfsyn", *train_argv(n, s, steps=steps, root=root)]) for n in names for s in seeds]
+    return lines + [shlex.join(["rtfsyn", *evaluate_argv(names, seeds, root=root)])]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated (default: all)")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    p.add_argument("--root", default="runs/ablations")
+    p.add_argument("--config", default="config/train.toml")
+    p.add_argument("--train-set", action="append", default=[], metavar="KEY=JSON",
+                   help="extra training override for every run (e.g. a tiny model in tests)")
+    p.add_argument("--evaluate-arg", action="append", default=[], metavar="ARG",
+                   help="extra argument for rtfsyn evaluate (repeatable)")
+    p.add_argument("--report", default="docs/EVALUATION.md")
+    p.add_argument("--dry-run", action="store_true", help="print the commands only")
+    args = p.parse_args(argv)
+    names = [n.strip() for n in args.variants.split(",") if n.strip()]
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown or not seeds:
+        print(f"bench.ablations: unknown variant(s) {unknown} or no seeds; known: {', '.join(VARIANTS)}",
+              file=sys.stderr)
+        return 2
+    runs = [train_argv(n, s, steps=args.steps, root=args.root, config=args.config, extra=args.train_set)
+            for n in names for s in seeds]
+    final = evaluate_argv(names, seeds, root=args.root, report=args.report, extra=args.evaluate_arg)
+    if args.dry_run:
+        print("\n".join(shlex.join(["rtfsyn", *a]) for a in runs + [final]))
+        return 0
+    for a in runs:
+        if (Path(a[a.index("--out-dir") + 1]) / "model.pt").is_file():
+            continue
+        subprocess.run([sys.executable, "-m", "dicom_node.cli", *a], check=True)
+    return subprocess.run([sys.executable, "-m", "dicom_node.cli", *final]).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -43,7 +43,7 @@ from synthesis.simulate.anatomy import AnatomyEdits, Coverage
 log = logging.getLogger(__name__)
 
 __all__ = ["TARGETS", "CaseSet", "CASE_SETS", "GROUPS", "EvalCase", "select_sets", "build_cases",
-           "brain_relative", "make_case_subject", "scoring_region", "aligned_box", "from_box", "test_seeds"]
+           "brain_relative", "make_case_subject", "scoring_region", "aligned_box", "from_box", "held_out_seeds"]
 
 TARGETS = {"T2w": "T2", "PDw": "PD", "FLAIR": "FLAIR"}  # target contrast -> preset name
 FIELD_T = 3.0
@@ -133,7 +133,7 @@ def select_sets(text: str) -> list[CaseSet]:
     return [CASE_SETS[n] for n in names]
 
 
-def test_seeds(n: int) -> list[int]:
+def held_out_seeds(n: int) -> list[int]:
     """The first ``n`` subject seeds of the test split."""
     return list(SPLIT_SEEDS["test"])[:n]
 

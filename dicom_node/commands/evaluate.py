@@ -146,7 +146,7 @@ def _ablation_commands() -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from synthesis import evaluate as ev
-    from synthesis.eval_sets import build_cases, test_seeds
+    from synthesis.eval_sets import build_cases, held_out_seeds
     from synthesis.report import render_markdown, save_case_figure
 
     started = time.perf_counter()
@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
                          f"{case.set_name}: T1w → {case.target_contrast} (test subject {case.subject_seed})")
         pictures[key] = rel
 
-    seeds = test_seeds(args.subjects)
+    seeds = held_out_seeds(args.subjects)
     cases = build_cases(opts["sets"], seeds, crop=opts["crop"], cache_dir=cache, targets=opts["targets"])
     evaluation = ev.evaluate(predictors, cases, on_case=on_case, progress=not args.no_progress, sets_of=sets_of)
     real = None if args.no_real_t1 else _real_t1(synthesizers, report_dir, pictures)

@@ -247,18 +247,14 @@ def make_case_subject(seed: int, edits: AnatomyEdits, cache_dir: Path | None = N
 
 
 def _through_grid(volume: np.ndarray, acq: Acquisition) -> np.ndarray:
-    """A clean 1 mm volume put through the acquisition's grid (slices or voxels) and back to
-    1 mm by linear interpolation: what the best predictor that only resamples could give."""
-    from synthesis.grid import resample, resample_antialiased
+    """A clean 1 mm volume put through the acquisition's grid only (slices or voxels, no bias,
+    noise or k-space effects) and linearly back to 1 mm: the best a predictor that only
+    resamples could give."""
+    from synthesis.grid import resample
 
-    spacing = acq.spacing
-    in_plane = [1.0 if a == acq.slice_axis else s for a, s in enumerate(spacing)]
-    vol = resample_antialiased(volume, (1.0, 1.0, 1.0), in_plane)
-    if acq.slice_mm > 1.5:
-        vol = thick_slices(vol, 1.0, acq.slice_mm, acq.slice_axis)
-    else:
-        vol = resample_antialiased(vol, in_plane, spacing)
-    return resample(vol, spacing, (1.0, 1.0, 1.0))
+    grid_only = replace(acq, bias=0.0, snr=0.0, ghosting=0.0, gibbs=0.0, gamma=1.0)
+    coarse, spacing = acquire(volume, grid_only, np.random.default_rng(0))
+    return resample(coarse, spacing, (1.0, 1.0, 1.0))
 
 
 def _source(subject: Subject, case_set: CaseSet, region: tuple[slice, ...], rng: np.random.Generator

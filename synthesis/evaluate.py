@@ -42,6 +42,22 @@ class Evaluation:
     """Scores per (model, set, target, subject), plus timings."""
 
     rows: list[dict] = field(default_factory=list)
+    sources: list[dict] = field(default_factory=list)
+
+    def add_source(self, case: EvalCase) -> None:
+        """Record how the case's source was normalized: its tissue peak over the mean of its
+        white matter (voxels > 90% WM; 1.0 means the peak found the white matter)."""
+        wm = case.mask & (case.tissues["wm"].astype(np.float32) > 0.9)
+        wm_mean = float(case.source_1mm[wm].mean()) if wm.any() else float("nan")
+        self.sources.append({"set": case.set_name, "subject": case.subject_seed, "peak": round(case.source_peak, 6),
+                             "peak_over_wm": round(case.source_peak / wm_mean, 3) if wm.any() else None})
+
+    def normalization(self) -> dict[str, float | None]:
+        """set -> mean tissue peak over white-matter mean of its sources."""
+        by_set: dict[str, list] = {}
+        for src in self.sources:
+            by_set.setdefault(src["set"], []).append(src["peak_over_wm"])
+        return {name: _mean(values) for name, values in by_set.items()}
 
     def add(self, model: str, case: EvalCase, pred: np.ndarray, seconds: float) -> None:
         scores = score(pred, case.truth, case.mask).to_dict()
@@ -166,7 +182,11 @@ def evaluate(predictors: Mapping[str, Predictor], cases: Iterable[EvalCase], *,
     from tqdm import tqdm
 
     result = Evaluation()
+    seen: set[tuple[str, int]] = set()
     for case in tqdm(cases, desc="evaluate", disable=not progress, unit="case"):
+        if (case.set_name, case.subject_seed) not in seen:
+            seen.add((case.set_name, case.subject_seed))
+            result.add_source(case)
         preds: dict[str, np.ndarray] = {}
         for name, predict in predictors.items():
             if sets_of and name in sets_of and case.set_name not in sets_of[name]:

@@ -230,6 +230,10 @@ def render_markdown(result: dict, *, command: str, pictures: dict[str, str]) -> 
             if group == "anatomy":
                 lines += ["", "Lesion and CSF contrast (tissue means of truth and output):", ""]
                 lines += _lesion_table(result, summary, targets)
+            if group == "acquisition" and result.get("normalization"):
+                lines += ["", "Source normalization: the tissue peak over the source's white-matter mean "
+                          "(1.00: the peak is white matter, as the normalization intends): " + ", ".join(
+                              f"`{k}` {v:.2f}" for k, v in result["normalization"].items() if v is not None) + "."]
     lines += _n4(summary, targets) + _ablations(result, summary, targets) + _real_t1(result)
     if result.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in result["notes"]]

@@ -212,6 +212,7 @@ def _result(args, opts, syn, evaluation, real, notes, seeds) -> dict:
         "sets": [{"name": s.name, "group": s.group, "description": s.description, "edits": s.edits.to_dict(),
                   "acquisition": s.acquisition.to_dict()} for s in opts["sets"]],
         "summary": evaluation.summary(), "rows": evaluation.rows, "notes": notes,
+        "normalization": evaluation.normalization(),
         "ablation_reference": args.ablation_reference, "ablation_sets": opts["ablation_sets"],
         "ablation_commands": _ablation_commands(), "real_t1": real,
     }

@@ -39,6 +39,9 @@ def test_evaluate_json_matches_its_report(tiny_checkpoint: Path, tmp_path: Path,
     # the same checkpoint twice: one group of two seeds with no spread
     psnr = summary["tiny/seed0"]["in_distribution"]["T2w"]["psnr"]
     assert f"| tiny | 2 | {psnr:.2f} ± 0.00 |" in text
+    assert set(result["normalization"]) == {"in_distribution", "slices_5mm"}
+    assert all(v > 0 for v in result["normalization"].values())
+    assert "Source normalization: the tissue peak over the source's white-matter mean" in text
     real = result["real_t1"]
     assert real["file"].endswith("tests/data/anatomical.nii") and set(real["models"]["rtfsyn"]) == {"T2w", "FLAIR"}
     for checks in real["models"]["rtfsyn"].values():

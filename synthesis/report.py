@@ -93,7 +93,8 @@ def _method(result: dict) -> list[str]:
 
 def _in_distribution(result: dict, summary: dict, targets: list[str]) -> list[str]:
     models = [m for m in ("rtfsyn", "rtfsyn+N4", "oracle", "lookup") if m in summary]
-    models += [m for m in summary if m not in models and m != "oracle-sliced" and BASE in summary[m]]
+    grouped = {m for members in seed_groups(summary).values() for m in members}  # in the ablation section
+    models += [m for m in summary if m not in models and m not in grouped and m != "oracle-sliced" and BASE in summary[m]]
     rows = []
     for model in models:
         cells = [model]

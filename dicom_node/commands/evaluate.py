@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import logging
 import shlex
 import sys
 import time
@@ -125,7 +126,8 @@ def _real_t1(synthesizers: dict, report_dir: Path | None, pictures: dict[str, st
         import nibabel
 
         real = evaluate_real_t1(chosen, picture=picture)
-    except (OSError, ValueError, ImportError) as exc:
+    except (OSError, ValueError, ImportError, RuntimeError) as exc:  # reported, not hidden
+        logging.getLogger(__name__).exception("The real-T1 evaluation failed")
         return {"error": f"{type(exc).__name__}: {exc}"}
     if picture is not None:
         pictures["real_t1"] = "img/eval_real_t1.png"

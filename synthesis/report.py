@@ -19,8 +19,9 @@ BASE = "in_distribution"
 
 
 def save_case_figure(path: Path, source: np.ndarray, truth: np.ndarray, pred: np.ndarray,
-                     mask: np.ndarray, title: str) -> None:
-    """Axial slice with the most brain: source, truth, synthesized, |error| (volumes (D,H,W), one grid)."""
+                     mask: np.ndarray, title: str, focus: np.ndarray | None = None) -> None:
+    """Axial slice with the most ``focus`` voxels (default: the most brain): source, truth,
+    synthesized, |error| (volumes (D,H,W) on one grid)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -28,7 +29,7 @@ def save_case_figure(path: Path, source: np.ndarray, truth: np.ndarray, pred: np
 
     from synthesis.metrics import normalize_in_mask
 
-    k = int(np.argmax(mask.sum((1, 2))))
+    k = int(np.argmax((mask if focus is None or not focus.any() else focus & mask).sum((1, 2))))
     panels = [normalize_in_mask(v, mask)[k] for v in (source, truth, pred)]
     error = np.abs(panels[2] - panels[1]) * mask[k]
     fig, axes = plt.subplots(1, 4, figsize=(12, 3.4))
@@ -239,6 +240,7 @@ def render_markdown(result: dict, *, command: str, pictures: dict[str, str]) -> 
     if result.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in result["notes"]]
     if pictures:
-        lines += ["", "## Pictures (axial slice with the most brain: source, truth, synthesized, |error|)", ""]
+        lines += ["", "## Pictures (source, truth, synthesized, |error|; the axial slice with the most brain, "
+                  "lesion (lesion sets) or CSF (ventricle sets))", ""]
         lines += [f"![{key}]({rel})" for key, rel in pictures.items()]
     return "\n".join(lines) + "\n"

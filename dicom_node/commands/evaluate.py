@@ -147,6 +147,8 @@ def _ablation_commands() -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from synthesis import evaluate as ev
     from synthesis.eval_sets import build_cases, held_out_seeds
     from synthesis.report import render_markdown, save_case_figure
@@ -174,8 +176,10 @@ def run(args: argparse.Namespace) -> int:
         if report_dir is None or key is None or key in pictures or "rtfsyn" not in preds:
             return
         rel = f"img/eval_{key}.png"
+        focus = {"lesions": "lesion", "ventricles": "csf"}.get(case.set_name.split("_")[0])
         save_case_figure(report_dir / rel, case.source_1mm, case.truth, preds["rtfsyn"], case.mask,
-                         f"{case.set_name}: T1w → {case.target_contrast} (test subject {case.subject_seed})")
+                         f"{case.set_name}: T1w → {case.target_contrast} (test subject {case.subject_seed})",
+                         focus=None if focus is None else case.tissues[focus].astype(np.float32) > 0.5)
         pictures[key] = rel
 
     seeds = held_out_seeds(args.subjects)

@@ -149,7 +149,8 @@ class EvalCase:
     and that render through the source's acquisition grid (None on a 1 mm source), all in
     brain-relative units (each divided by its own brain 99.5th percentile). tissues:
     ``{csf, gm, wm, lesion}`` fractions (float16). source_1mm: the source on the region
-    (linear resampling, for pictures and the look-up baseline).
+    (linear resampling, for pictures and the look-up baseline). acquired_head, source_box:
+    the whole acquired source and where ``source`` lies in it (whole-head preprocessing: N4).
     """
 
     set_name: str
@@ -168,6 +169,8 @@ class EvalCase:
     tissues: dict[str, np.ndarray]
     oracle: np.ndarray
     sliced_oracle: np.ndarray | None = None
+    acquired_head: np.ndarray | None = None  # the whole acquired source (``source`` is its ``source_box``)
+    source_box: tuple[slice, ...] | None = None
 
 
 def brain_relative(volume: np.ndarray, brain_mask: np.ndarray) -> np.ndarray:
@@ -258,18 +261,18 @@ def _through_grid(volume: np.ndarray, acq: Acquisition) -> np.ndarray:
 
 
 def _source(subject: Subject, case_set: CaseSet, region: tuple[slice, ...], rng: np.random.Generator
-            ) -> tuple[np.ndarray, tuple[float, float, float], tuple[int, int, int], float, MRProtocol]:
-    """The acquired whole-head source cut around ``region``: (volume, spacing, origin, peak, protocol)."""
+            ) -> tuple[np.ndarray, tuple, tuple[float, float, float], tuple[int, int, int], float, MRProtocol]:
+    """The acquired whole-head source and the box around ``region``:
+    (head, box, spacing, origin, peak, protocol)."""
     acq = case_set.acquisition
     protocol = preset("T1", FIELD_T)
     acquired, spacing = acquire(render(subject, protocol), acq, rng)
-    peak = tissue_peak(acquired)
+    peak = tissue_peak(acquired, spacing)
     box, origin = aligned_box(region, spacing, acquired.shape)
-    source = np.ascontiguousarray(acquired[box])
     if case_set.resamples:
         protocol = protocol.with_(slice_thickness_mm=acq.slice_mm, voxel_mm=(*acq.in_plane_mm, acq.slice_mm))
     rel = tuple(o - sl.start for o, sl in zip(origin, region))
-    return source, spacing, rel, peak, protocol  # type: ignore[return-value]
+    return acquired, box, spacing, rel, peak, protocol  # type: ignore[return-value]
 
 
 def build_cases(case_sets: Iterable[CaseSet], seeds: Iterable[int], *, crop: Sequence[int] | None,
@@ -284,7 +287,8 @@ def build_cases(case_sets: Iterable[CaseSet], seeds: Iterable[int], *, crop: Seq
             subject = make_case_subject(seed, case_set.edits, cache_dir)
             region = scoring_region(subject.brain_mask, crop)
             rng = np.random.default_rng([seed, zlib.crc32(case_set.name.encode())])
-            source, spacing, origin, peak, src_protocol = _source(subject, case_set, region, rng)
+            head, box, spacing, origin, peak, src_protocol = _source(subject, case_set, region, rng)
+            source = np.ascontiguousarray(head[box])
             shape = tuple(sl.stop - sl.start for sl in region)
             source_1mm = from_box(resample(source, spacing, (1.0, 1.0, 1.0)), origin, shape)
             brain = subject.brain_mask
@@ -303,7 +307,6 @@ def build_cases(case_sets: Iterable[CaseSet], seeds: Iterable[int], *, crop: Seq
                                                          oracle.shape), brain)[region]
                 yield EvalCase(case_set.name, case_set.group, seed, target, source, spacing, origin,
                                src_protocol, peak, source_1mm, truth[region], tgt_protocol,
-                               brain[region], tissues, oracle[region],
-                               sliced)
+                               brain[region], tissues, oracle[region], sliced, head, box)
             del subject
 

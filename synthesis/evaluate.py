@@ -30,7 +30,7 @@ from synthesis.simulate.acquisition import acquire
 log = logging.getLogger(__name__)
 
 __all__ = ["Predictor", "Evaluation", "evaluate", "LookupBaseline", "oracle_predictor", "sliced_oracle_predictor",
-           "synthesizer_predictor", "train_seeds", "seed_groups", "group_summary", "METRICS"]
+           "synthesizer_predictor", "n4_predictor", "train_seeds", "seed_groups", "group_summary", "METRICS"]
 
 Predictor = Callable[[EvalCase], "np.ndarray | None"]  # a case -> its prediction on the region (None: n/a)
 METRICS = ("psnr", "ssim", "mae", "rmse_pct")
@@ -105,6 +105,28 @@ def synthesizer_predictor(synthesizer) -> Predictor:
     return predict
 
 
+def n4_predictor(synthesizer) -> Predictor:
+    """:func:`synthesizer_predictor` after N4 bias correction of the whole acquired head
+    (:func:`synthesis.bias.n4_correct`), its tissue peak taken after the correction."""
+    from synthesis.bias import n4_correct
+    from synthesis.intensity import tissue_peak
+
+    memo: dict[int, tuple[np.ndarray, float]] = {}
+
+    def predict(case: EvalCase) -> np.ndarray:
+        key = id(case.acquired_head)
+        if key not in memo:  # one correction per acquired head (the cases of its targets)
+            memo.clear()
+            corrected = n4_correct(case.acquired_head, case.source_spacing)
+            memo[key] = (corrected, tissue_peak(corrected, case.source_spacing))
+        corrected, peak = memo[key]
+        source = np.ascontiguousarray(corrected[case.source_box])
+        out = synthesizer(source, case.source_spacing, case.source_protocol, case.target_protocol,
+                          output_spacing=(1.0, 1.0, 1.0), source_peak=peak).volume
+        return from_box(out, case.source_origin_mm, case.truth.shape)
+    return predict
+
+
 def oracle_predictor(case: EvalCase) -> np.ndarray:
     """Physics oracle: the subject's *true* tissue fractions rendered with *nominal* tissue
     parameters. What no model can know from a T1w source is left out: the subject's own
@@ -144,9 +166,9 @@ class LookupBaseline:
         counts = {t: np.zeros(self.bins) for t in TARGETS}
         for subject in subjects:
             head = subject.fractions.astype(np.float32).sum(0) > 0.05
-            acquired, _ = acquire(render(subject, preset("T1", FIELD_T)), BASE_ACQ,
-                                  np.random.default_rng([subject.seed, 5]))
-            src, _ = normalize_source(acquired)
+            acquired, spacing = acquire(render(subject, preset("T1", FIELD_T)), BASE_ACQ,
+                                        np.random.default_rng([subject.seed, 5]))
+            src, _ = normalize_source(acquired, spacing)
             idx = self._index(src[head])
             for target, name in TARGETS.items():
                 tgt = brain_relative(render(subject, preset(name, FIELD_T)), subject.brain_mask)[head]

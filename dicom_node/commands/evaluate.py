@@ -161,7 +161,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"rtfsyn evaluate: {exc}", file=sys.stderr)
         return 2
     cache = Path(args.cache_dir) if args.cache_dir else None
-    predictors = {name: ev.synthesizer_predictor(s) for name, s in synthesizers.items()}
+    predictors = {name: (ev.n4_predictor(synthesizers["rtfsyn"]) if name == "rtfsyn+N4" else
+                         ev.synthesizer_predictor(s)) for name, s in synthesizers.items()}
     predictors.update({"oracle": ev.oracle_predictor, "oracle-sliced": ev.sliced_oracle_predictor})
     if not args.no_lookup:
         predictors["lookup"] = ev.LookupBaseline.fitted(2, cache).predictor()

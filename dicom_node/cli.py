@@ -8,7 +8,11 @@ import sys
 from typing import Sequence
 
 # Sub-command modules under dicom_node.commands, in the order --help lists them.
-COMMANDS = ("serve", "status", "resend", "synthesize", "simulate", "train", "evaluate", "demo")
+COMMANDS = ("serve", "status", "resend", "synthesize", "simulate", "train", "evaluate", "demo",
+            "cache")
+# Commands that draw progress bars: their log lines go through tqdm.write so that a
+# bar is never broken up by a log line (tqdm.contrib.logging.logging_redirect_tqdm).
+BAR_COMMANDS = frozenset({"synthesize", "simulate", "train", "evaluate", "demo"})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +51,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = argv  # the command line as given (e.g. for "how to reproduce" lines)
     configure_logging(args.verbose)
     try:
+        if args.command in BAR_COMMANDS:
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            with logging_redirect_tqdm():
+                return int(args.func(args) or 0)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130

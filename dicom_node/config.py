@@ -1,8 +1,10 @@
 """The node's configuration: ``config/node.toml`` loaded into typed, validated dataclasses.
 
 Every value is checked on load; an error names the key, the rule and the value
-found (:class:`ConfigError`). Relative paths (``data_dir``, TLS files) resolve
-against the current working directory of the process that loads the file.
+found (:class:`ConfigError`). Relative paths (``data_dir``, TLS files, the model
+checkpoint) resolve against the folder of the configuration file, so every
+command finds the same job log wherever it runs; without a file (the embedded
+defaults, :func:`parse_config` without ``source``) against the working directory.
 
 Example::
 
@@ -21,6 +23,7 @@ from dicom_node.config_checks import (ConfigError, check_ae_title, check_bool, c
                                       check_no_unknown, check_number, check_path, check_port,
                                       check_string, check_table)
 from dicom_node.http.settings import HttpConfig, NotifyConfig, parse_http, parse_notify
+from dicom_node.process.eligibility import EligibilityRules
 from dicom_node.process.encode.formats import OUTPUT_FORMATS, OutputFormat
 from dicom_node.receive.engine import RECEIVERS, ReceiverEngine
 from dicom_node.store.settings import DatabaseConfig, parse_database
@@ -34,7 +37,7 @@ __all__ = [
     "ConfigError", "TLSConfig", "NodeConfig", "ModelConfig", "ExportConfig", "Destination",
     "Caller", "Route", "Config", "load_config", "parse_config", "OUTPUT_FORMATS", "CALLER",
     "RECEIVERS", "HttpConfig", "NotifyConfig", "OutputFormat", "ReceiverEngine",
-    "DatabaseConfig", "ROLES",
+    "DatabaseConfig", "ROLES", "startup_warnings", "is_loopback",
 ]
 
 CALLER = "caller"  # route destination meaning "the AE that sent the series"
@@ -93,16 +96,32 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class ExportConfig:
-    """Delivery retries: attempt n waits ``min(backoff * 2**(n-1), backoff_max)`` seconds."""
+    """Delivery policy: after failed attempt n the job waits
+    ``min(backoff * 2**(n-1), backoff_max)`` seconds, and is retried until
+    ``retry_window_hours`` after its first failed attempt; then it is failed.
+    ``max_attempts`` (optional, the key of earlier versions) fails it sooner, after that
+    many attempts."""
 
-    max_attempts: int = 5
+    max_attempts: int | None = None
     backoff_seconds: float = 2.0
     backoff_max_seconds: float = 300.0
     timeout_seconds: float = 30.0  # association / DIMSE / network timeout while sending
+    retry_window_hours: float = 24.0
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
         return min(self.backoff_seconds * 2.0 ** max(attempt - 1, 0), self.backoff_max_seconds)
+
+    @property
+    def retry_window_seconds(self) -> float:
+        return self.retry_window_hours * 3600.0
+
+    def attempts_span_seconds(self) -> float | None:
+        """How long ``max_attempts`` attempts keep a job retrying (waits only); None when
+        there is no attempt limit."""
+        if self.max_attempts is None:
+            return None
+        return sum(self.backoff(n) for n in range(1, self.max_attempts))
 
 
 @dataclass(frozen=True)
@@ -143,6 +162,7 @@ class Route:
     exclude: tuple[tuple[str, re.Pattern[str]], ...] = ()
     output_format: OutputFormat = OutputFormat.MR
     series_number_offset: int = 1000
+    eligibility: EligibilityRules = field(default_factory=EligibilityRules)
 
 
 @dataclass(frozen=True)
@@ -200,14 +220,14 @@ _NODE_KEYS = {"ae_title", "host", "port", "data_dir", "stable_seconds", "allowed
               "roles", "lease_seconds"}
 
 
-def _parse_tls(raw: Any) -> TLSConfig:
+def _parse_tls(raw: Any, base: Path | None) -> TLSConfig:
     t = check_table("node.tls", raw)
     check_no_unknown("node.tls", t, {"certificate", "private_key", "ca_certificates",
                                      "require_client_certificate"})
     for key in ("certificate", "private_key"):
         if key not in t:
             raise ConfigError(f"node.tls.{key} is required when [node.tls] is given. Found none.")
-    paths = {k: check_path(check_string(f"node.tls.{k}", t[k]))
+    paths = {k: check_path(check_string(f"node.tls.{k}", t[k]), base)
              for k in ("certificate", "private_key", "ca_certificates") if k in t}
     for key, path in paths.items():
         if not path.is_file():
@@ -221,7 +241,7 @@ def _parse_tls(raw: Any) -> TLSConfig:
                      require)
 
 
-def _parse_node(raw: Mapping[str, Any]) -> NodeConfig:
+def _parse_node(raw: Mapping[str, Any], base: Path | None = None) -> NodeConfig:
     check_no_unknown("node", raw, _NODE_KEYS)
     d = NodeConfig()
 
@@ -236,7 +256,7 @@ def _parse_node(raw: Mapping[str, Any]) -> NodeConfig:
         ae_title=check_ae_title("node.ae_title", get("ae_title")),
         host=check_string("node.host", get("host")),
         port=check_port("node.port", get("port")),
-        data_dir=check_path(check_string("node.data_dir", raw.get("data_dir", "var"))),
+        data_dir=check_path(check_string("node.data_dir", raw.get("data_dir", "var")), base),
         stable_seconds=check_number("node.stable_seconds", get("stable_seconds"), low=0.0,
                                     high=day, low_open=True),
         allowed_calling_aets=tuple(check_ae_title(f"node.allowed_calling_aets[{i}]", a)
@@ -261,7 +281,7 @@ def _parse_node(raw: Mapping[str, Any]) -> NodeConfig:
         max_dataset_megabytes=check_integer("node.max_dataset_megabytes",
                                             get("max_dataset_megabytes"), low=1, high=1 << 20),
         receiver=_receiver(get("receiver")),
-        tls=_parse_tls(raw["tls"]) if "tls" in raw else None,
+        tls=_parse_tls(raw["tls"], base) if "tls" in raw else None,
         roles=_roles(get("roles")),
         lease_seconds=check_number("node.lease_seconds", get("lease_seconds"), low=3.0,
                                    high=day),
@@ -290,14 +310,14 @@ def _max_pdu(value: Any) -> int:
     return check_integer("node.max_pdu", value, low=4096, high=2**32 - 1)
 
 
-def _parse_model(raw: Mapping[str, Any]) -> ModelConfig:
+def _parse_model(raw: Mapping[str, Any], base: Path | None = None) -> ModelConfig:
     check_no_unknown("model", raw, {"checkpoint", "device", "bias_correction"})
     device = check_string("model.device", raw.get("device", "auto"))
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
         raise ConfigError(f"model.device must be auto, cpu, cuda or cuda:N. Found {device!r}.")
     checkpoint = check_string("model.checkpoint", raw.get("checkpoint", "default"))
     if checkpoint != "default":
-        path = check_path(checkpoint)
+        path = check_path(checkpoint, base)
         if not path.is_file():
             raise ConfigError(f"model.checkpoint must be 'default' or an existing checkpoint "
                               f"file. Found {checkpoint!r} (no file at {str(path)!r}).")
@@ -308,7 +328,7 @@ def _parse_model(raw: Mapping[str, Any]) -> ModelConfig:
 
 def _parse_export(raw: Mapping[str, Any]) -> ExportConfig:
     check_no_unknown("export", raw, {"max_attempts", "backoff_seconds", "backoff_max_seconds",
-                                     "timeout_seconds"})
+                                     "timeout_seconds", "retry_window_hours"})
     d = ExportConfig()
 
     def get(key: str) -> Any:
@@ -321,9 +341,12 @@ def _parse_export(raw: Mapping[str, Any]) -> ExportConfig:
     if cap < backoff:
         raise ConfigError(f"export.backoff_max_seconds must be >= export.backoff_seconds "
                           f"({backoff}). Found {cap}.")
+    attempts = raw.get("max_attempts")
     return ExportConfig(
-        max_attempts=check_integer("export.max_attempts", get("max_attempts"), low=1,
-                                   high=1000),
+        max_attempts=None if attempts is None else check_integer(
+            "export.max_attempts", attempts, low=1, high=100000),
+        retry_window_hours=check_number("export.retry_window_hours",
+                                        get("retry_window_hours"), low=0.0, high=24.0 * 90),
         backoff_seconds=backoff, backoff_max_seconds=cap,
         timeout_seconds=check_number("export.timeout_seconds", get("timeout_seconds"), low=0.0,
                                      high=3600.0, low_open=True))
@@ -391,7 +414,7 @@ def _parse_route(i: int, raw: Any, destinations: Mapping[str, Destination]) -> R
     key = f"routes[{i}]"
     t = check_table(key, raw)
     check_no_unknown(key, t, {"name", "match", "exclude", "targets", "destination",
-                              "output_format", "series_number_offset"})
+                              "output_format", "series_number_offset", "eligibility"})
     targets = t.get("targets")
     if not isinstance(targets, list) or not targets:
         raise ConfigError(f"{key}.targets must be a non-empty list of presets "
@@ -423,7 +446,16 @@ def _parse_route(i: int, raw: Any, destinations: Mapping[str, Destination]) -> R
         series_number_offset=check_integer(f"{key}.series_number_offset",
                                            t.get("series_number_offset", 1000), low=0,
                                            high=2**31 - 1),
+        eligibility=_eligibility(f"{key}.eligibility", t.get("eligibility", {})),
     )
+
+
+def _eligibility(key: str, raw: Any) -> EligibilityRules:
+    """A route's ``eligibility`` table on top of the built-in rules."""
+    try:
+        return EligibilityRules().with_overrides(check_table(key, raw), key)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
@@ -439,7 +471,8 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
     names = [r.name for r in routes]
     if len(set(names)) != len(names):
         raise ConfigError(f"route names must be unique. Found {names!r}.")
-    node = _parse_node(check_table("node", data.get("node", {})))
+    base = source.parent if source is not None else None
+    node = _parse_node(check_table("node", data.get("node", {})), base)
     database = parse_database(check_table("database", data.get("database", {})))
     if node.roles != ROLES and not database.shared:
         raise ConfigError(f"node.roles = {list(node.roles)!r} splits the work between node "
@@ -450,13 +483,44 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
             raise ConfigError(f"destinations.{dest.name}.tls = true needs [node.tls] with "
                               "ca_certificates to verify the destination. Found none.")
     return Config(node=node,
-                  model=_parse_model(check_table("model", data.get("model", {}))),
+                  model=_parse_model(check_table("model", data.get("model", {})), base),
                   export=_parse_export(check_table("export", data.get("export", {}))),
                   destinations=destinations,
                   callers=_parse_callers(data.get("callers", {})),
                   routes=routes, database=database, source=source,
-                  http=parse_http(data["http"]) if "http" in data else None,
-                  notify=parse_notify(data["notify"]) if "notify" in data else None)
+                  http=parse_http(data["http"], base) if "http" in data else None,
+                  notify=parse_notify(data["notify"], base) if "notify" in data else None)
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address (or ``localhost``) that only this machine can reach."""
+    import ipaddress
+
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip()).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return False
+
+
+def startup_warnings(config: Config) -> list[str]:
+    """What an administrator should fix before this node faces a hospital network."""
+    node, export = config.node, config.export
+    warnings = []
+    if not node.allowed_calling_aets and not is_loopback(node.host):
+        where = f"{config.source}" if config.source else "the configuration"
+        warnings.append(
+            f"any calling AE title is accepted on {node.host}:{node.port}, which is not a "
+            f"loopback address: list the modalities and PACS that may send in "
+            f"[node] allowed_calling_aets ({where})")
+    span = export.attempts_span_seconds()
+    if span is not None and span < export.retry_window_seconds:
+        warnings.append(
+            f"[export] max_attempts = {export.max_attempts} ends the retries of a delivery "
+            f"after about {span:.0f} s, long before retry_window_hours = "
+            f"{export.retry_window_hours:g}; remove max_attempts to retry for the whole window")
+    return warnings
 
 
 def load_config(path: str | Path) -> Config:

@@ -84,6 +84,10 @@ def check_no_unknown(key: str, table: Mapping[str, Any], known: set[str]) -> Non
                           f"known keys: {', '.join(sorted(known))}.")
 
 
-def check_path(value: str) -> Path:
-    """A path; relative ones resolve against the current working directory."""
-    return Path(value).expanduser().resolve()
+def check_path(value: str, base: Path | None = None) -> Path:
+    """A path; relative ones resolve against ``base`` (the configuration file's folder),
+    else against the current working directory."""
+    path = Path(value).expanduser()
+    if base is not None and not path.is_absolute():
+        path = base / path
+    return path.resolve()

@@ -1,7 +1,18 @@
 """Exceptions shared by the DICOM side of the node."""
 from __future__ import annotations
 
-__all__ = ["RejectedSeries", "DerivedSeriesError"]
+import logging
+
+__all__ = ["RejectedSeries", "DerivedSeriesError", "refused", "REFUSALS_LOGGER"]
+
+REFUSALS_LOGGER = "rtfsyn.refused"  # one line per refusal, shown on the console of `serve`
+_refusals = logging.getLogger(REFUSALS_LOGGER)
+
+
+def refused(summary: str) -> None:
+    """Announce, in one line, what the node refused and why (an association, a series, a
+    job). ``summary`` names AE titles, addresses, UIDs and rules, never patient data."""
+    _refusals.warning("REFUSED %s", summary.replace("\n", " "))
 
 
 class RejectedSeries(Exception):

@@ -25,7 +25,7 @@ import logging
 import threading
 from typing import Any
 
-from dicom_node.config import Config
+from dicom_node.config import Config, startup_warnings
 from dicom_node.store.jobqueue import Recovery
 from dicom_node.store.joblog import DATABASE_ERRORS, JobLog
 from dicom_node.process.processor import SynthesisProcessor
@@ -101,6 +101,8 @@ class Node:
             raise
         self._running = True
         self._stopped.clear()
+        for warning in startup_warnings(self.config):
+            logger.warning("%s", warning)
         logger.info("node %s running (%s, id %s): data in %s, job log %s, %d route(s), "
                     "%d worker(s)", node.ae_title, "+".join(node.roles), self.log.node_id,
                     node.data_dir, self.log.where, len(self.config.routes),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -99,16 +100,26 @@ def save(model: RTFSyn, path: str | Path, *, extra: dict[str, Any] | None = None
     return path
 
 
+def _load_problem(exc: Exception) -> str:
+    """What is wrong with a file ``torch.load(weights_only=True)`` refused, in words."""
+    text = str(exc)
+    if isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in text:
+        return ("it holds Python objects besides tensors and plain values, which "
+                "torch.load(weights_only=True) refuses: unpickling them could run code")
+    if isinstance(exc, EOFError):
+        return "the file ends early (truncated)"
+    return "not a torch checkpoint archive, or a truncated or corrupted one"
+
+
 def _read(path: Path, map_location: str | torch.device) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint file not found: {path}")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch.load raises many types on foreign bytes; re-raised below
-        raise ValueError(
-            f"Cannot read checkpoint {path}: not a valid torch checkpoint or not loadable with "
-            f"weights_only=True ({type(exc).__name__}: {exc})."
-        ) from exc
+        # torch's own message advises an unsafe reload; neither it nor its chain is passed on.
+        raise ValueError(f"Cannot read checkpoint {path}: {_load_problem(exc)}. Replace the "
+                         "file (reinstall the package, copy it again, or `rtfsyn train`).") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise ValueError(f"Checkpoint {path} is not an RTFSyn checkpoint: format must be {FORMAT!r}. Found {found!r}.")

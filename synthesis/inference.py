@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -184,13 +184,16 @@ class Synthesizer:
     # -- the call --------------------------------------------------------
     def __call__(self, volume: np.ndarray, spacing: Sequence[float], source: MRProtocol, target: MRProtocol,
                  output_spacing: Sequence[float] | None = None, *,
-                 source_peak: float | None = None) -> SynthesisResult:
+                 source_peak: float | None = None,
+                 progress: Callable[[str, int, int], None] | None = None) -> SynthesisResult:
         """Synthesize ``target`` from a ``source`` volume; see the module docstring.
 
         ``output_spacing``: the output grid (default :func:`synthesis.grid.default_output_spacing`).
         ``source_peak``: the source's tissue peak (:func:`synthesis.intensity.tissue_peak`,
         after bias correction when that is on) when it is known from a larger volume than
         the one given (evaluation on crops).
+        ``progress(phase, done, total)``: called after each encoded tile (phase
+        ``"encode"``) and each decoded chunk of output planes (``"decode"``).
         Raises ``ValueError`` for a source with no usable signal (blank or constant).
         """
         volume = _validate(volume, spacing, source, target, output_spacing)
@@ -208,9 +211,10 @@ class Synthesizer:
             del normalized
             text_prompt = prompt(source, target)                                    # 4
             text, features = self._condition(text_prompt, source, target)
-            feats = self._encode(work, text, features)                              # 5
+            tick = progress or (lambda _phase, _done, _total: None)
+            feats = self._encode(work, text, features, tick)                        # 5
             out_spacing = tuple(float(s) for s in (output_spacing or grid.default_output_spacing(spacing)))
-            out = self._decode(feats, volume.shape, spacing, work_spacing, out_spacing)  # 6
+            out = self._decode(feats, volume.shape, spacing, work_spacing, out_spacing, tick)  # 6
             del feats, work
             np.clip(out, 0.0, OUTPUT_MAX, out=out)                                  # 7
             logger.info("Synthesized %s -> %s grid in %.1f s", volume.shape, out.shape, time.perf_counter() - start)
@@ -235,7 +239,8 @@ class Synthesizer:
     def _autocast(self) -> Any:
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
 
-    def _encode(self, work: np.ndarray, text: TextCondition | None, features: torch.Tensor) -> Features:
+    def _encode(self, work: np.ndarray, text: TextCondition | None, features: torch.Tensor,
+                tick: Callable[[str, int, int], None]) -> Features:
         """Features of the whole working volume, tiled when it exceeds the voxel budget."""
         m = self.model.config.size_multiple
         padded = [math.ceil(n / m) * m for n in work.shape]
@@ -243,11 +248,12 @@ class Synthesizer:
         if math.prod(padded) <= self.max_tile_voxels:
             with self._autocast():
                 feats = self.model.encode(x.to(self.device), text, features)
+            tick("encode", 1, 1)
             return feats.with_volume(feats.volume.float())
         tiles = grid.plan_tiles(work.shape, self.max_tile_voxels, m, self.tile_overlap)
         logger.info("Encoding %s in %d tiles of %s", work.shape, len(tiles), tiles[0][1])
         accum = weight_sum = last = None
-        for start, size in tiles:
+        for done, (start, size) in enumerate(tiles, 1):
             region = tuple(slice(s, s + n) for s, n in zip(start, size))
             with self._autocast():
                 feats = self.model.encode(x[(..., *region)].to(self.device), text, features)
@@ -258,17 +264,20 @@ class Synthesizer:
             accum[(slice(None), *region)] += feats.volume[0].float() * weights
             weight_sum[region] += weights
             last = feats
+            tick("encode", done, len(tiles))
         accum /= weight_sum
         return last.with_volume(accum[None])
 
     def _decode(self, feats: Features, in_shape: Sequence[int], spacing: tuple[float, float, float],
-                work_spacing: tuple[float, float, float], out_spacing: tuple[float, ...]) -> np.ndarray:
+                work_spacing: tuple[float, float, float], out_spacing: tuple[float, ...],
+                tick: Callable[[str, int, int], None]) -> np.ndarray:
         """Output grid ``(z, y, x)`` float32 from the working-grid features."""
         work_shape = tuple(feats.volume.shape[2:])
         out_shape = grid.output_shape(in_shape, spacing, out_spacing)
         if out_shape == work_shape and np.allclose(out_spacing, work_spacing):
             with self._autocast():
                 out = self.model.render_grid(feats)
+            tick("decode", 1, 1)
             return out[0, 0].float().cpu().numpy()
         # continuous coordinates of the output centres in working-grid voxels
         axes = []
@@ -289,4 +298,5 @@ class Synthesizer:
             with self._autocast():
                 values = self.model.query(sub, coords, cell)
             out[j0: j0 + len(zc)] = values.float().reshape(len(zc), out_shape[1], out_shape[2]).cpu().numpy()
+            tick("decode", j0 // planes + 1, math.ceil(out_shape[0] / planes))
         return out

@@ -34,7 +34,8 @@ def test_shipped_config_loads_with_the_issue_keys() -> None:
     route = config.routes[0]
     assert route.targets == ("T2", "FLAIR") and route.destination == "PACS"
     assert route.match[0][0] == "Modality" and route.match[0][1].pattern == "MR"
-    assert config.export.max_attempts == 5
+    assert config.export.max_attempts is None and config.export.retry_window_hours == 24
+    assert config.node.data_dir == REPO / "var"  # "../var", against the file's folder
 
 
 def test_defaults_resolve_data_dir_against_the_working_directory(
@@ -192,3 +193,49 @@ def test_invalid_scale_out_settings_are_refused(change: dict, message: str) -> N
 def test_model_bias_correction_is_off_unless_asked_for() -> None:
     assert parse_config(_base()).model.bias_correction is False
     assert parse_config(_base(model={"bias_correction": True})).model.bias_correction is True
+def test_relative_paths_resolve_against_the_config_file(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`rtfsyn status` run from another folder finds the same job log as `serve`."""
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    (folder / "model.pt").write_bytes(b"not read here")
+    path = folder / "node.toml"
+    path.write_text('[node]\ndata_dir = "data"\n[model]\ncheckpoint = "model.pt"\n')
+    monkeypatch.chdir(tmp_path)
+    config = load_config("etc/node.toml")
+    assert config.node.data_dir == folder / "data"
+    assert config.model.checkpoint == str(folder / "model.pt")
+
+
+def test_earlier_export_keys_are_still_accepted() -> None:
+    """max_attempts (earlier versions) still limits attempts; the window is the default."""
+    export = parse_config({"export": {"max_attempts": 5, "backoff_seconds": 2,
+                                      "backoff_max_seconds": 300}}).export
+    assert export.max_attempts == 5 and export.retry_window_hours == 24
+    assert export.attempts_span_seconds() == 2 + 4 + 8 + 16
+    assert parse_config({"export": {"retry_window_hours": 0.5}}).export.retry_window_seconds \
+        == 1800
+    with pytest.raises(ConfigError, match="export.retry_window_hours"):
+        parse_config({"export": {"retry_window_hours": -1}})
+
+
+@pytest.mark.parametrize("host, allowed, warned", [
+    ("0.0.0.0", [], True), ("10.1.2.3", [], True), ("::", [], True), ("pacs-net", [], True),
+    ("127.0.0.1", [], False), ("localhost", [], False), ("::1", [], False),
+    ("0.0.0.0", ["MODALITY1"], False)])
+def test_open_node_warns_at_start_up(host: str, allowed: list[str], warned: bool) -> None:
+    from dicom_node.config import startup_warnings
+
+    config = parse_config({"node": {"host": host, "allowed_calling_aets": allowed}})
+    found = [w for w in startup_warnings(config) if "allowed_calling_aets" in w]
+    assert bool(found) is warned
+    if warned:
+        assert f"any calling AE title is accepted on {host}:11112" in found[0]
+
+
+def test_short_max_attempts_warns_at_start_up() -> None:
+    from dicom_node.config import startup_warnings
+
+    [warning] = startup_warnings(parse_config({"node": {"host": "127.0.0.1"},
+                                               "export": {"max_attempts": 5}}))
+    assert "max_attempts = 5 ends the retries of a delivery after about 30 s" in warning

@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
 EXIT_FAILED = 1
+DEFAULT_WORKDIR = Path(tempfile.gettempdir()) / "rtfsyn-demo"
 
 
 def add_parser(subparsers: Any) -> None:
@@ -22,8 +24,9 @@ def add_parser(subparsers: Any) -> None:
         "demo", help="simulate a T1 series, synthesize a contrast through a local node, show it",
         description="Run a node and a receiver on loopback, send them a simulated T1w series "
                     "and write the synthesized series and a PNG preview into a run folder.")
-    p.add_argument("--workdir", type=Path, default=Path("rtfsyn-demo"),
-                   help="folder for the run folders (default ./rtfsyn-demo)")
+    p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR,
+                   help=f"folder for the run folders (default {DEFAULT_WORKDIR}: outside any "
+                        "repository; the summary prints where everything is)")
     p.add_argument("--target", default="T2", choices=["T2", "PD", "FLAIR", "T1", "T1SE"],
                    type=str.upper, help="contrast to synthesize (default T2)")
     p.add_argument("--checkpoint", default="default",
@@ -80,7 +83,8 @@ def _hold_until_signal(result: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dicom_node.tools.demo import DemoError, DemoOptions, run_demo
+    from dicom_node.commands.progress_view import ProgressView
+    from dicom_node.tools.demo import DEMO_STAGES, DemoError, DemoOptions, run_demo
 
     try:
         options = DemoOptions(workdir=args.workdir, target=args.target, checkpoint=args.checkpoint,
@@ -89,11 +93,15 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"rtfsyn demo: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    view = ProgressView(list(DEMO_STAGES), descriptions=DEMO_STAGES)
     try:
-        result = run_demo(options, hold=_hold_until_signal if args.keep_running else None)
+        result = run_demo(options, hold=_hold_until_signal if args.keep_running else None,
+                          stage=view.stage, progress=view.progress)
     except (DemoError, FileNotFoundError) as exc:
         print(f"rtfsyn demo failed: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    finally:
+        view.close()
     if not args.keep_running:
         print(_summary(result))
     return 0

@@ -200,6 +200,11 @@ def run(args: argparse.Namespace) -> int:
             for name, targets in sets.items():
                 cells = "  ".join(f"{t}: {m['psnr']:.2f} dB / {m['ssim']:.4f}" for t, m in targets.items())
                 print(f"{model:>14} {name:>16}  {cells}")
+    from dicom_node.commands.cache import cache_note
+
+    note = cache_note(cache)
+    if note:
+        print(note, file=sys.stderr)
     return 0
 
 

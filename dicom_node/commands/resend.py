@@ -1,9 +1,12 @@
-"""``rtfsyn resend JOB_ID|--failed --config PATH``: deliver a job's derived series again.
+"""``rtfsyn resend JOB_ID|--waiting|--failed --config PATH``: deliver again, now.
 
-A failed or done job with output goes back to ``sending`` (a fresh round of
-``[export] max_attempts``); a failed job without output is queued for
-processing again. A running node picks the change up within a second; a
-stopped one at its next start.
+A job waiting for its destination (the destination is back; do not wait for
+the backoff) is sent at once; a failed or done job with output goes back to
+``sending``; a failed job without output is queued for processing again. Each
+gets a fresh retry window (``[export] retry_window_hours``). A running node
+picks the change up within a second; a stopped one at its next start. A job is
+never delivered twice by itself: only ``resend`` of a ``done`` job sends it
+again (same UIDs, so the PACS keeps one copy).
 """
 from __future__ import annotations
 
@@ -24,11 +27,14 @@ def add_parser(subparsers: Any) -> None:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("job_id", nargs="?", type=int, metavar="JOB_ID", help="the job to re-send")
     which.add_argument("--failed", action="store_true", help="re-send every failed job")
+    which.add_argument("--waiting", action="store_true",
+                       help="retry every job waiting for its destination now")
     p.add_argument("--config", required=True, type=Path, help="node.toml")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from dicom_node.store.db import JobState
     from dicom_node.store.jobqueue import JobQueue
     from dicom_node.store.joblog import JobLog, UnknownJob
 
@@ -36,10 +42,14 @@ def run(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_CONFIG
     queue = JobQueue(JobLog(config.database_url), config.node.lease_seconds)
-    ids = queue.failed_jobs() if args.failed else [args.job_id]
-    if not ids:
-        print("no failed jobs")
-        return 0
+    if args.failed or args.waiting:
+        kind = JobState.FAILED if args.failed else JobState.WAITING
+        ids = queue.jobs_in(kind)
+        if not ids:
+            print(f"no {kind.value} jobs")
+            return 0
+    else:
+        ids = [args.job_id]
     status = 0
     for job_id in ids:
         try:

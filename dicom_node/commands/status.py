@@ -1,17 +1,19 @@
-"""``rtfsyn status --config PATH [--json]``: what the node did, read from the job log.
+"""``rtfsyn status --config PATH [--since T] [--state S] [--series UID] [--json]``.
 
-``--json`` prints one object: ``associations`` (counts per state and the most
-recent ones), ``instances`` (counts), ``series``, ``jobs`` and ``deliveries``
-(lists, newest first), and ``nodes`` (the node processes that used the job log,
-with their roles and whether they are live). Every series and job has a ``state`` and, for failures
-and rejections, a ``reason``; the states are documented in ``docs/JOBLOG.md``.
-Without ``--json`` the same is printed as tables. Nothing here is patient data.
+What the node received, refused, synthesized and sent, read from the job log
+(:func:`dicom_node.store.status.build_report`): the queue and the health of
+each destination first, then rejected associations, series (time received,
+description, source contrast, state, reason, warnings), jobs (target,
+destination, attempts, duration, next attempt, the last error in full) and
+deliveries. ``--json`` prints the same content as one object. The states are
+documented in ``docs/JOBLOG.md``. Nothing here is patient data.
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,148 +21,164 @@ from typing import Any
 from dicom_node.commands.common import EXIT_CONFIG, load_config_or_report
 
 EXIT_ERROR = 2
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|min|h|d)$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
 
 
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser("status", help="show series, jobs and deliveries from the job log",
-                              description="Report what the node received, synthesized and sent.")
+                              description="Report what the node received, refused, "
+                                          "synthesized and sent.")
     p.add_argument("--config", required=True, type=Path, help="node.toml")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--since", type=since_time, metavar="TIME",
+                   help="only what happened since TIME: 30m, 2h, 1d, or an ISO time (UTC "
+                        "unless it says otherwise)")
+    p.add_argument("--state", action="append", default=[], metavar="STATE",
+                   help="only series/jobs in STATE (repeatable or comma-separated), e.g. "
+                        "waiting, failed, rejected, not_eligible")
+    p.add_argument("--series", metavar="UID",
+                   help="only series whose Series Instance UID contains UID (e.g. the tail "
+                        "that the text view shows)")
     p.add_argument("--limit", type=int, default=None,
                    help="newest N rows per list (default: all with --json, 20 otherwise)")
     p.set_defaults(func=run)
 
 
-def _iso(value: dt.datetime | None) -> str | None:
-    return None if value is None else value.isoformat(timespec="milliseconds") + "Z"
+def since_time(text: str) -> dt.datetime:
+    """``30m``/``2h``/``1d`` ago, or an ISO 8601 time, as naive UTC."""
+    match = _RELATIVE.match(text.strip())
+    now = dt.datetime.now(dt.timezone.utc)
+    if match:
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        return (now - dt.timedelta(seconds=seconds)).replace(tzinfo=None)
+    try:
+        when = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected 30m, 2h, 1d or an ISO time such as 2026-12-06T08:00. Found {text!r}")
+    if when.tzinfo is not None:
+        when = when.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    return when
 
 
-def _row(obj: Any, fields: tuple[str, ...]) -> dict[str, Any]:
-    out = {}
-    for name in fields:
-        value = getattr(obj, name)
-        if isinstance(value, dt.datetime):
-            value = _iso(value)
-        elif hasattr(value, "value"):  # an enum state
-            value = value.value
-        out[name] = value
-    return out
+def _states(values: list[str]) -> frozenset[str]:
+    from dicom_node.store.status import ALL_STATES
+
+    states = frozenset(v.strip() for value in values for v in value.split(",") if v.strip())
+    unknown = sorted(states - set(ALL_STATES))
+    if unknown:
+        raise ValueError(f"unknown state(s) {', '.join(unknown)}; known: "
+                         f"{', '.join(ALL_STATES)}")
+    return states
 
 
-_SERIES = ("series_uid", "study_uid", "modality", "description", "series_number", "n_instances",
-           "state", "reason", "generation", "routes_applied", "first_received_at",
-           "last_received_at", "completed_at")
-_JOBS = ("id", "series_uid", "generation", "route", "target", "destination", "dest_ae_title",
-         "dest_host", "dest_port", "output_format", "state", "reason", "attempts",
-         "send_attempts", "next_attempt_at", "derived_series_uid", "prompt", "created_at",
-         "started_at", "processed_at", "finished_at", "process_seconds", "send_seconds",
-         "claimed_by", "processed_by", "lease_expires_at")
-_DELIVERIES = ("id", "job_id", "attempt", "dest_ae_title", "dest_host", "dest_port", "status",
-               "n_sent", "n_warning", "n_failed", "error", "started_at", "ended_at")
-_ASSOCIATIONS = ("id", "calling_aet", "called_aet", "peer_host", "peer_port", "state", "reason",
-                 "n_instances", "started_at", "ended_at")
+def _short(uid: str | None, width: int = 12) -> str:
+    """The tail of a UID (UIDs differ at the end)."""
+    return "" if not uid else ("~" + uid[-(width - 1):] if len(uid) > width else uid)
 
 
-def build_report(database: Path | str, limit: int | None = None,
-                 lease_seconds: float = 30.0) -> dict[str, Any]:
-    """The status object (see the module docstring) from the job log at ``database`` (a
-    SQLite file or a database URL); a node is live when its heartbeat is younger than
-    ``lease_seconds``."""
-    from sqlalchemy import func, select
-
-    from dicom_node.store import db
-    from dicom_node.store.joblog import JobLog
-    from dicom_node.store.nodes import node_rows
-
-    def newest(s: Any, model: Any, order: Any) -> list[Any]:
-        query = select(model).order_by(order.desc())
-        return list(s.scalars(query.limit(limit) if limit else query))
-
-    log = JobLog(database)
-    with log.transaction() as s:
-        by_state = dict(s.execute(select(db.Association.state, func.count(db.Association.id))
-                                  .group_by(db.Association.state)).all())
-        n_inst, n_eligible, n_dup = s.execute(select(
-            func.count(db.Instance.id), func.count(db.Instance.id).filter(db.Instance.eligible),
-            func.coalesce(func.sum(db.Instance.n_received - 1), 0))).one()
-        jobs = []
-        for job in newest(s, db.Job, db.Job.id):
-            item = _row(job, _JOBS)
-            item["n_derived"] = len(json.loads(job.derived_files or "[]"))
-            item["stage_seconds"] = json.loads(job.stage_seconds or "{}")
-            jobs.append(item)
-        return {
-            "database": log.where,
-            "associations": {
-                "total": sum(by_state.values()),
-                "by_state": {state.value: n for state, n in by_state.items()},
-                "recent": [_row(a, _ASSOCIATIONS) for a in newest(
-                    s, db.Association, db.Association.id)[:limit or 20]]},
-            "instances": {"total": n_inst, "eligible": int(n_eligible),
-                          "not_eligible": n_inst - int(n_eligible), "duplicates": int(n_dup)},
-            "series": [_row(r, _SERIES) for r in newest(s, db.Series, db.Series.id)],
-            "jobs": jobs,
-            "deliveries": [_row(d, _DELIVERIES) for d in newest(s, db.Delivery, db.Delivery.id)],
-            "nodes": [{k: _iso(v) if isinstance(v, dt.datetime) else v for k, v in n.items()}
-                      for n in node_rows(s, dt.timedelta(seconds=lease_seconds))],
-        }
+def _time(value: str | None) -> str:
+    return "" if not value else value.replace("T", " ")[:19]
 
 
-def _table(rows: list[dict[str, Any]], columns: tuple[tuple[str, str, int], ...]) -> str:
-    """Fixed-width text table: columns are (key, heading, width)."""
-    def cell(value: Any, width: int, tail: bool = False) -> str:
-        text = "" if value is None else str(value)
-        if len(text) > width:  # UIDs differ at the end: keep their tail
-            text = "~" + text[1 - width:] if tail else text[: width - 1] + "~"
-        return text.ljust(width)
+def _overview(report: dict[str, Any]) -> list[str]:
+    q, a, i = report["queue"], report["associations"], report["instances"]
+    states = ", ".join(f"{k} {v}" for k, v in sorted(a["by_state"].items())) or "none"
+    lines = [f"job log: {report['database']} (as of {_time(report['generated_at'])} UTC)",
+             f"queue: {q['depth']} job(s) — {q['queued']} queued, {q['running']} synthesizing, "
+             f"{q['sending']} sending, {q['waiting']} waiting for destination",
+             f"associations: {a['total']} ({states}); instances: {i['total']} "
+             f"({i['not_eligible']} not eligible, {i['duplicates']} duplicate receptions)"]
+    lines.append("DESTINATIONS" if report["destinations"] else "DESTINATIONS: no delivery yet")
+    for d in report["destinations"]:
+        lines.append(f"  {d['destination']} ({d['ae_title']}@{d['host']}:{d['port']}): "
+                     f"{d['health']}; last attempt {_time(d['last_attempt_at'])} "
+                     f"{d['last_status']}, last success {_time(d['last_success_at']) or 'never'}"
+                     f", {d['consecutive_failures']} failure(s) in a row, "
+                     f"{d['jobs_waiting']} job(s) waiting")
+        if d["health"] == "failing" and d["last_error"]:
+            lines.append(f"    last error: {d['last_error']}")
+    rejected = a["rejected"]
+    lines.append(f"REJECTED ASSOCIATIONS ({len(rejected)} shown)" if rejected
+                 else "REJECTED ASSOCIATIONS: none")
+    for r in rejected:
+        lines.append(f"  {_time(r['started_at'])}  from {r['peer_host']}:{r['peer_port']} "
+                     f"calling {r['calling_aet']!r}: {r['reason']}")
+    return lines
 
-    lines = ["  ".join(cell(h, w) for _k, h, w in columns)]
-    lines += ["  ".join(cell(r.get(k), w, k.endswith("uid")) for k, _h, w in columns)
-              for r in rows]
-    return "\n".join(lines)
+
+def _series_lines(series: list[dict[str, Any]]) -> list[str]:
+    lines = ["SERIES" if series else "SERIES: none"]
+    for s in series:
+        jobs = ", ".join(f"#{j['id']} {j['target']} {j['state']}" for j in s["jobs"])
+        lines.append(f"  {_time(s['last_received_at'])}  {_short(s['series_uid'])}  "
+                     f"{s['n_instances']:>4} inst  {s['description'] or '(no description)'}"
+                     f"  [{s['source_contrast'] or '?'}]  {s['state']}"
+                     + (f"  jobs: {jobs}" if jobs else ""))
+        if s["reason"]:
+            lines.append(f"      reason: {s['reason']}")
+        for warning in s["warnings"]:
+            lines.append(f"      warning: {warning}")
+    return lines
+
+
+def _job_lines(jobs: list[dict[str, Any]]) -> list[str]:
+    lines = ["JOBS" if jobs else "JOBS: none"]
+    for j in jobs:
+        lines.append(f"  #{j['id']:<4} {j['target']:<5} -> {j['destination']} "
+                     f"({j['dest_ae_title']}@{j['dest_host']}:{j['dest_port']})  {j['state']}"
+                     f"  synthesis tries {j['attempts']}, delivery attempts "
+                     f"{j['send_attempts']}  {j['duration_seconds']:.1f} s  "
+                     f"series {_short(j['series_uid'])}")
+        if j["state"] == "waiting":
+            lines.append(f"      next attempt {_time(j['next_attempt_at'])} UTC, retrying "
+                         f"until {_time(j['retry_until'])} UTC")
+        if j["last_error"]:
+            lines.append(f"      last error: {j['last_error']}")
+        elif j["reason"]:
+            lines.append(f"      reason: {j['reason']}")
+    return lines
 
 
 def format_report(report: dict[str, Any]) -> str:
-    """The report as readable tables."""
-    a, i = report["associations"], report["instances"]
-    states = ", ".join(f"{k} {v}" for k, v in sorted(a["by_state"].items())) or "none"
-    parts = [f"job log: {report['database']}",
-             f"associations: {a['total']} ({states})",
-             f"instances: {i['total']} ({i['eligible']} eligible, {i['not_eligible']} not "
-             f"eligible, {i['duplicates']} duplicate receptions)", "", "SERIES",
-             _table(report["series"], (("series_uid", "series", 28), ("modality", "mod", 4),
-                                       ("n_instances", "n", 4), ("state", "state", 12),
-                                       ("reason", "reason", 60))), "", "JOBS",
-             _table(report["jobs"], (("id", "id", 5), ("target", "target", 6),
-                                     ("destination", "destination", 12), ("state", "state", 8),
-                                     ("attempts", "proc", 4), ("send_attempts", "send", 4),
-                                     ("n_derived", "n", 4), ("reason", "reason", 60))),
-             "", "DELIVERIES",
-             _table(report["deliveries"], (("id", "id", 5), ("job_id", "job", 5),
-                                           ("attempt", "try", 3), ("dest_ae_title", "to", 16),
-                                           ("status", "status", 8), ("n_sent", "sent", 5),
-                                           ("n_failed", "failed", 6), ("error", "error", 60)))]
+    """The report as text for a person (every error and reason in full)."""
+    deliveries = ["DELIVERIES" if report["deliveries"] else "DELIVERIES: none"]
+    deliveries += [f"  {_time(d['started_at'])}  job #{d['job_id']} attempt {d['attempt']} to "
+                   f"{d['dest_ae_title']}@{d['dest_host']}:{d['dest_port']}: {d['status']}, "
+                   f"{d['n_sent']} sent, {d['n_failed']} failed"
+                   + (f" — {d['error']}" if d["error"] else "") for d in report["deliveries"]]
     nodes = report.get("nodes") or []
     if len(nodes) > 1 or any(n["roles"] != ["receive", "process"] for n in nodes):
-        parts += ["", "NODES", _table([{**n, "roles": "+".join(n["roles"])} for n in nodes],
-                                      (("node_id", "node", 36), ("roles", "roles", 15),
-                                       ("live", "live", 5), ("last_seen_at", "last seen", 24)))]
-    return "\n".join(parts)
+        deliveries += ["NODES"] + [f"  {n['node_id']}  {'+'.join(n['roles'])}  "
+                                   f"{'live' if n['live'] else 'gone'}, last seen "
+                                   f"{_time(n['last_seen_at'])}" for n in nodes]
+    return "\n".join([*_overview(report), *_series_lines(report["series"]),
+                      *_job_lines(report["jobs"]), *deliveries])
 
 
 def run(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
+    from dicom_node.store.status import StatusFilter, build_report
+
     config = load_config_or_report("status", args.config)
     if config is None:
         return EXIT_CONFIG
+    try:
+        states = _states(args.state)
+    except ValueError as exc:
+        print(f"rtfsyn status: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     if not config.shared_database and not config.database_path.exists():
-        print(f"rtfsyn status: no job log at {config.database_path} (has the node run?)",
-              file=sys.stderr)
+        print(f"rtfsyn status: no job log at {config.database_path} (has the node run with "
+              f"this configuration, {config.source}?)", file=sys.stderr)
         return EXIT_ERROR
     limit = args.limit if args.limit is not None else (None if args.json else 20)
     try:
-        report = build_report(config.database_url, limit, config.node.lease_seconds)
+        report = build_report(config.database_url, StatusFilter(
+            since=args.since, states=states, series=args.series, limit=limit,
+            lease_seconds=config.node.lease_seconds))
     except SQLAlchemyError as exc:
         print(f"rtfsyn status: cannot read the job log: {type(exc).__name__}: "
               f"{str(exc).splitlines()[0][:200]}", file=sys.stderr)

@@ -47,7 +47,8 @@ def add_parser(subparsers: Any) -> None:
                    help="mr: one MR image per slice (default); enhanced-mr: one multi-frame "
                         "instance; parametric-map: float32 values")
     p.add_argument("--series-number-offset", type=int, default=1000,
-                   help="derived Series Number = offset + source Series Number (default 1000)")
+                   help="derived Series Number = offset + 100 x source Series Number + a "
+                        "slot per target and format (docs/PROVENANCE.md; default 1000)")
     p.set_defaults(func=run)
 
 
@@ -80,6 +81,19 @@ def find_series_files(src_dir: Path) -> dict[str, list[Path]]:
     return series
 
 
+def _describe(uid: str, files: list[Path], src_dir: Path) -> str:
+    """One series for a person: its description, number, folder(s), file count and UID."""
+    import pydicom
+
+    header = pydicom.dcmread(files[0], stop_before_pixels=True,
+                             specific_tags=["SeriesDescription", "SeriesNumber"])
+    folders = sorted({str(f.parent.relative_to(src_dir)) or "." for f in files})
+    where = ", ".join(folders[:3]) + (f" (+{len(folders) - 3} more)" if len(folders) > 3 else "")
+    return (f"{str(header.get('SeriesDescription', '') or '(no description)')!r} (series "
+            f"number {header.get('SeriesNumber', '?')}, folder {where}, {len(files)} files, "
+            f"UID {uid})")
+
+
 def _check_out_dir(out_dir: Path) -> str | None:
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         return f"{out_dir} exists and is not an empty folder; choose a new or empty OUT_DIR"
@@ -105,15 +119,19 @@ def run(args: argparse.Namespace) -> int:
     if not series:
         return _fail(f"no DICOM files found under {src_dir}", EXIT_BAD_INPUT)
     if len(series) > 1:
-        listing = "; ".join(f"{uid}: {len(found)} files" for uid, found in series.items())
-        return _fail(f"{src_dir} holds {len(series)} series, one is expected ({listing})",
-                     EXIT_BAD_INPUT)
+        listing = "; ".join(_describe(uid, found, src_dir) for uid, found in series.items())
+        return _fail(f"{src_dir} holds {len(series)} series, one is expected: {listing}. "
+                     "Point SRC_DIR at the folder of one of them", EXIT_BAD_INPUT)
     (files,) = series.values()
 
+    from dicom_node.commands.progress_view import PIPELINE_STAGES, ProgressView
     from dicom_node.errors import DerivedSeriesError, RejectedSeries
     from dicom_node.process.pipeline import process_series
     from synthesis.inference import Synthesizer
 
+    view = ProgressView(["model", *PIPELINE_STAGES],
+                        descriptions={"model": f"loading the model ({args.checkpoint})"})
+    view.stage("model")
     try:
         synthesizer = Synthesizer(args.checkpoint, device=args.device,
                                   bias_correction=args.bias_correction)
@@ -125,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         derived = process_series(files, args.target, staging, synthesizer,
                                  output_format=args.output_format,
-                                 series_number_offset=args.series_number_offset)
+                                 series_number_offset=args.series_number_offset,
+                                 stage=view.stage, progress=view.progress)
         written = _publish(staging, out_dir)
     except RejectedSeries as exc:
         return _fail(f"cannot process the series in {src_dir}: {exc.reason}", EXIT_BAD_INPUT)
@@ -134,10 +153,13 @@ def run(args: argparse.Namespace) -> int:
     except DerivedSeriesError as exc:
         return _fail(f"writing the derived series failed: {exc}", EXIT_FAILED)
     finally:
+        view.close()
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     print(f"Synthesized {derived.target_protocol.contrast.value} from a "
           f"{derived.source_protocol.contrast.value} series ({len(files)} source files).")
     print(f"Wrote {len(written)} files (series {derived.series_instance_uid}) to {out_dir}")
     print("Timings: " + ", ".join(f"{k} {v:.2f} s" for k, v in derived.timings.items()))
+    for warning in derived.warnings:
+        print(f"Warning: {warning} (left out of the prompt)")
     return 0

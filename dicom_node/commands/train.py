@@ -50,4 +50,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     final = train(cfg, progress=not args.no_progress)
     print(f"Trained model: {final}")
+    from dicom_node.commands.cache import cache_note
+
+    note = cache_note(cfg.cache_dir)
+    if note:
+        print(note, file=sys.stderr)
     return 0

@@ -1,7 +1,7 @@
 """The JSON API's content: ``rtfsyn status --json``'s report, filtered by query parameters.
 
 The report comes from the status command's own query
-(:func:`dicom_node.commands.status.build_report`); this module only selects rows of it.
+(:func:`dicom_node.store.status.build_report`); this module only selects rows of it.
 Filters (all optional): ``state`` (one or more, comma-separated), ``series`` (a Series
 Instance UID), ``target`` (jobs), ``since`` (ISO 8601 time, UTC when no zone is given:
 series last received, jobs created at or after it), ``limit`` (newest N rows, default 100).
@@ -12,7 +12,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any, Mapping
 
-from dicom_node.commands.status import build_report
+from dicom_node.store.status import StatusFilter, build_report
 
 __all__ = ["BadQuery", "DEFAULT_LIMIT", "MAX_LIMIT", "query_rows", "report"]
 
@@ -52,7 +52,7 @@ def _stamp(text: str | None) -> dt.datetime | None:
 
 def report(database: Path | str, limit: int | None) -> dict[str, Any]:
     """The whole status report (what ``rtfsyn status --json --limit N`` prints)."""
-    return build_report(database, limit)
+    return build_report(database, StatusFilter(limit=limit))
 
 
 def query_rows(database: Path | str, kind: str, params: Mapping[str, str]) -> list[dict[str, Any]]:
@@ -66,7 +66,7 @@ def query_rows(database: Path | str, kind: str, params: Mapping[str, str]) -> li
     states = {s.strip() for s in params["state"].split(",")} if "state" in params else None
     since = _since(params["since"]) if "since" in params else None
     filtered = bool(states or since or "series" in params or "target" in params)
-    rows = build_report(database, None if filtered else limit)[kind]
+    rows = build_report(database, StatusFilter(limit=None if filtered else limit))[kind]
     out = []
     for row in rows:
         if states and row["state"] not in states:

@@ -59,12 +59,13 @@ class NotifyConfig:
                 f"max_attempts={self.max_attempts}, token={'set' if self.token else None})")
 
 
-def _token(key: str, table: Mapping[str, Any]) -> str | None:
-    """``token`` (inline) or ``token_file`` (a file holding it, recommended); not both."""
+def _token(key: str, table: Mapping[str, Any], base: Path | None = None) -> str | None:
+    """``token`` (inline) or ``token_file`` (a file holding it, recommended; relative to
+    ``base``, the configuration file's folder); not both."""
     if "token" in table and "token_file" in table:
         raise ConfigError(f"{key}: give token or token_file, not both. Found both.")
     if "token_file" in table:
-        path = check_path(check_string(f"{key}.token_file", table["token_file"]))
+        path = check_path(check_string(f"{key}.token_file", table["token_file"]), base)
         try:
             token = Path(path).read_text(encoding="utf-8").strip()
         except OSError as exc:
@@ -81,7 +82,7 @@ def _token(key: str, table: Mapping[str, Any]) -> str | None:
     return token
 
 
-def parse_http(raw: Any) -> HttpConfig:
+def parse_http(raw: Any, base: Path | None = None) -> HttpConfig:
     """Validate the ``[http]`` table."""
     t = check_table("http", raw)
     check_no_unknown("http", t, {"host", "port", "token", "token_file", "refresh_seconds"})
@@ -89,13 +90,13 @@ def parse_http(raw: Any) -> HttpConfig:
         raise ConfigError("http.port is required when [http] is given. Found none.")
     port = 0 if t["port"] == 0 else check_port("http.port", t["port"])
     return HttpConfig(port=port, host=check_string("http.host", t.get("host", "127.0.0.1")),
-                      token=_token("http", t),
+                      token=_token("http", t, base),
                       refresh_seconds=check_integer("http.refresh_seconds",
                                                     t.get("refresh_seconds", 10), low=1,
                                                     high=3600))
 
 
-def parse_notify(raw: Any) -> NotifyConfig:
+def parse_notify(raw: Any, base: Path | None = None) -> NotifyConfig:
     """Validate the ``[notify]`` table."""
     t = check_table("notify", raw)
     check_no_unknown("notify", t, {"webhook_url", "max_attempts", "backoff_seconds",
@@ -125,4 +126,4 @@ def parse_notify(raw: Any) -> NotifyConfig:
         timeout_seconds=check_number("notify.timeout_seconds",
                                      t.get("timeout_seconds", d.timeout_seconds), low=0.0,
                                      high=600.0, low_open=True),
-        token=_token("notify", t))
+        token=_token("notify", t, base))

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from sqlalchemy import select
+from sqlalchemy import exists, select
 
 from dicom_node.store.db import Job, JobState, Series, SeriesState, utcnow
 from dicom_node.http.settings import NotifyConfig
@@ -72,8 +72,12 @@ def recent_events(log: JobLog, node: str, since: dt.datetime) -> list[Event]:
     """Refusals and final failures recorded at or after ``since``, oldest first."""
     events = []
     with log.transaction() as s:
+        has_jobs = exists().where(Job.series_uid == Series.series_uid,
+                                  Job.generation == Series.generation)
+        # a series whose jobs were all rejected is reported once, by its jobs' events
         for series in s.scalars(select(Series).where(
-                Series.state == SeriesState.NOT_ELIGIBLE, Series.completed_at >= since)):
+                Series.state == SeriesState.NOT_ELIGIBLE, Series.completed_at >= since,
+                ~has_jobs)):
             events.append(Event(f"series:{series.id}:{series.generation}", series.completed_at,
                                 event_document(node, "series_refused", series.completed_at,
                                                series, None)))

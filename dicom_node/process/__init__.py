@@ -1,0 +1,1 @@
+"""Processing a series: eligibility, assembly, conditioning, synthesis, encoding."""

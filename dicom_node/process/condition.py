@@ -12,9 +12,10 @@ tables:
   enters the protocol, the prompt or the logs.
 
 Absurd values: a single implausible number (non-numeric, NaN, ≤ 0, flip
-angle > 180°, field > 12 T after a gauss → tesla correction, TI without an
-inversion) is dropped with a logged warning, and so are both TR and TE when
-TE > TR (one of them is wrong and we cannot tell which). The protocol stays
+angle > 180°, field > 12 T after a gauss → tesla correction, TR above
+60 s, TE above 5 s, TI above 10 s, TI without an inversion) is dropped with a
+warning (logged, and collected in ``notes`` for the job log), and so are both
+TR and TE when TE ≥ TR (one of them is wrong and we cannot tell which). The protocol stays
 meaningful because every field but the contrast is optional. When nothing is
 left to classify the contrast — no rule and no keyword applies — the series
 is rejected (:class:`~dicom_node.errors.RejectedSeries`): a prompt with a
@@ -44,6 +45,10 @@ logger = logging.getLogger(__name__)
 FLAIR_MIN_TI_MS = 1400.0
 STIR_MAX_TI_MS = 250.0
 MAX_FIELD_T = 12.0
+# Upper limits of a plausible clinical value (ms); above them a value is a unit or entry error.
+MAX_TR_MS = 60000.0
+MAX_TE_MS = 5000.0
+MAX_TI_MS = 10000.0
 
 
 @dataclass(frozen=True)
@@ -186,8 +191,16 @@ def _terms(value: Any) -> frozenset[str]:
     return frozenset(str(v).strip().upper() for v in values if str(v).strip()) - {"NONE"}
 
 
-def _number(name: str, value: Any, *, upper: float | None = None) -> float | None:
-    """A positive finite float, or None (dropped with a warning) when absurd."""
+def _note(notes: list[str] | None, message: str) -> None:
+    """Log a dropped or corrected value and add it to ``notes`` (the job log's warnings)."""
+    logger.warning("%s", message)
+    if notes is not None:
+        notes.append(message)
+
+
+def _number(name: str, value: Any, *, upper: float | None = None,
+            notes: list[str] | None = None) -> float | None:
+    """A positive finite float, or None (dropped with a warning in ``notes``) when absurd."""
     if value is None or value == "":
         return None
     if not isinstance(value, (str, bytes)) and hasattr(value, "__len__"):
@@ -197,23 +210,24 @@ def _number(name: str, value: Any, *, upper: float | None = None) -> float | Non
     try:
         number = float(value)
     except (TypeError, ValueError):
-        logger.warning("Dropped %s: not a number (%r)", name, value)
+        _note(notes, f"dropped {name}: not a number ({str(value)[:16]!r})")
         return None
     if not math.isfinite(number) or number <= 0 or (upper is not None and number > upper):
         limit = f" and at most {upper:g}" if upper is not None else ""
-        logger.warning("Dropped %s: must be finite, positive%s. Found %r", name, limit, number)
+        _note(notes, f"dropped {name}: must be finite, positive{limit}. Found {number:g}")
         return None
     return number
 
 
-def _field_strength(value: Any) -> float | None:
-    field = _number("MagneticFieldStrength", value)
+def _field_strength(value: Any, notes: list[str] | None = None) -> float | None:
+    field = _number("MagneticFieldStrength", value, notes=notes)
     if field is not None and field > 100 and 0.1 <= field / 10000.0 <= MAX_FIELD_T:
-        logger.warning("MagneticFieldStrength %g looks like gauss; using %g T", field,
-                       field / 10000.0)
+        _note(notes, f"MagneticFieldStrength {field:g} looks like gauss; using "
+                     f"{field / 10000.0:g} T")
         field = field / 10000.0
     if field is not None and field > MAX_FIELD_T:
-        logger.warning("Dropped MagneticFieldStrength: above %g T. Found %g", MAX_FIELD_T, field)
+        _note(notes, f"dropped MagneticFieldStrength: must be at most {MAX_FIELD_T:g} T. "
+                     f"Found {field:g}")
         return None
     return field
 
@@ -238,32 +252,37 @@ def _enhanced_terms(ds: Dataset) -> tuple[set[str], set[str]]:
     return scanning, variant
 
 
-def read_acquisition(ds: Dataset) -> AcquisitionTags:
-    """Normalise the acquisition attributes of ``ds`` (classic or Enhanced MR)."""
+def read_acquisition(ds: Dataset, notes: list[str] | None = None) -> AcquisitionTags:
+    """Normalise the acquisition attributes of ``ds`` (classic or Enhanced MR); every value
+    dropped as impossible is described in ``notes`` (patient-free text)."""
     scanning = set(_terms(_find(ds, "ScanningSequence")))
     variant = set(_terms(_find(ds, "SequenceVariant")))
     if not scanning:
         extra_scanning, extra_variant = _enhanced_terms(ds)
         scanning |= extra_scanning
         variant |= extra_variant
-    tr = _number("RepetitionTime", _find(ds, "RepetitionTime"))
-    te = _number("EchoTime", _find(ds, "EchoTime") or _find(ds, "EffectiveEchoTime"))
-    if tr is not None and te is not None and te > tr:
-        logger.warning("Dropped RepetitionTime and EchoTime: TE %g ms exceeds TR %g ms", te, tr)
+    tr = _number("RepetitionTime", _find(ds, "RepetitionTime"), upper=MAX_TR_MS, notes=notes)
+    te = _number("EchoTime", _find(ds, "EchoTime") or _find(ds, "EffectiveEchoTime"),
+                 upper=MAX_TE_MS, notes=notes)
+    if tr is not None and te is not None and te >= tr:
+        _note(notes, f"dropped RepetitionTime and EchoTime: TE {te:g} ms must be shorter than "
+                     f"TR {tr:g} ms")
         tr = te = None
     options = _terms(_find(ds, "ScanOptions"))
     inversion = "IR" in scanning or "IR" in options
-    ti = _number("InversionTime", _find(ds, "InversionTime") or _find(ds, "InversionTimes"))
+    ti = _number("InversionTime", _find(ds, "InversionTime") or _find(ds, "InversionTimes"),
+                 upper=MAX_TI_MS, notes=notes)
     if ti is not None and not inversion:
-        logger.warning("Dropped InversionTime %g ms: the sequence has no inversion", ti)
+        _note(notes, f"dropped InversionTime {ti:g} ms: the sequence has no inversion")
         ti = None
-    train = _number("EchoTrainLength", _find(ds, "EchoTrainLength"))
+    train = _number("EchoTrainLength", _find(ds, "EchoTrainLength"), notes=notes)
     dimension = str(ds.get("MRAcquisitionType", "") or "").upper()
     return AcquisitionTags(
         scanning=frozenset(scanning), variant=frozenset(variant), options=options,
         dimension=dimension if dimension in ("2D", "3D") else None,
-        tr=tr, te=te, ti=ti, flip=_number("FlipAngle", _find(ds, "FlipAngle"), upper=180.0),
-        field=_field_strength(_find(ds, "MagneticFieldStrength")),
+        tr=tr, te=te, ti=ti,
+        flip=_number("FlipAngle", _find(ds, "FlipAngle"), upper=180.0, notes=notes),
+        field=_field_strength(_find(ds, "MagneticFieldStrength"), notes),
         echo_train=int(train) if train is not None else None,
         description=str(ds.get("SeriesDescription", "") or "").upper(),
     )
@@ -285,14 +304,16 @@ def _voxel(ds: Dataset, slice_spacing_mm: float | None) -> tuple[tuple[float, fl
     return None, thickness
 
 
-def protocol_from_dataset(ds: Dataset, *, slice_spacing_mm: float | None = None) -> MRProtocol:
+def protocol_from_dataset(ds: Dataset, *, slice_spacing_mm: float | None = None,
+                          notes: list[str] | None = None) -> MRProtocol:
     """The source :class:`MRProtocol` described by ``ds``'s acquisition tags.
 
     ``slice_spacing_mm`` (the assembled slice spacing) stands in for a missing
-    Slice Thickness in ``voxel_mm``. Raises :class:`RejectedSeries` when the
-    contrast cannot be classified.
+    Slice Thickness in ``voxel_mm``; ``notes`` collects a line for every value
+    dropped as impossible. Raises :class:`RejectedSeries` when the contrast
+    cannot be classified.
     """
-    tags = read_acquisition(ds)
+    tags = read_acquisition(ds, notes)
     contrast, rule = classify_contrast(tags)
     voxel, thickness = _voxel(ds, slice_spacing_mm)
     protocol = MRProtocol(

@@ -13,7 +13,10 @@ its own module:
 4. :func:`dicom_node.process.encode.derived.write_derived_series` — the derived DICOM series.
 
 Stages 1–2 raise :class:`~dicom_node.errors.RejectedSeries` for a series the
-node will not process.
+node will not process: after assembly, and before any synthesis, the
+eligibility rules (:mod:`dicom_node.process.eligibility`) check the header and
+the volume (blank pixels, too few slices, too small a coverage, diffusion,
+localizers, ...).
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 from pydicom.uid import generate_uid
@@ -33,6 +36,8 @@ from dicom_node.process.encode.formats import OutputFormat, parse_output_format
 from dicom_node.process.encode.provenance import NodeInfo
 from dicom_node.errors import RejectedSeries
 from dicom_node.process.condition import protocol_from_dataset
+from dicom_node.process.eligibility import (DEFAULT_RULES, EligibilityRules, check_header,
+                                            check_volume)
 from dicom_node.process.volume import AssembledVolume
 from synthesis import grid
 from synthesis.protocol import PRESETS, MRProtocol, preset
@@ -48,7 +53,8 @@ class SynthesizerLike(Protocol):
     info: dict[str, Any]
 
     def __call__(self, volume: np.ndarray, spacing: Sequence[float], source: MRProtocol,
-                 target: MRProtocol, output_spacing: Sequence[float] | None = None) -> Any: ...
+                 target: MRProtocol, output_spacing: Sequence[float] | None = None,
+                 **options: Any) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -56,7 +62,8 @@ class DerivedSeries:
     """What one :func:`process_series` call wrote.
 
     ``timings`` maps stage name (assembly, conditioning, synthesis, encoding)
-    to wall-clock seconds.
+    to wall-clock seconds; ``warnings`` lists impossible protocol values that were
+    dropped before the prompt was built.
     """
 
     files: list[Path]
@@ -65,6 +72,7 @@ class DerivedSeries:
     source_protocol: MRProtocol
     target_protocol: MRProtocol
     timings: dict[str, float] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
 
 
 @contextmanager
@@ -92,27 +100,43 @@ def process_series(files: Sequence[Path], target: str, out_dir: Path,
                    output_format: str | OutputFormat = OutputFormat.MR,
                    series_number_offset: int = 1000, node: NodeInfo = NodeInfo(),
                    series_uid: str | None = None,
-                   output_spacing: Sequence[float] | None = None) -> DerivedSeries:
+                   output_spacing: Sequence[float] | None = None,
+                   eligibility: EligibilityRules = DEFAULT_RULES,
+                   stage: Callable[[str], None] | None = None,
+                   progress: Callable[[str, int, int], None] | None = None) -> DerivedSeries:
     """Synthesize ``target`` (a preset name: T1, T1SE, T2, PD, FLAIR) from the MR series in
     ``files`` and write the derived series into ``out_dir``.
 
     ``output_spacing`` (dz, dy, dx) mm picks the output grid; by default the
     synthesizer's working grid (the input grid, with axes much coarser than the
     finest made isotropic). ``series_uid`` reuses a Series Instance UID (a
-    retried job writes the same UIDs). Raises :class:`RejectedSeries`.
+    retried job writes the same UIDs). ``eligibility``: the rules applied after
+    assembly (a route's). ``stage(name)`` is called as each stage starts and
+    ``progress(phase, done, total)`` during synthesis (encoded tiles, decoded
+    chunks: the ``Synthesizer``'s ``progress``). Raises :class:`RejectedSeries`.
     """
     output_format = parse_output_format(output_format)
     series_uid = str(series_uid or generate_uid())
     timings: dict[str, float] = {}
+    announce = stage or (lambda _name: None)
+    announce("assembly")
     with _timed(timings, "assembly"):
         assembled: AssembledVolume = assemble_series(files)
+    announce("conditioning")
     with _timed(timings, "conditioning"):
+        verdict = check_header(assembled.header, eligibility)
+        if verdict.refusal:
+            raise RejectedSeries(verdict.refusal)
+        check_volume(assembled.volume, assembled.spacing, eligibility)
         source = protocol_from_dataset(assembled.header, slice_spacing_mm=assembled.spacing[0])
         out_spacing = tuple(output_spacing or grid.default_output_spacing(assembled.spacing))
         target_proto = target_protocol(target, source, out_spacing)
+    announce("synthesis")
     with _timed(timings, "synthesis"):
+        extra = {"progress": progress} if progress is not None else {}
         result = synthesizer(assembled.volume, assembled.spacing, source, target_proto,
-                             output_spacing=out_spacing)
+                             output_spacing=out_spacing, **extra)
+    announce("encoding")
     with _timed(timings, "encoding"):
         files_out = write_derived_series(
             result, assembled, target_proto, Path(out_dir), prompt=result.prompt,
@@ -120,4 +144,5 @@ def process_series(files: Sequence[Path], target: str, out_dir: Path,
             series_number_offset=series_number_offset, series_uid=series_uid, source=source)
     logger.info("Series done: %s -> %s, %d files; timings %s", source.contrast.value,
                 target_proto.contrast.value, len(files_out), timings)
-    return DerivedSeries(files_out, series_uid, result.prompt, source, target_proto, timings)
+    return DerivedSeries(files_out, series_uid, result.prompt, source, target_proto, timings,
+                         verdict.warnings)

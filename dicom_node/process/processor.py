@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from dicom_node.config import Config
 from dicom_node.schedule.work import ProcessResult
@@ -23,9 +23,12 @@ class SynthesisProcessor:
     """The default processor: :func:`dicom_node.process.pipeline.process_series` with one shared
     ``Synthesizer`` (built lazily from ``[model]`` unless given)."""
 
-    def __init__(self, config: Config, synthesizer: Any = None) -> None:
+    def __init__(self, config: Config, synthesizer: Any = None, *,
+                 stage: Callable[[str], None] | None = None,
+                 progress: Callable[[str, int, int], None] | None = None) -> None:
         self.config = config
         self._synthesizer = synthesizer
+        self._stage, self._progress = stage, progress  # process_series' callbacks (a CLI's)
         self._lock = threading.Lock()
 
     @property
@@ -70,12 +73,17 @@ class SynthesisProcessor:
         logger.info("%s %.1f s", WARM_UP_DONE, time.monotonic() - t0)
 
     def __call__(self, job: JobSpec, files: list[Path], out_dir: Path) -> ProcessResult:
+        """Process one job with the eligibility rules of the job's route."""
+        from dicom_node.process.eligibility import DEFAULT_RULES
         from dicom_node.process.pipeline import NodeInfo, process_series
 
+        route = next((r for r in self.config.routes if r.name == job.route), None)
         derived = process_series(
             files, target=job.target, out_dir=out_dir, synthesizer=self.synthesizer,
             output_format=job.output_format, series_number_offset=job.series_number_offset,
-            node=NodeInfo(ae_title=self.config.node.ae_title), series_uid=job.derived_series_uid)
+            node=NodeInfo(ae_title=self.config.node.ae_title), series_uid=job.derived_series_uid,
+            eligibility=route.eligibility if route is not None else DEFAULT_RULES,
+            stage=self._stage, progress=self._progress)
         if str(derived.series_instance_uid) != job.derived_series_uid:
             raise RuntimeError(f"the pipeline wrote series {derived.series_instance_uid}, not the "
                                f"job's {job.derived_series_uid}")

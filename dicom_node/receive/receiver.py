@@ -26,6 +26,7 @@ from pydicom.uid import (DeflatedExplicitVRLittleEndian,
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
 
+from dicom_node.errors import refused
 from dicom_node.store.db import AssociationState
 from dicom_node.store.joblog import DATABASE_ERRORS, JobLog
 from dicom_node.store.spool import Spool
@@ -121,6 +122,8 @@ def association_requested(rx: Receiver, key: Any, peer: Peer) -> tuple[int, int,
             logger.warning("rejecting association from %s (%s): %s", peer.calling, peer.host,
                            reason)
             rx.log.end_association(assoc_id, AssociationState.REJECTED, reason)
+            refused(f"association from {peer.host}:{peer.port} (calling {peer.calling!r}): "
+                    f"{reason}")
             return REJECT_TRANSIENT_LOCAL_LIMIT
     except (*DATABASE_ERRORS, OSError) as exc:
         logger.error("cannot record association request: %s", type(exc).__name__)
@@ -150,3 +153,4 @@ def association_rejected(rx: Receiver, key: Any, peer: Peer,
                                             f"{rejection}")
     reason = f"{reason}: calling {peer.calling!r}, called {peer.called!r}"
     association_ended(rx, key, peer, AssociationState.REJECTED, reason)
+    refused(f"association from {peer.host}:{peer.port}: {reason}")

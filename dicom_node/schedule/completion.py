@@ -2,7 +2,8 @@
 ``stable_seconds`` without new instances (only instances that came on cleanly released
 associations count; a series whose instances all came on aborted associations becomes
 ``partial`` and triggers nothing); a complete series gets its routes applied (jobs, or
-``ignored`` / ``not_eligible`` with a reason)."""
+``ignored`` / ``not_eligible`` with a reason: the eligibility rules refuse a series
+before any job exists, announced in one ``REFUSED`` line)."""
 from __future__ import annotations
 
 import logging
@@ -10,6 +11,7 @@ import logging
 from pydicom import dcmread
 
 from dicom_node.config import Config
+from dicom_node.errors import refused
 from dicom_node.schedule.routes import plan_routes
 from dicom_node.store.db import SeriesState
 from dicom_node.store.joblog import JobLog
@@ -43,7 +45,11 @@ def route_series(log: JobLog, config: Config, series_uid: str, generation: int) 
                            callers=config.callers, caller=log.caller_of(series_uid),
                            is_ours=log.is_derived_series)
     created = log.apply_routing(series_uid, generation, decision.jobs, decision.state,
-                                decision.reason, decision.routes, decision.failed)
+                                decision.reason, decision.routes, decision.failed,
+                                source_contrast=decision.source_contrast,
+                                warnings=decision.warnings)
+    if decision.state == SeriesState.NOT_ELIGIBLE:
+        refused(f"series {series_uid} not processed: {decision.reason}")
     logger.info("series %s %s%s: %d job(s)", series_uid, decision.state.value,
                 f" ({decision.reason})" if decision.reason else "", created)
     return created

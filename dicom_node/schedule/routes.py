@@ -16,6 +16,12 @@ job that fails with a reason saying what to configure.
 Loop guard (before any route): never process Synthetic Data = YES, a DERIVED
 image that this node's equipment contributed to, or a series UID that one of
 our jobs produced.
+
+Eligibility (after the match, per route, with the route's ``eligibility``
+overrides): the header rules of :mod:`dicom_node.process.eligibility`. A
+matching route whose rules refuse the series plans no job; when no route
+plans a job because of a refusal, the series is ``not_eligible`` with the
+reason.
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ from pydicom.multival import MultiValue
 
 from dicom_node.config import CALLER, Caller, Destination, Route
 from dicom_node.dicom.identity import own_output_reason
+from dicom_node.process.eligibility import EligibilityRules, HeaderVerdict, check_header
 from dicom_node.send.destinations import caller_address
 from dicom_node.store.db import SeriesState
 from dicom_node.store.joblog import PlannedJob
@@ -46,6 +53,8 @@ class RouteDecision:
     jobs: tuple[PlannedJob, ...] = ()
     routes: tuple[str, ...] = field(default=())
     failed: Mapping[int, str] = field(default_factory=dict)  # job index -> reason
+    source_contrast: str | None = None  # e.g. "T1w", when the header rules classified it
+    warnings: tuple[str, ...] = ()  # impossible protocol values dropped (patient-free)
 
 
 def attribute_text(ds: Dataset, keyword: str) -> str | None:
@@ -99,8 +108,16 @@ def plan_routes(ds: Dataset, routes: tuple[Route, ...], *,
     failed: dict[int, str] = {}
     applied: list[str] = []
     seen: set[tuple[str, str]] = set()
+    verdicts: dict[EligibilityRules, HeaderVerdict] = {}
+    refusals: list[tuple[str, str]] = []  # (route name, refusal)
     for route in routes:
         if not route_matches(route, ds):
+            continue
+        if route.eligibility not in verdicts:
+            verdicts[route.eligibility] = check_header(ds, route.eligibility)
+        verdict = verdicts[route.eligibility]
+        if verdict.refusal:
+            refusals.append((route.name, verdict.refusal))
             continue
         applied.append(route.name)
         for target in route.targets:
@@ -120,6 +137,13 @@ def plan_routes(ds: Dataset, routes: tuple[Route, ...], *,
                                    dest_host=host, dest_port=port,
                                    output_format=str(route.output_format),
                                    series_number_offset=route.series_number_offset))
+    first = next(iter(verdicts.values()), HeaderVerdict())
+    found = dict(source_contrast=first.contrast, warnings=first.warnings)
+    refused = "; ".join(text if len(refusals) == 1 and not applied else f"route {name}: {text}"
+                        for name, text in refusals) or None
     if not jobs:
-        return RouteDecision(SeriesState.IGNORED, "no route matched")
-    return RouteDecision(SeriesState.ROUTED, None, tuple(jobs), tuple(applied), failed)
+        if refusals:
+            return RouteDecision(SeriesState.NOT_ELIGIBLE, refused, **found)
+        return RouteDecision(SeriesState.IGNORED, "no route matched", **found)
+    return RouteDecision(SeriesState.ROUTED, refused, tuple(jobs), tuple(applied), failed,
+                         **found)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from dicom_node.errors import RejectedSeries
+from dicom_node.errors import RejectedSeries, refused
 from dicom_node.store.jobqueue import JobQueue, LostClaim
 from dicom_node.store.joblog import JobLog, JobSpec
 
@@ -63,7 +63,7 @@ def run_one_job(queue: JobQueue, log: JobLog, processor: Processor, out_root: Pa
         result = processor(job, files, out_dir)
     except RejectedSeries as exc:
         why = exc.reason
-        logger.warning("job %d rejected: %s", job.id, why)
+        refused(f"job {job.id} ({job.target} from series {job.series_uid}): {why}")
         return _settle(lambda: queue.rejected(job.id, why, attempt=job.attempts))
     except Exception as exc:  # any processing error ends this job, not the worker
         logger.exception("job %d failed while processing", job.id)

@@ -1,0 +1,1 @@
+"""The job log and what is stored beside it: status queries over it."""

@@ -74,12 +74,15 @@ class SeriesState(str, enum.Enum):
 
 
 class JobState(str, enum.Enum):
-    """queued -> running (synthesis) -> sending (export) -> done; or rejected (the series
-    cannot be processed, with a reason) or failed (an error or too many attempts)."""
+    """queued -> running (synthesis) -> sending (export) -> done; sending -> waiting (the
+    destination did not take it; ``next_attempt_at`` says when it is tried again, until
+    ``retry_until``) -> sending; or rejected (the series cannot be processed, with a reason)
+    or failed (an error, or the retry window ran out)."""
 
     QUEUED = "queued"
     RUNNING = "running"
     SENDING = "sending"
+    WAITING = "waiting"
     DONE = "done"
     FAILED = "failed"
     REJECTED = "rejected"
@@ -102,14 +105,15 @@ TRANSITIONS: dict[type[enum.Enum], dict[enum.Enum, frozenset[enum.Enum]]] = {
         _S.RECEIVING: frozenset({_S.COMPLETE, _S.PARTIAL}),
         _S.PARTIAL: frozenset({_S.RECEIVING}),
         _S.COMPLETE: frozenset({_S.ROUTED, _S.IGNORED, _S.NOT_ELIGIBLE, _S.RECEIVING}),
-        _S.ROUTED: frozenset({_S.RECEIVING}),
+        _S.ROUTED: frozenset({_S.RECEIVING, _S.NOT_ELIGIBLE}),
         _S.IGNORED: frozenset({_S.RECEIVING}),
         _S.NOT_ELIGIBLE: frozenset({_S.RECEIVING}),
     },
     JobState: {
         _J.QUEUED: frozenset({_J.RUNNING, _J.FAILED}),
         _J.RUNNING: frozenset({_J.SENDING, _J.REJECTED, _J.FAILED, _J.QUEUED}),
-        _J.SENDING: frozenset({_J.DONE, _J.FAILED}),
+        _J.SENDING: frozenset({_J.DONE, _J.FAILED, _J.WAITING}),
+        _J.WAITING: frozenset({_J.SENDING, _J.FAILED}),
         _J.DONE: frozenset({_J.SENDING}),
         _J.FAILED: frozenset({_J.QUEUED, _J.SENDING}),
     },
@@ -173,6 +177,8 @@ class Series(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     routes_applied: Mapped[str | None] = mapped_column(Text)  # comma-separated route names
     generation: Mapped[int] = mapped_column(Integer, default=1)  # +1 when re-opened
+    source_contrast: Mapped[str | None] = mapped_column(String(16))  # from the header rules
+    warnings: Mapped[str | None] = mapped_column(Text)  # JSON list: impossible values dropped
 
 
 class Instance(Base):
@@ -212,6 +218,7 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)  # processing attempts
     send_attempts: Mapped[int] = mapped_column(Integer, default=0)  # in the current round
     next_attempt_at: Mapped[dt.datetime | None] = mapped_column(DateTime, index=True)
+    retry_until: Mapped[dt.datetime | None] = mapped_column(DateTime)  # end of retry window
     derived_series_uid: Mapped[str] = mapped_column(String(64), index=True)
     derived_files: Mapped[str | None] = mapped_column(Text)  # JSON list, relative to out dir
     prompt: Mapped[str | None] = mapped_column(Text)

@@ -349,10 +349,14 @@ class JobLog:
 
     def apply_routing(self, series_uid: str, generation: int, jobs: Sequence[PlannedJob],
                       state: SeriesState, reason: str | None, routes_applied: Sequence[str],
-                      failed: Mapping[int, str] | None = None) -> int:
+                      failed: Mapping[int, str] | None = None, *,
+                      source_contrast: str | None = None,
+                      warnings: Sequence[str] = ()) -> int:
         """Atomically create ``jobs`` and set the series state; returns the jobs created.
 
-        ``failed`` maps a job's index to the reason it cannot run (created
+        ``source_contrast`` and ``warnings`` (impossible protocol values that were
+        dropped) are recorded on the series. ``failed`` maps a job's index to the reason
+        it cannot run (created
         ``failed``, visible and re-sendable once the configuration is fixed).
         Does nothing if the series changed meanwhile (re-opened or already
         routed); a job that exists for the same (series, generation, target,
@@ -382,4 +386,6 @@ class JobLog:
                 created += 1
             _set(series, state, reason)
             series.routes_applied = ",".join(routes_applied) or None
+            series.source_contrast = source_contrast
+            series.warnings = json.dumps(list(warnings)) if warnings else None
         return created

@@ -32,7 +32,8 @@ from sqlalchemy.orm import Session
 
 from dicom_node.config import ExportConfig
 from dicom_node.store.db import (Association, AssociationState, Delivery, DeliveryInstance,
-                                 DeliveryStatus, Job, JobState, check_transition, utcnow)
+                                 DeliveryStatus, Job, JobState, Series, SeriesState,
+                                 check_transition, utcnow)
 from dicom_node.store.joblog import DeliveryOutcome, JobLog, JobSpec, UnknownJob, job_spec
 from dicom_node.store.nodes import live_nodes, touch_node
 
@@ -42,6 +43,7 @@ __all__ = ["JobQueue", "Recovery", "LostClaim", "MAX_PROCESSING_ATTEMPTS",
 logger = logging.getLogger(__name__)
 MAX_PROCESSING_ATTEMPTS = 3  # a job interrupted this often is failed, not retried forever
 DEFAULT_LEASE_SECONDS = 30.0
+_DELIVERABLE = (JobState.SENDING, JobState.WAITING)  # states the sender picks up when due
 
 
 class LostClaim(RuntimeError):
@@ -57,6 +59,14 @@ class Recovery:
     jobs_failed: int = 0
     deliveries_interrupted: int = 0
     jobs_resending: int = 0
+
+
+def duration(seconds: float) -> str:
+    """A duration for people: ``24 h``, ``90 min``, ``100 s`` (3 significant digits)."""
+    for unit, size in (("h", 3600.0), ("min", 60.0)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.3g} {unit}"
+    return f"{seconds:.3g} s"
 
 
 def _move(job: Job, new: JobState, reason: str | None) -> None:
@@ -123,10 +133,25 @@ class JobQueue:
             job.process_seconds = seconds
             job.stage_seconds = json.dumps(stage_seconds) if stage_seconds else None
             job.send_attempts = 0
+            job.retry_until = None  # the window opens at the first failed attempt
 
     def rejected(self, job_id: int, reason: str, *, attempt: int | None = None) -> None:
-        """The series cannot be processed (reason is patient-free); :class:`LostClaim`."""
-        self._finish(job_id, JobState.REJECTED, reason, attempt)
+        """The series cannot be processed (reason is patient-free); :class:`LostClaim`.
+        When every job of the series (this generation) is rejected, the series becomes
+        ``not_eligible`` with the reason, so that it never shows ``routed`` with nothing
+        coming."""
+        with self.log.transaction() as s:
+            job = self._claimed(s, job_id, attempt)
+            _move(job, JobState.REJECTED, reason)
+            job.finished_at = utcnow()
+            states = set(s.scalars(select(Job.state).where(
+                Job.series_uid == job.series_uid, Job.generation == job.generation)))
+            series = s.scalar(select(Series).where(Series.series_uid == job.series_uid))
+            if states == {JobState.REJECTED} and series is not None \
+                    and series.state == SeriesState.ROUTED \
+                    and series.generation == job.generation:
+                check_transition(series.state, SeriesState.NOT_ELIGIBLE)
+                series.state, series.reason = SeriesState.NOT_ELIGIBLE, reason
 
     def failed(self, job_id: int, reason: str, *, attempt: int | None = None) -> None:
         """Processing failed with an error; :class:`LostClaim` as :meth:`processed`."""
@@ -144,11 +169,11 @@ class JobQueue:
         return or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now)
 
     def due_sends(self, limit: int = 10) -> list[JobSpec]:
-        """Jobs in ``sending`` whose next attempt is due and that no process is delivering,
-        oldest first (a hint: :meth:`begin_delivery` claims)."""
+        """Jobs ``sending`` or ``waiting`` whose next attempt is due and that no process is
+        delivering, oldest first (a hint: :meth:`begin_delivery` claims)."""
         now = utcnow()
         with self.log.transaction() as s:
-            rows = s.scalars(select(Job).where(Job.state == JobState.SENDING,
+            rows = s.scalars(select(Job).where(Job.state.in_(_DELIVERABLE),
                                                Job.next_attempt_at <= now, self._unclaimed(now))
                              .order_by(Job.next_attempt_at).limit(limit))
             return [job_spec(j) for j in rows]
@@ -156,17 +181,20 @@ class JobQueue:
     def begin_delivery(self, job_id: int, ae_title: str | None, host: str | None,
                        port: int | None, *, if_due: bool = False) -> int | None:
         """Claim the job's delivery for one lease and record the start of an export
-        attempt; returns the delivery id, or None when the job is not ``sending``, another
-        process is delivering it, or (``if_due``) its next attempt is not due."""
+        attempt (a ``waiting`` job becomes ``sending``); returns the delivery id, or None
+        when the job is neither ``sending`` nor ``waiting``, another process is delivering
+        it, or (``if_due``) its next attempt is not due."""
         now = utcnow()
         with self.log.transaction() as s:
-            query = select(Job).where(Job.id == job_id, Job.state == JobState.SENDING,
+            query = select(Job).where(Job.id == job_id, Job.state.in_(_DELIVERABLE),
                                       self._unclaimed(now))
             if if_due:
                 query = query.where(Job.next_attempt_at <= now)
             job = s.scalar(query.with_for_update(skip_locked=True))
             if job is None:
                 return None
+            if job.state == JobState.WAITING:
+                _move(job, JobState.SENDING, job.reason)
             job.claimed_by, job.lease_expires_at = self.worker, now + self.lease
             attempt = 1 + s.scalar(select(func.count(Delivery.id))
                                    .where(Delivery.job_id == job_id))
@@ -179,8 +207,9 @@ class JobQueue:
 
     def finish_delivery(self, delivery_id: int, outcome: DeliveryOutcome,
                         export: ExportConfig) -> JobState:
-        """Record an attempt's outcome and move its job on: ``done``, another try
-        after the back-off, or ``failed`` after ``export.max_attempts``."""
+        """Record an attempt's outcome and move its job on: ``done``; ``waiting`` for the
+        next try after the back-off; ``failed`` once the retry window (from the first
+        failed attempt) has passed, or after ``export.max_attempts`` when that is set."""
         now = utcnow()
         with self.log.transaction() as s:
             delivery = s.get(Delivery, delivery_id)
@@ -208,15 +237,27 @@ class JobQueue:
             if outcome.status == DeliveryStatus.OK:
                 _move(job, JobState.DONE, None)
                 job.finished_at, job.next_attempt_at = now, None
-            elif job.send_attempts >= export.max_attempts:
+                return job.state
+            if job.retry_until is None:
+                job.retry_until = delivery.started_at + dt.timedelta(
+                    seconds=export.retry_window_seconds)
+            wait = export.backoff(job.send_attempts)
+            next_at = now + dt.timedelta(seconds=wait)
+            limit = export.max_attempts
+            if (limit is not None and job.send_attempts >= limit) or next_at > job.retry_until:
+                why = (f"export.max_attempts = {limit} reached" if limit is not None
+                       and job.send_attempts >= limit else f"the retry window of "
+                       f"{duration(export.retry_window_seconds)} ends before the next attempt")
                 _move(job, JobState.FAILED, f"delivery failed after {job.send_attempts} "
-                                            f"attempt(s): {outcome.error}")
+                                            f"attempt(s): {outcome.error} ({why})")
                 job.finished_at, job.next_attempt_at = now, None
             else:
-                wait = export.backoff(job.send_attempts)
-                job.next_attempt_at = now + dt.timedelta(seconds=wait)
-                job.reason = (f"attempt {job.send_attempts} of {export.max_attempts} failed "
-                              f"({outcome.error}); next in {wait:g} s")
+                _move(job, JobState.WAITING,
+                      f"waiting for destination {job.destination}: attempt "
+                      f"{job.send_attempts} failed ({outcome.error}); next attempt at "
+                      f"{next_at.isoformat(timespec='seconds')}Z (in {wait:g} s), retrying "
+                      f"until {job.retry_until.isoformat(timespec='seconds')}Z")
+                job.next_attempt_at = next_at
             return job.state
 
     # -- recovery and admin ---------------------------------------------------------------
@@ -303,7 +344,8 @@ class JobQueue:
 
     def requeue(self, job_id: int) -> JobState:
         """Admin re-send: a failed or done job is delivered again (or re-processed when it
-        has no output); a sending job is retried now. Returns the job's new state."""
+        has no output); a sending or waiting job is retried now. The retry window starts
+        afresh. Returns the job's new state."""
         with self.log.transaction() as s:
             job = self._get(s, job_id)
             if job.state in (JobState.QUEUED, JobState.RUNNING):
@@ -313,17 +355,23 @@ class JobQueue:
                                  "is not re-sent.")
             has_output = bool(json.loads(job.derived_files or "[]"))
             if job.state != JobState.SENDING:
-                new = JobState.SENDING if has_output else JobState.QUEUED
+                new = JobState.SENDING if has_output or job.state == JobState.WAITING \
+                    else JobState.QUEUED
                 _move(job, new, "re-send requested")
                 job.finished_at = None
             job.send_attempts = 0
+            job.retry_until = None
             job.next_attempt_at = utcnow()
             return job.state
 
     def failed_jobs(self) -> list[int]:
         """Ids of every ``failed`` job."""
+        return self.jobs_in(JobState.FAILED)
+
+    def jobs_in(self, *states: JobState) -> list[int]:
+        """Ids of every job in one of ``states``, oldest first."""
         with self.log.transaction() as s:
-            return list(s.scalars(select(Job.id).where(Job.state == JobState.FAILED)
+            return list(s.scalars(select(Job.id).where(Job.state.in_(states))
                                   .order_by(Job.id)))
 
     def job(self, job_id: int) -> JobSpec:

@@ -229,7 +229,7 @@ def demo_config(options: DemoOptions, run_dir: Path, *, node_port: int, receiver
 
 def wait_for_job(database: Path, timeout_s: float) -> dict[str, Any]:
     """Poll the job log until one job reached a final state (done, failed, rejected); that job."""
-    from dicom_node.commands.status import build_report
+    from dicom_node.store.status import build_report
 
     deadline = time.monotonic() + timeout_s
     last_state = None
@@ -282,23 +282,44 @@ def _preview(input_files: list[Path], received: list[Path], out_path: Path, targ
         out_path, title=f"RTFSyn demo: T1w -> {target} (synthetic, not for diagnosis)")
 
 
-def run_demo(options: DemoOptions,
-             hold: Callable[[DemoResult], None] | None = None) -> DemoResult:
+# The demo's stages in order (the node's pipeline stages run inside "node synthesizes").
+DEMO_STAGES = {
+    "simulate": "simulating a T1w head and writing it as a DICOM series",
+    "start": "starting the node and a receiving storage SCP on loopback",
+    "send": "sending the series to the node (C-STORE)",
+    "assembly": "node: the series is complete; assembling the volume",
+    "conditioning": "node: checking eligibility, reading the protocol from the tags",
+    "synthesis": "node: synthesizing with RTFSyn",
+    "encoding": "node: writing the derived series; then sending it to the receiver",
+    "preview": "writing the preview (source | synthetic)",
+}
+
+
+def run_demo(options: DemoOptions, hold: Callable[[DemoResult], None] | None = None, *,
+             stage: Callable[[str], None] | None = None,
+             progress: Callable[[str, int, int], None] | None = None) -> DemoResult:
     """Run the demo (see the module docstring); ``hold(result)`` runs before the servers stop.
 
-    Raises :class:`DemoError` when a step fails (the job failed or was
-    rejected, a timeout, a refused association).
+    ``stage(name)`` is called as each of :data:`DEMO_STAGES` starts and
+    ``progress(phase, done, total)`` during synthesis (e.g. a
+    :class:`dicom_node.commands.progress_view.ProgressView`'s). Raises
+    :class:`DemoError` when a step fails (the job failed or was rejected, a
+    timeout, a refused association).
     """
     from dicom_node.node import Node
+    from dicom_node.process.processor import SynthesisProcessor
     from dicom_node.tools.simseries import write_series
 
+    announce = stage or (lambda _name: None)
     started = time.monotonic()
     check_checkpoint(str(options.checkpoint))
     run_dir = _run_dir(Path(options.workdir))
     target = str(options.target).upper()
+    announce("simulate")
     volume, spacing, protocol = simulate_t1(options.seed, options.voxel_mm, options.slices)
     input_files = write_series(volume, spacing, protocol, run_dir / "input",
                                series_description="DEMO T1w simulated")
+    announce("start")
     receiver = DemoReceiver(run_dir / "received")
     receiver_port = receiver.start()
     node: Any = None
@@ -308,7 +329,9 @@ def run_demo(options: DemoOptions,
         config_path.write_text(
             f"# written by rtfsyn demo, for: rtfsyn status --config {config_path}\n"
             f"[node]\ndata_dir = {json.dumps(str(config.node.data_dir))}\n")
-        node = Node(config).start()
+        processor = SynthesisProcessor(config, stage=stage, progress=progress)
+        node = Node(config, processor=processor).start()
+        announce("send")
         send_series(input_files, node.address[1])
         job = wait_for_job(config.database_path, options.timeout_s)
         if job["state"] != "done":
@@ -318,6 +341,7 @@ def run_demo(options: DemoOptions,
         if len(received) != int(job["n_derived"]):
             raise DemoError(f"the receiver must hold all {job['n_derived']} derived instances. "
                             f"Found {len(received)}.")
+        announce("preview")
         png = _preview(input_files, received, run_dir / "preview.png", target)
         result = DemoResult(run_dir=run_dir, input_dir=run_dir / "input", input_files=input_files,
                             received_dir=receiver.out_dir, received_files=received,

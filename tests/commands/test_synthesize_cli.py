@@ -17,7 +17,7 @@ from synthesis.protocol import preset
 
 @pytest.fixture()
 def simulated_t1(tmp_path: Path) -> Path:
-    z, y, x = np.meshgrid(*(np.linspace(-1, 1, n) for n in (10, 16, 16)), indexing="ij")
+    z, y, x = np.meshgrid(*(np.linspace(-1, 1, n) for n in (20, 16, 16)), indexing="ij")
     volume = np.where(z**2 + y**2 + x**2 < 0.6, 900.0, 80.0) + 50.0 * (y + 1)
     folder = tmp_path / "t1"
     write_series(volume, (1.0, 1.0, 1.0), preset("T1"), folder, seed=11)
@@ -38,11 +38,13 @@ def test_synthesize_writes_a_valid_derived_series(tmp_path: Path, simulated_t1: 
                  "--checkpoint", str(tiny_checkpoint), "--format", output_format])
     assert code == 0
     files = sorted(out.iterdir())
-    expected = 10 if output_format == "mr" else 1
+    expected = 20 if output_format == "mr" else 1
     assert len(files) == expected
     assert str(out) in capsys.readouterr().out
     ds = pydicom.dcmread(files[0])
-    assert ds.SyntheticData == "YES" and ds.SeriesDescription.startswith("SYN T2w (RTFSyn)")
+    mark = {"mr": "", "enhanced-mr": " MF", "parametric-map": " MAP"}[output_format]
+    assert ds.SyntheticData == "YES"
+    assert ds.SeriesDescription.startswith(f"SYN T2w{mark} (RTFSyn)")
     assert _leftovers(out.parent) == []
     if shutil.which(DCIODVFY):
         for path in files:
@@ -93,7 +95,9 @@ def test_two_series_are_listed(tmp_path: Path, capsys: pytest.CaptureFixture) ->
     code, err = _run_failing([str(tmp_path / "src"), str(tmp_path / "out"), "--target", "T2"],
                              capsys)
     assert code != 0 and "holds 2 series, one is expected" in err
-    assert all(f"{uid}: 5 files" in err for uid in uids)
+    assert all(f"5 files, UID {uid})" in err for uid in uids)
+    assert "'t1_mprage_sag' (series number 7, folder a," in err  # description and folder
+    assert "'t2_tse_ax' (series number 7, folder b," in err
     assert not (tmp_path / "out").exists()
 
 
@@ -143,3 +147,15 @@ def test_bad_input_is_explained(tmp_path: Path, case: str, capsys: pytest.Captur
         assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
     else:
         assert not out.exists()
+
+
+def test_synthesize_shows_stages_and_bars(tmp_path: Path, simulated_t1: Path,
+                                          tiny_checkpoint: Path,
+                                          capsys: pytest.CaptureFixture) -> None:
+    code = main(["synthesize", str(simulated_t1), str(tmp_path / "out"), "--target", "T2",
+                 "--device", "cpu", "--checkpoint", str(tiny_checkpoint)])
+    err = capsys.readouterr().err
+    assert code == 0
+    stages = [line for line in err.splitlines() if line.startswith("[")]
+    assert [line[:5] for line in stages] == ["[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]"]
+    assert "encode: 100%" in err and "decode: 100%" in err  # the synthesis bars finished

@@ -29,19 +29,20 @@ def node_factory(tmp_path_factory: pytest.TempPathFactory,
     """Start ``rtfsyn serve`` subprocesses with the tiny checkpoint; SIGTERM them at teardown.
 
     Call as ``node_factory(port=..., destinations={"PACS": (ae, port)},
-    targets=["T2"], destination="PACS")``; returns a started, C-ECHO-answering
-    :class:`NodeProcess`.
+    targets=["T2"], destination="PACS")`` (``export={...}``: the delivery policy);
+    returns a started, C-ECHO-answering :class:`NodeProcess`.
     """
     started: list[NodeProcess] = []
 
     def start(*, port: int, destinations: dict[str, tuple[str, int]], targets: Sequence[str],
-              destination: str, stable_seconds: float = 1.0) -> NodeProcess:
+              destination: str, stable_seconds: float = 1.0,
+              export: dict[str, float] | None = None) -> NodeProcess:
         workdir = tmp_path_factory.mktemp("node")
         config = write_node_config(workdir / "node.toml", port=port, data_dir=workdir / "var",
                                    checkpoint=tiny_checkpoint, destinations=destinations,
                                    targets=targets, destination=destination,
                                    stable_seconds=stable_seconds,
-                                   allowed_calling_aets=ALLOWED_CALLERS)
+                                   allowed_calling_aets=ALLOWED_CALLERS, export=export)
         node = NodeProcess(config, port)
         started.append(node)
         node.start()

@@ -21,12 +21,25 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path
              ) -> tuple[int, str, Path]:
     """One small demo run (8 slices of 4 mm): exit code, stdout, workdir."""
     workdir = tmp_path_factory.mktemp("demo")
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main(["demo", "--workdir", str(workdir), "--checkpoint", str(tiny_checkpoint),
                      "--device", "cpu", "--target", "T2", "--voxel-mm", "4", "--slices", "8",
                      "--timeout", "240"])
+    DEMO_STDERR.append(err.getvalue())
     return code, out.getvalue(), workdir
+
+
+DEMO_STDERR: list[str] = []  # what the module's demo run wrote on stderr (stages, bars)
+
+
+def test_demo_shows_its_stages_and_synthesis_progress(demo_run: tuple[int, str, Path]) -> None:
+    from dicom_node.tools.demo import DEMO_STAGES
+
+    [err] = DEMO_STDERR
+    stages = [line for line in err.splitlines() if re.match(r"^\[\d+/\d+\] ", line)]
+    assert [line.split("] ", 1)[1] for line in stages] == list(DEMO_STAGES.values())
+    assert "encode: 100%" in err and "decode: 100%" in err
 
 
 def _printed_path(stdout: str, label: str) -> Path:

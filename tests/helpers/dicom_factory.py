@@ -130,7 +130,8 @@ def make_series(out_dir: Path, volume: np.ndarray | None = None, *,
         ds.SOPClassUID = MRImageStorage
         ds.SOPInstanceUID = generate_uid()
         ds.file_meta = _meta(MRImageStorage, ds.SOPInstanceUID, transfer_syntax)
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
+        if "ImageType" not in (tags or {}):
+            ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
         ds.InstanceNumber = int(k) + 1
         position = np.asarray(origin, dtype=float) + k * dz * normal
         ds.ImagePositionPatient = [ds_text(v) for v in position]

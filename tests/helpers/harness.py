@@ -74,10 +74,12 @@ def write_node_config(path: Path, *, port: int, data_dir: Path, checkpoint: Path
                       destinations: Mapping[str, tuple[str, int]], targets: Sequence[str],
                       destination: str, stable_seconds: float = 1,
                       ae_title: str = "RTFSYN",
-                      allowed_calling_aets: Sequence[str] = ()) -> Path:
+                      allowed_calling_aets: Sequence[str] = (),
+                      export: Mapping[str, float] | None = None) -> Path:
     """Write a node TOML for a test: loopback, CPU, one route for every MR series.
 
-    ``destinations`` maps a name to ``(ae_title, port)`` on loopback.
+    ``destinations`` maps a name to ``(ae_title, port)`` on loopback; ``export`` sets
+    ``[export]`` keys (the delivery policy).
     """
     lines = [
         "[node]",
@@ -92,6 +94,8 @@ def write_node_config(path: Path, *, port: int, data_dir: Path, checkpoint: Path
         f"checkpoint = {json.dumps(str(checkpoint))}",
         'device = "cpu"',
     ]
+    if export:
+        lines += ["", "[export]", *(f"{key} = {value}" for key, value in export.items())]
     for name, (dest_ae, dest_port) in destinations.items():
         lines += ["", f"[destinations.{name}]", f'ae_title = "{dest_ae}"',
                   f'host = "{LOOPBACK}"', f"port = {dest_port}"]

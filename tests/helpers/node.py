@@ -1,5 +1,6 @@
 """Helpers for the node's service tests: free ports, configs (and their TOML), a test
-storage SCP, an SCU, a fake processor, a throw-away TLS CA and a CT instance.
+storage SCP, an SCU, a fake processor, a stub synthesizer, a throw-away TLS CA and a CT
+instance.
 
 Everything runs on loopback; every server a test starts is stopped by the test;
 readiness is polled with a deadline (:func:`wait_for`), never slept on. (A
@@ -9,8 +10,9 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from pydicom import dcmread
@@ -24,6 +26,9 @@ from dicom_node.config import Config, parse_config
 from dicom_node.store.joblog import JobSpec
 from dicom_node.tools.loopback import free_port
 from dicom_node.schedule.work import ProcessResult
+from synthesis import grid
+from synthesis.condition import prompt
+from synthesis.protocol import MRProtocol
 
 NODE_AET = "RTFSYN"
 
@@ -244,3 +249,26 @@ def make_ct_file(folder: Path) -> Path:
     path = folder / "ct.dcm"
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+@dataclass
+class StubSynthesizer:
+    """Follows the ``Synthesizer`` contract: resamples the input onto the output grid
+    (no model; the pipeline's other stages run for real)."""
+
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=lambda: {
+        "model_name": "RTFSyn", "model_version": "stub", "checkpoint_sha256": "0" * 64,
+        "architecture": "stub", "device": "cpu"})
+
+    def __call__(self, volume: np.ndarray, spacing: Sequence[float], source: MRProtocol,
+                 target: MRProtocol, output_spacing: Sequence[float] | None = None) -> Any:
+        self.calls.append(dict(shape=volume.shape, spacing=tuple(spacing), source=source,
+                               target=target, output_spacing=output_spacing))
+        out_spacing = tuple(output_spacing or grid.working_spacing(spacing))
+        normalized = (volume - volume.min()) / max(float(np.ptp(volume)), 1e-6)
+        out = grid.resample(normalized.astype(np.float32), spacing, out_spacing, order=1)
+        from synthesis.inference import SynthesisResult
+
+        return SynthesisResult(1.0 - out, out_spacing, grid.origin_offset_mm(spacing, out_spacing),
+                               prompt(source, target))

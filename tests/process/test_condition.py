@@ -132,7 +132,7 @@ def test_te_above_tr_drops_both_and_falls_back_to_keywords(
         protocol = protocol_from_dataset(ds)
     assert protocol.tr_ms is None and protocol.te_ms is None
     assert protocol.contrast is Contrast.T2w
-    assert any("exceeds TR" in r.getMessage() for r in caplog.records)
+    assert any("must be shorter than TR" in r.getMessage() for r in caplog.records)
 
 
 def test_no_patient_data_in_protocol_prompt_or_logs(caplog: pytest.LogCaptureFixture) -> None:

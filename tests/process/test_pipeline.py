@@ -1,9 +1,8 @@
 """process_series: assemble → condition → synthesize → encode, with a stub and the tiny model."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -11,35 +10,16 @@ import pytest
 
 from tests.helpers.dicom_factory import T2_TSE, make_series
 from dicom_node.errors import RejectedSeries
+from dicom_node.process.eligibility import EligibilityRules
 from dicom_node.process.pipeline import NodeInfo, process_series
 from dicom_node.tools.simseries import write_series
-from synthesis import grid
-from synthesis.protocol import Contrast, MRProtocol, preset
-from synthesis.condition import prompt
+from synthesis.protocol import Contrast, preset
+from tests.helpers.node import StubSynthesizer
 
 STAGES = {"assembly", "conditioning", "synthesis", "encoding"}
-
-
-@dataclass
-class StubSynthesizer:
-    """Follows the ``Synthesizer`` contract: resamples the input onto the output grid."""
-
-    calls: list[dict[str, Any]] = field(default_factory=list)
-    info: dict[str, Any] = field(default_factory=lambda: {
-        "model_name": "RTFSyn", "model_version": "stub", "checkpoint_sha256": "0" * 64,
-        "architecture": "stub", "device": "cpu"})
-
-    def __call__(self, volume: np.ndarray, spacing: Sequence[float], source: MRProtocol,
-                 target: MRProtocol, output_spacing: Sequence[float] | None = None) -> Any:
-        self.calls.append(dict(shape=volume.shape, spacing=tuple(spacing), source=source,
-                               target=target, output_spacing=output_spacing))
-        out_spacing = tuple(output_spacing or grid.working_spacing(spacing))
-        normalized = (volume - volume.min()) / max(float(np.ptp(volume)), 1e-6)
-        out = grid.resample(normalized.astype(np.float32), spacing, out_spacing, order=1)
-        from synthesis.inference import SynthesisResult
-
-        return SynthesisResult(1.0 - out, out_spacing, grid.origin_offset_mm(spacing, out_spacing),
-                               prompt(source, target))
+# The test volumes are a few slices thin; the eligibility limits for real series would refuse
+# them (tests/node/test_eligibility.py tests those limits).
+TINY = EligibilityRules(min_slices=2, min_coverage_mm=0.0)
 
 
 def _phantom(shape: tuple[int, int, int] = (12, 16, 16)) -> np.ndarray:
@@ -52,7 +32,7 @@ def test_stub_pipeline_stages_and_target(tmp_path: Path) -> None:
     files = make_series(tmp_path / "src", spacing=(2.0, 1.0, 1.0), tags=T2_TSE)
     stub = StubSynthesizer()
     derived = process_series(files, "flair", tmp_path / "out", stub,
-                             node=NodeInfo(ae_title="NODE"))
+                             node=NodeInfo(ae_title="NODE"), eligibility=TINY)
     (call,) = stub.calls
     assert call["source"].contrast is Contrast.T2w and call["output_spacing"] == (1.0, 1.0, 1.0)
     target = derived.target_protocol
@@ -69,7 +49,8 @@ def test_stub_pipeline_stages_and_target(tmp_path: Path) -> None:
 def test_output_spacing_override_keeps_the_source_grid(tmp_path: Path) -> None:
     files = make_series(tmp_path / "src", spacing=(2.0, 1.0, 1.0), tags=T2_TSE)
     derived = process_series(files, "T1", tmp_path / "out", StubSynthesizer(),
-                             output_spacing=(2.0, 1.0, 1.0), series_uid="1.2.826.0.1.3680043.9")
+                             output_spacing=(2.0, 1.0, 1.0), series_uid="1.2.826.0.1.3680043.9",
+                             eligibility=TINY)
     assert len(derived.files) == 5 and derived.series_instance_uid == "1.2.826.0.1.3680043.9"
     assert derived.target_protocol.voxel_mm == (1.0, 1.0, 2.0)
 
@@ -85,13 +66,14 @@ def test_rejected_series_writes_nothing(tmp_path: Path) -> None:
 def test_unknown_target_is_refused(tmp_path: Path) -> None:
     files = make_series(tmp_path / "src")
     with pytest.raises(ValueError, match="Unknown target 'DWI'"):
-        process_series(files, "DWI", tmp_path / "out", StubSynthesizer())
+        process_series(files, "DWI", tmp_path / "out", StubSynthesizer(), eligibility=TINY)
 
 
 def test_tiny_model_on_a_simulated_series(tmp_path: Path, tiny_synthesizer: Any) -> None:
     """The must-show path without networking: geometry equals the source's, provenance, pixels."""
     src_files = write_series(_phantom(), (1.0, 1.0, 1.0), preset("T1"), tmp_path / "src", seed=3)
-    derived = process_series(src_files, "T2", tmp_path / "out", tiny_synthesizer)
+    derived = process_series(src_files, "T2", tmp_path / "out", tiny_synthesizer,
+                             eligibility=TINY)
     source = [pydicom.dcmread(p) for p in src_files]
     out = [pydicom.dcmread(p) for p in derived.files]
     assert len(out) == len(source)

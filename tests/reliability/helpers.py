@@ -18,7 +18,7 @@ from pynetdicom.sop_class import Verification
 
 from tests.helpers.dicom_factory import T2_TSE, make_series
 from tests.helpers.harness import dicom_echo
-from dicom_node.commands.status import build_report
+from dicom_node.store.status import build_report
 from dicom_node.config import load_config
 from dicom_node.node import Node
 from tests.helpers.node import NODE_AET, node_settings, wait_for, write_config
@@ -28,6 +28,10 @@ __all__ = ["RelNode", "NodeFactory", "echo_ok", "small_series", "FINAL_JOB_STATE
 
 FINAL_JOB_STATES = frozenset({"done", "failed", "rejected"})
 SMALL_SHAPE = (8, 24, 24)  # slices, rows, columns: tiny, so the tiny model runs in seconds
+# The small series cover 8 x 2 mm = 16 mm, less than the 20 mm a clinical route asks for
+# (dicom_node.process.eligibility); the test routes accept them.
+SMALL_ROUTE = {"name": "mr", "match": {"Modality": "MR"}, "targets": ["T2"],
+               "destination": "PACS", "eligibility": {"min_coverage_mm": 10.0}}
 
 
 def small_series(folder: Path, *, n_slices: int = SMALL_SHAPE[0], seed: int = 0,
@@ -58,8 +62,7 @@ class RelNode:
         if dest_port is not None:
             destinations = destinations or {"PACS": {"ae_title": "TESTPACS",
                                                      "host": "127.0.0.1", "port": dest_port}}
-            routes = routes or [{"name": "mr", "match": {"Modality": "MR"}, "targets": ["T2"],
-                                 "destination": "PACS"}]
+            routes = routes or [SMALL_ROUTE]
         extra: dict[str, Any] = dict(sections)
         if destinations:
             extra["destinations"] = destinations

@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dicom_node.commands.status import build_report
+from dicom_node.store.status import build_report
 from tests.helpers.harness import ManagedProcess, wait_until
 from tests.helpers.node import node_settings, write_config
-from tests.reliability.helpers import FINAL_JOB_STATES, echo_ok
+from tests.reliability.helpers import FINAL_JOB_STATES, SMALL_ROUTE, echo_ok
 
 __all__ = ["ProcNode", "peak_rss_mb", "wait_fast"]
 
@@ -39,8 +39,7 @@ class ProcNode:
             extra["destinations"] = {"PACS": {"ae_title": "TESTPACS", "host": "127.0.0.1",
                                               "port": dest_port}}
             if routes:
-                extra["routes"] = [{"name": "mr", "match": {"Modality": "MR"},
-                                    "targets": ["T2"], "destination": "PACS"}]
+                extra["routes"] = [SMALL_ROUTE]
         self.settings = node_settings(workdir, **extra)
         self.workdir = workdir
         self.config_path = write_config(self.settings, workdir / "node.toml")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import Path
 
 import pytest
@@ -196,17 +197,19 @@ def test_claim_process_and_deliver_with_backoff_then_fail(log: JobLog) -> None:
     refused = DeliveryOutcome(DeliveryStatus.FAILED, n_failed=1, error="association rejected",
                               instances=(("9.9", None, "failure"),))
     first = queue.begin_delivery(job.id, "PACS", "127.0.0.1", 4242)
-    assert queue.finish_delivery(first, refused, export) == JobState.SENDING
+    assert queue.finish_delivery(first, refused, export) == JobState.WAITING
     assert queue.due_sends() == []  # waiting for the back-off
-    assert _job_reason(log, job.id) == ("attempt 1 of 2 failed (association rejected); "
-                                        "next in 30 s")
+    assert re.fullmatch(r"waiting for destination PACS: attempt 1 failed \(association "
+                        r"rejected\); next attempt at \S+Z \(in 30 s\), retrying until \S+Z",
+                        _job_reason(log, job.id))
     second = queue.begin_delivery(job.id, "PACS", "127.0.0.1", 4242)
     assert queue.finish_delivery(second, refused, export) == JobState.FAILED
     with log.session() as s:
         row = s.get(db.Job, job.id)
         attempts = [d.attempt for d in s.scalars(select(db.Delivery))]
         per_instance = s.scalars(select(db.DeliveryInstance)).all()
-    assert row.reason == "delivery failed after 2 attempt(s): association rejected"
+    assert row.reason == ("delivery failed after 2 attempt(s): association rejected "
+                          "(export.max_attempts = 2 reached)")
     assert attempts == [1, 2] and len(per_instance) == 2
     assert queue.failed_jobs() == [job.id]
     assert queue.requeue(job.id) == JobState.SENDING  # admin re-send: it has output
@@ -267,3 +270,48 @@ def test_a_job_log_of_another_schema_version_is_refused(tmp_path: Path) -> None:
     fresh = db.get_engine(tmp_path / "new.sqlite")
     with fresh.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA user_version").scalar() == db.SCHEMA_VERSION
+
+
+def _fail_once(queue: JobQueue, job_id: int, export: ExportConfig) -> JobState:
+    refused = DeliveryOutcome(DeliveryStatus.FAILED, error="association aborted")
+    return queue.finish_delivery(queue.begin_delivery(job_id, "PACS", "127.0.0.1", 4242),
+                                 refused, export)
+
+
+def test_retry_window_without_attempt_limit(log: JobLog) -> None:
+    """No max_attempts: a job waits and retries with capped backoff until the window ends
+    (after its first failed attempt), then fails; resend opens a new window."""
+    queue = _queued_job(log)
+    job = queue.claim_next()
+    queue.processed(job.id, ["0000.dcm"], "prompt", 1.0)
+    export = ExportConfig(backoff_seconds=10, backoff_max_seconds=40,
+                          retry_window_hours=100 / 3600)  # a 100 s window
+    waits = []
+    for _attempt in range(4):  # waits 10, 20, 40, 40 (capped)
+        assert _fail_once(queue, job.id, export) == JobState.WAITING
+        waits += re.findall(r"\(in (\d+) s\)", _job_reason(log, job.id))
+    assert waits == ["10", "20", "40", "40"]
+    with log.transaction() as s:  # as if 70 s had passed: 30 s of the window are left
+        s.get(db.Job, job.id).retry_until = db.utcnow() + dt.timedelta(seconds=30)
+    assert _fail_once(queue, job.id, export) == JobState.FAILED
+    assert "retry window of 100 s ends before the next attempt" in _job_reason(log, job.id)
+    assert queue.requeue(job.id) == JobState.SENDING
+    assert _fail_once(queue, job.id, export) == JobState.WAITING  # a fresh window
+    assert queue.requeue(job.id) == JobState.SENDING  # waiting -> retried now
+    assert [j.id for j in queue.due_sends()] == [job.id]
+
+
+def test_a_series_whose_only_jobs_are_rejected_is_not_eligible(log: JobLog) -> None:
+    _complete(log)
+    log.apply_routing(SERIES, 1, [_plan(), _plan(target="FLAIR")], SeriesState.ROUTED, None,
+                      ["r"])
+    queue = JobQueue(log)
+    first, second = queue.claim_next(), queue.claim_next()
+    queue.rejected(first.id, "not eligible (blank): every voxel is 0")
+    with log.session() as s:
+        assert s.scalar(select(db.Series)).state == SeriesState.ROUTED  # one job left
+    queue.rejected(second.id, "not eligible (blank): every voxel is 0")
+    with log.session() as s:
+        series = s.scalar(select(db.Series))
+    assert (series.state, series.reason) == (SeriesState.NOT_ELIGIBLE,
+                                             "not eligible (blank): every voxel is 0")

@@ -59,6 +59,16 @@ def test_a_job_log_of_the_previous_version_is_upgraded_with_its_rows(v1_log: Pat
     assert [j.id for j in queue.due_sends()] == [2]
 
 
+def test_the_clinical_columns_reach_an_upgraded_log(v1_log: Path) -> None:
+    """0003: eligibility's source contrast and warnings, the delivery retry window."""
+    JobLog(v1_log)
+    assert {"source_contrast", "warnings"} <= {c for _i, c, *_r in _raw(
+        v1_log, "PRAGMA table_info(series)")}
+    assert "retry_until" in {c for _i, c, *_r in _raw(v1_log, "PRAGMA table_info(jobs)")}
+    assert _raw(v1_log, "SELECT source_contrast, warnings FROM series WHERE state = 'routed'") \
+        == [(None, None)]
+
+
 def test_an_upgraded_log_opens_again_unchanged(v1_log: Path) -> None:
     JobLog(v1_log)
     db._ENGINES.clear()  # as a restarted node: a new engine, the same file

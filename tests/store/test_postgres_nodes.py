@@ -9,7 +9,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-from dicom_node.commands.status import build_report
+from dicom_node.store.status import build_report
 from tests.helpers.node import TestStorageSCP, send_files
 from tests.helpers.peers import wait_until
 from tests.helpers.scaleout import ScaleOut

@@ -59,11 +59,23 @@ def test_missing_file_is_named(tmp_path: Path) -> None:
         checkpoint.load(tmp_path / "nothing.pt")
 
 
-def test_corrupt_file_is_named(tmp_path: Path) -> None:
+@pytest.mark.parametrize("damage", ["foreign bytes", "truncated", "pickled object"])
+def test_corrupt_file_is_named_and_no_unsafe_load_is_suggested(tmp_path: Path,
+                                                               tiny_checkpoint: Path,
+                                                               damage: str) -> None:
     bad = tmp_path / "corrupt.pt"
-    bad.write_bytes(b"this is not a checkpoint at all")
-    with pytest.raises(ValueError, match="Cannot read checkpoint .*corrupt.pt"):
+    if damage == "foreign bytes":
+        bad.write_bytes(b"this is not a checkpoint at all")
+    elif damage == "truncated":
+        data = tiny_checkpoint.read_bytes()
+        bad.write_bytes(data[: len(data) // 2])
+    else:
+        torch.save({"obj": argparse.Namespace(command="x")}, bad)
+    with pytest.raises(ValueError, match="Cannot read checkpoint .*corrupt.pt: ") as info:
         checkpoint.load(bad)
+    message = str(info.value)
+    assert "weights_only=False" not in message and info.value.__cause__ is None
+    assert info.value.__suppress_context__  # torch's advice is not chained either
 
 
 def test_arbitrary_pickles_are_refused(tmp_path: Path) -> None:

@@ -2,7 +2,8 @@
 
 :func:`write_derived_series` writes the synthesized volume as a new series of
 the source's study, clearly marked as synthetic (Synthetic Data YES, DERIVED
-image type, ``SYN <target> (RTFSyn) …`` description), with
+image type, ``SYN <target> (RTFSyn) …`` description, a Series Number of its own:
+:mod:`~dicom_node.process.encode.naming`), with
 
 * what produced it — :class:`~dicom_node.process.encode.provenance.Provenance`;
 * what it came from — Source Image Sequence per slice (purpose 121322) and
@@ -32,7 +33,8 @@ from dicom_node.process.encode.classic_mr import MRSeries, OutputGrid, build_mr_
 from dicom_node.process.encode.enhanced_mr import write_enhanced_mr
 from dicom_node.process.encode.formats import OutputFormat, parse_output_format
 from dicom_node.process.encode.parametric_map import write_parametric_map
-from dicom_node.process.encode.provenance import LO_MAX, NodeInfo, Provenance
+from dicom_node.process.encode.naming import derived_series_description, derived_series_number
+from dicom_node.process.encode.provenance import NodeInfo, Provenance
 from dicom_node.process.encode.write import write_mr_series
 from synthesis.protocol import MRProtocol
 
@@ -52,12 +54,6 @@ _WRITERS: dict[OutputFormat, Writer] = {
     OutputFormat.PARAMETRIC_MAP: lambda series, volume, assembled, out: write_parametric_map(
         series, volume, assembled, out, FILE_STEM),
 }
-
-
-def derived_series_description(target: MRProtocol, source_description: str) -> str:
-    """``SYN <target> (RTFSyn) <source description>``, at most 64 characters."""
-    text = f"SYN {target.contrast.value} (RTFSyn) {source_description}".strip()
-    return text.replace("\\", "/")[:LO_MAX]
 
 
 def _check_result(volume: np.ndarray, spacing: Sequence[float],
@@ -98,8 +94,10 @@ def write_derived_series(result: Any, assembled: AssembledVolume, target: MRProt
         source_equipment={k: str(header.get(k, "") or "")
                           for k in ("Manufacturer", "ManufacturerModelName")})
     series_uid = str(series_uid or generate_uid())
-    series_number = int(series_number_offset) + int(header.get("SeriesNumber", 0) or 0)
-    description = derived_series_description(target, str(header.get("SeriesDescription", "")))
+    series_number = derived_series_number(header.get("SeriesNumber"), target, fmt,
+                                           series_number_offset)
+    description = derived_series_description(target, str(header.get("SeriesDescription", "")),
+                                             fmt)
     grid = OutputGrid.from_result(assembled, result.spacing, result.origin_offset_mm)
     series = build_mr_series(volume, assembled, target, grid, provenance=provenance,
                              series_uid=series_uid, series_number=series_number,

@@ -119,7 +119,7 @@ def test_provenance_tags(tmp_path: Path, source) -> None:
     assert ds.SeriesInstanceUID != src[0].SeriesInstanceUID
     assert ds.PatientName == src[0].PatientName and ds.PatientID == src[0].PatientID
     assert ds.SeriesDescription == "SYN FLAIR (RTFSyn) t2_tse_ax"
-    assert ds.SeriesNumber == 1000 + int(src[0].SeriesNumber)
+    assert ds.SeriesNumber == 1000 + 100 * int(src[0].SeriesNumber) + 5  # FLAIR: slot 5
     for text in (MODEL_INFO["model_version"], MODEL_INFO["checkpoint_sha256"],
                  "Prompt: Synthesize"):
         assert text in ds.DerivationDescription
@@ -246,3 +246,22 @@ def test_dciodvfy_reports_no_errors(tmp_path: Path, output_format: str) -> None:
 def _body_part(ds: pydicom.Dataset, k: int) -> None:
     ds.BodyPartExamined = "HEAD"
     ds.PatientPosition = "HFS"
+
+
+def test_series_numbers_differ_per_target_and_format() -> None:
+    """Every (target, output format) of one source series gets its own Series Number, the
+    same every time, and none repeats another source's (numbers 7 and 8 here)."""
+    from dicom_node.process.encode.formats import OUTPUT_FORMATS
+    from dicom_node.process.encode.naming import (derived_series_description,
+                                                  derived_series_number)
+    from synthesis.protocol import PRESETS, preset
+
+    numbers = {(source, name, fmt): derived_series_number(source, preset(name), fmt, 1000)
+               for source in (7, 8) for name in PRESETS for fmt in OUTPUT_FORMATS}
+    assert len(set(numbers.values())) == len(numbers) == 2 * 5 * 3
+    assert numbers[(7, "T2", "mr")] == 1703 and numbers[(7, "FLAIR", "mr")] == 1705
+    assert numbers[(7, "T2", "enhanced-mr")] == 1713
+    assert derived_series_number(7, preset("T2"), "mr", 1000) == 1703  # deterministic
+    descriptions = {derived_series_description(preset(name), "t1_mprage", fmt)
+                    for name in PRESETS for fmt in OUTPUT_FORMATS}
+    assert len(descriptions) == 15 and "SYN T1w SE MAP (RTFSyn) t1_mprage" in descriptions

@@ -20,13 +20,13 @@ def _synthesize(src: Path, out: Path, checkpoint: Path) -> int:
 
 def test_non_dicom_file_beside_a_series_is_skipped(tmp_path: Path, tiny_checkpoint: Path,
                                                    caplog: pytest.LogCaptureFixture) -> None:
-    files = small_series(tmp_path / "src")
+    files = small_series(tmp_path / "src", n_slices=10)  # 20 mm: what a volume must cover
     (tmp_path / "src" / "junk.dcm").write_bytes(b"not DICOM at all " * 64)
     with caplog.at_level(logging.INFO):
         code = _synthesize(tmp_path / "src", tmp_path / "out", tiny_checkpoint)
     assert code == 0
     assert "Skipped 1 files" in caplog.text
-    assert len(list((tmp_path / "out").iterdir())) > 0 and len(files) == 8
+    assert len(list((tmp_path / "out").iterdir())) > 0 and len(files) == 10
     input_tried("CLI: non-DICOM file in the folder", "skipped (logged); series processed")
 
 

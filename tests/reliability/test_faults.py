@@ -36,7 +36,7 @@ def test_destination_down_then_back(make_node: NodeFactory, tmp_path: Path) -> N
     wait_for(lambda: len(node.jobs_of(uid)) == 1 and node.jobs_of(uid)[0]["send_attempts"] >= 3,
              timeout=60, what="three failed delivery attempts")
     job = node.jobs_of(uid)[0]
-    assert job["state"] == "sending" and "next in" in job["reason"], job
+    assert job["state"] in ("waiting", "sending") and "next attempt" in job["reason"], job
     attempts = _deliveries(node, job["id"])
     assert all(d["status"] == "failed" and d["error"] for d in attempts if d["ended_at"])
     pacs = TestStorageSCP(port=port).start()
@@ -159,8 +159,11 @@ def test_disk_short_during_an_association_answers_out_of_resources(
     assert statuses == [0] * 4 + [0xA700] * (len(files) - 4)
     used["percent"] = 10.0
     assert set(send_files(files, node.port)) == {0}  # the sender retries later: all stored
-    jobs = node.wait_jobs_final(series_uid_of(files[0]))
-    assert jobs[0]["state"] == "done"
+    # The first four slices alone may have completed first and been refused (too few slices
+    # for a volume); the re-sent, complete series is processed.
+    uid = series_uid_of(files[0])
+    wait_for(lambda: any(j["state"] == "done" for j in node.jobs_of(uid)), timeout=120,
+             what="the complete series processed")
     assert node.series(series_uid_of(files[0]))["n_instances"] == len(files)
     fault_survived("disk short during an association", "C-STORE 0xA700; re-send processed")
 

@@ -30,18 +30,13 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from dicom_node.errors import RejectedSeries
+from dicom_node.process.header_facts import HeaderFacts, header_facts
 
 __all__ = ["EligibilityRules", "Rule", "HeaderVerdict", "HEADER_RULES", "VOLUME_RULES",
            "RULE_NAMES", "DEFAULT_RULES", "check_header", "check_volume", "header_facts",
            "HeaderFacts"]
 
 logger = logging.getLogger(__name__)
-
-_SIEMENS_HEADER = "SIEMENS MR HEADER"   # private creator of (0019,xx0A) mosaic, (0019,xx0C) b
-_GE_PARAMS = "GEMS_PARM_01"             # (0043,xx2F) image type (0 magnitude, 1 phase, 2 real,
-                                        # 3 imaginary); (0043,xx39) b-value
-_GE_ACQU = "GEMS_ACQU_01"               # (0019,xx9C) pulse sequence name
-_PHILIPS_IMAGING = "Philips Imaging DD 001"  # (2001,xx03) diffusion b-factor
 
 
 @dataclass(frozen=True)
@@ -109,109 +104,6 @@ def _non_negative(key: str, value: Any) -> float:
     return float(value)
 
 
-# -- what the header rules look at ------------------------------------------------------
-@dataclass(frozen=True)
-class HeaderFacts:
-    """The attributes the rules read from one instance, normalised (upper case)."""
-
-    image_type: tuple[str, ...] = ()      # Image Type, plus Enhanced MR Frame Type values
-    description: str = ""                 # Series Description + Protocol Name (never quoted)
-    sequence_name: str = ""               # Sequence Name / Pulse Sequence Name (+ GE private)
-    scanning: frozenset[str] = frozenset()
-    echo_planar: bool = False             # Enhanced MR Echo Planar Pulse Sequence YES
-    contrast_kind: str = ""               # Enhanced MR Acquisition Contrast
-    complex_component: str = ""           # Enhanced MR Complex Image Component / GE private
-    b_value: float | None = None
-    mosaic_images: int | None = None
-    temporal_positions: int | None = None
-    body_part: str = ""
-    synthetic: bool = False
-
-
-def _upper_values(value: Any) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    values = [value] if isinstance(value, (str, bytes)) else list(value)
-    return tuple(str(v).strip().upper() for v in values if str(v).strip())
-
-
-def _groups(ds: Dataset) -> list[Dataset]:
-    """The shared and the first per-frame functional group items of an Enhanced instance."""
-    items = []
-    for name in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
-        items += list(ds.get(name, []))[:1]
-    return items
-
-
-def _nested(ds: Dataset, sequence: str, keyword: str) -> Any:
-    """``keyword`` from the top level, else from ``sequence`` in the functional groups."""
-    if keyword in ds and ds[keyword].VM:
-        return ds[keyword].value
-    for group in _groups(ds):
-        for item in group.get(sequence, [])[:1]:
-            if keyword in item and item[keyword].VM:
-                return item[keyword].value
-    return None
-
-
-def _private(ds: Dataset, group: int, offset: int, creator: str) -> Any:
-    try:
-        return ds.get_private_item(group, offset, creator).value
-    except (KeyError, ValueError):
-        return None
-
-
-def _first_number(value: Any) -> float | None:
-    if value is None:
-        return None
-    if not isinstance(value, (str, bytes)) and hasattr(value, "__len__"):
-        value = value[0] if len(value) else None
-    try:
-        number = float(value.decode() if isinstance(value, bytes) else value)
-    except (TypeError, ValueError, AttributeError):
-        return None
-    return number if math.isfinite(number) else None
-
-
-def header_facts(ds: Dataset) -> HeaderFacts:
-    """Read what the header rules need from one instance (classic or Enhanced MR)."""
-    image_type = list(_upper_values(ds.get("ImageType")))
-    image_type += _upper_values(_nested(ds, "MRImageFrameTypeSequence", "FrameType"))
-    b_value = _first_number(_nested(ds, "MRDiffusionSequence", "DiffusionBValue"))
-    for group, offset, creator in ((0x0019, 0x0C, _SIEMENS_HEADER),
-                                   (0x2001, 0x03, _PHILIPS_IMAGING),
-                                   (0x0043, 0x39, _GE_PARAMS)):
-        if b_value is None:
-            b_value = _first_number(_private(ds, group, offset, creator))
-    if b_value is not None and b_value >= 1e9:  # GE adds 10^9 to the b-value (slop_int_6)
-        b_value = b_value % 1e9
-    ge_type = _first_number(_private(ds, 0x0043, 0x2F, _GE_PARAMS))
-    complex_component = str(_nested(ds, "MRImageFrameTypeSequence", "ComplexImageComponent")
-                            or "").upper()
-    if not complex_component and ge_type is not None:
-        complex_component = {0: "MAGNITUDE", 1: "PHASE", 2: "REAL", 3: "IMAGINARY"}.get(
-            int(ge_type), "")
-    mosaic = _first_number(_private(ds, 0x0019, 0x0A, _SIEMENS_HEADER))
-    temporal = _first_number(ds.get("NumberOfTemporalPositions"))
-    names = [ds.get("SequenceName"), ds.get("PulseSequenceName"),
-             _private(ds, 0x0019, 0x9C, _GE_ACQU)]
-    return HeaderFacts(
-        image_type=tuple(image_type),
-        description=" ".join(str(ds.get(k, "") or "") for k in ("SeriesDescription",
-                                                                  "ProtocolName")).upper(),
-        sequence_name=" ".join(str(n) for n in names if n).upper(),
-        scanning=frozenset(_upper_values(ds.get("ScanningSequence"))),
-        echo_planar=str(ds.get("EchoPlanarPulseSequence", "")).upper() == "YES",
-        contrast_kind=str(ds.get("AcquisitionContrast", "") or "").upper(),
-        complex_component=complex_component,
-        b_value=b_value,
-        mosaic_images=int(mosaic) if mosaic is not None else None,
-        temporal_positions=int(temporal) if temporal is not None else None,
-        body_part=str(ds.get("BodyPartExamined", "") or "").strip().upper(),
-        synthetic=str(ds.get("SyntheticData", "")).strip().upper() == "YES",
-    )
-
-
 def _words(pattern: str) -> re.Pattern[str]:
     """A keyword regex matched as a whole token (letters/digits around it do not count)."""
     return re.compile(r"(?<![A-Z0-9])(?:" + pattern + r")(?![A-Z])")
@@ -257,24 +149,29 @@ def _derived(f: HeaderFacts, _r: EligibilityRules) -> str | None:
     return None
 
 
-def _diffusion(f: HeaderFacts, _r: EligibilityRules) -> str | None:
-    hit = _image_type_hit(f, _DIFFUSION_TYPES)
+def _signature(f: HeaderFacts, types: Sequence[str] = (), contrasts: Sequence[str] = (),
+               words: re.Pattern[str] | None = None) -> str | None:
+    """Why ``f`` bears a class's signature: an Image Type value, an Enhanced MR Acquisition
+    Contrast, or a keyword of the Series Description / Protocol Name; None if none."""
+    hit = _image_type_hit(f, types)
     if hit:
         return f"Image Type contains {hit}"
-    if f.contrast_kind == "DIFFUSION":
-        return "Acquisition Contrast is DIFFUSION"
-    if f.b_value is not None and f.b_value > 0:
-        return f"diffusion b-value {f.b_value:g} s/mm2"
-    word = _keyword(f, _DIFFUSION_WORDS)
+    if f.contrast_kind and f.contrast_kind in contrasts:
+        return f"Acquisition Contrast is {f.contrast_kind}"
+    word = _keyword(f, words) if words is not None else None
     return f"Series Description/Protocol Name keyword {word}" if word else None
 
 
+def _diffusion(f: HeaderFacts, _r: EligibilityRules) -> str | None:
+    if f.b_value is not None and f.b_value > 0:
+        return f"diffusion b-value {f.b_value:g} s/mm2"
+    return _signature(f, _DIFFUSION_TYPES, ("DIFFUSION",), _DIFFUSION_WORDS)
+
+
 def _mosaic(f: HeaderFacts, _r: EligibilityRules) -> str | None:
-    if "MOSAIC" in f.image_type:
-        return "Image Type contains MOSAIC (slices tiled into one image)"
     if f.mosaic_images is not None and f.mosaic_images > 1:
         return f"Siemens mosaic of {f.mosaic_images} images in one instance"
-    return None
+    return _signature(f, ("MOSAIC",))
 
 
 def _epi(f: HeaderFacts, _r: EligibilityRules) -> str | None:
@@ -284,47 +181,27 @@ def _epi(f: HeaderFacts, _r: EligibilityRules) -> str | None:
         return "Echo Planar Pulse Sequence is YES"
     if re.search(r"(^|[ *])EP(I|2D|3D|_|\d)", f.sequence_name):
         return "Sequence Name says echo planar"
-    word = _keyword(f, _EPI_WORDS)
-    return f"Series Description/Protocol Name keyword {word}" if word else None
+    return _signature(f, words=_EPI_WORDS)
 
 
 def _perfusion(f: HeaderFacts, _r: EligibilityRules) -> str | None:
-    hit = _image_type_hit(f, _PERFUSION_TYPES)
-    if hit:
-        return f"Image Type contains {hit}"
-    if f.contrast_kind in ("PERFUSION", "FLOW_ENCODED"):
-        return f"Acquisition Contrast is {f.contrast_kind}"
     if f.temporal_positions is not None and f.temporal_positions > 1:
         return f"dynamic series: {f.temporal_positions} temporal positions"
-    word = _keyword(f, _PERFUSION_WORDS)
-    return f"Series Description/Protocol Name keyword {word}" if word else None
+    return _signature(f, _PERFUSION_TYPES, ("PERFUSION", "FLOW_ENCODED"), _PERFUSION_WORDS)
 
 
 def _spectroscopy(f: HeaderFacts, _r: EligibilityRules) -> str | None:
-    hit = _image_type_hit(f, ("SPECTROSCOPY", "CSI", "SPECTRUM"))
-    if hit:
-        return f"Image Type contains {hit}"
-    if f.contrast_kind == "SPECTROSCOPY":
-        return "Acquisition Contrast is SPECTROSCOPY"
-    word = _keyword(f, _SPECTRO_WORDS)
-    return f"Series Description/Protocol Name keyword {word}" if word else None
+    return _signature(f, ("SPECTROSCOPY", "CSI", "SPECTRUM"), ("SPECTROSCOPY",), _SPECTRO_WORDS)
 
 
 def _localizer(f: HeaderFacts, _r: EligibilityRules) -> str | None:
-    if "LOCALIZER" in f.image_type:
-        return "Image Type contains LOCALIZER"
-    word = _keyword(f, _LOCALIZER_WORDS)
-    return f"Series Description/Protocol Name keyword {word}" if word else None
+    return _signature(f, ("LOCALIZER",), (), _LOCALIZER_WORDS)
 
 
 def _phase(f: HeaderFacts, _r: EligibilityRules) -> str | None:
-    hit = _image_type_hit(f, _PHASE_TYPES)
-    if hit:
-        return f"Image Type contains {hit} (not a magnitude image)"
     if f.complex_component in ("PHASE", "REAL", "IMAGINARY"):
-        return f"complex image component is {f.complex_component}"
-    word = _keyword(f, _PHASE_WORDS)
-    return f"Series Description/Protocol Name keyword {word}" if word else None
+        return f"complex image component is {f.complex_component}, not MAGNITUDE"
+    return _signature(f, _PHASE_TYPES, (), _PHASE_WORDS)
 
 
 def _body_part(f: HeaderFacts, r: EligibilityRules) -> str | None:

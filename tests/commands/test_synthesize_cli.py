@@ -70,15 +70,18 @@ def test_bias_correction_flag_runs_n4_on_the_source(tmp_path: Path, simulated_t1
 
     assert synthesize("plain") == 0 and shapes == []
     assert synthesize("n4", "--bias-correction") == 0
-    assert shapes == [(10, 16, 16)] and len(list((tmp_path / "n4").iterdir())) == 10
+    assert shapes == [(20, 16, 16)] and len(list((tmp_path / "n4").iterdir())) == 20
 
 
 def test_blank_series_is_refused_with_the_reason(tmp_path: Path, tiny_checkpoint: Path,
                                                  capsys: pytest.CaptureFixture) -> None:
-    write_series(np.zeros((6, 16, 16)), (1.0, 1.0, 1.0), preset("T1"), tmp_path / "blank", seed=3)
+    # 24 slices of 1 mm: enough for a volume, so the blank pixels are what is refused (by the
+    # eligibility rules, before the model is asked)
+    write_series(np.zeros((24, 16, 16)), (1.0, 1.0, 1.0), preset("T1"), tmp_path / "blank",
+                 seed=3)
     code, err = _run_failing([str(tmp_path / "blank"), str(tmp_path / "out"), "--target", "T2",
                               "--checkpoint", str(tiny_checkpoint)], capsys)
-    assert code != 0 and "no usable signal" in err and str(tmp_path / "blank") in err
+    assert code != 0 and "not eligible (blank)" in err and str(tmp_path / "blank") in err
     assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
 
 

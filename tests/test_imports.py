@@ -1,6 +1,6 @@
 """The layout's rules, read from the source: no module of ``dicom_node/`` or ``synthesis/`` takes
-part in an import circle, and the node's product code never imports a tool, a test or a
-benchmark.
+part in an import circle, the node's product code never imports a tool, a test or a
+benchmark, and only the command line imports the commands.
 
 Every ``import`` statement counts, wherever it stands (module level, inside a function, under
 ``TYPE_CHECKING``): a lazy or type-only back-reference is still a circle in the design.
@@ -160,6 +160,14 @@ def test_the_node_path_imports_no_tool_test_or_benchmark() -> None:
              if not name.startswith(OFF_PATH + ENTRY_POINTS)}
     assert {name: targets for name, targets in wrong.items() if targets} == {}
     assert any(t.startswith("dicom_node.tools") for t in graph["dicom_node.commands.simulate"])
+
+
+def test_only_the_command_line_imports_the_commands() -> None:
+    graph = import_graph(module_files(REPO, "dicom_node"))
+    wrong = {name: sorted(t for t in targets if t.startswith("dicom_node.commands"))
+             for name, targets in graph.items() if not name.startswith(ENTRY_POINTS)}
+    assert {name: targets for name, targets in wrong.items() if targets} == {}
+    assert "dicom_node.store.status" in graph["dicom_node.http.api"]  # the report, not the CLI
 
 
 def test_synthesis_knows_no_dicom() -> None:

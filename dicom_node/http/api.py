@@ -1,84 +1,79 @@
-"""The JSON API's content: ``rtfsyn status --json``'s report, filtered by query parameters.
+"""The JSON API: ``rtfsyn status --json``'s report, with the status command's filters.
 
-The report comes from the status command's own query
-(:func:`dicom_node.store.status.build_report`); this module only selects rows of it.
-Filters (all optional): ``state`` (one or more, comma-separated), ``series`` (a Series
-Instance UID), ``target`` (jobs), ``since`` (ISO 8601 time, UTC when no zone is given:
-series last received, jobs created at or after it), ``limit`` (newest N rows, default 100).
+The rows come from the status query itself (:func:`dicom_node.store.status.build_report`
+with a :class:`~dicom_node.store.status.StatusFilter`); this module only turns query
+parameters into that filter. Parameters (all optional), as ``rtfsyn status`` takes them:
+``since`` (``30m``, ``2h``, ``1d`` or an ISO 8601 time, UTC unless it says otherwise),
+``state`` (one or more, comma-separated: a series is listed when it or one of its jobs is
+in one, a job when it or its series is), ``series`` (a Series Instance UID or part of
+one), ``limit`` (newest N rows per list; default 100 for ``/api/series`` and
+``/api/jobs``); ``target`` (``/api/jobs`` only: a target preset).
 """
 from __future__ import annotations
 
-import datetime as dt
+import argparse
 from pathlib import Path
 from typing import Any, Mapping
 
-from dicom_node.store.status import StatusFilter, build_report
+from dicom_node.commands.status import since_time
+from dicom_node.store.status import ALL_STATES, StatusFilter, build_report
 
-__all__ = ["BadQuery", "DEFAULT_LIMIT", "MAX_LIMIT", "query_rows", "report"]
+__all__ = ["BadQuery", "DEFAULT_LIMIT", "MAX_LIMIT", "status_filter", "query_rows", "report"]
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 10000
-_KEYS = {"series": {"state", "series", "since", "limit"},
-         "jobs": {"state", "series", "target", "since", "limit"}}
-_SINCE_FIELD = {"series": "last_received_at", "jobs": "created_at"}
+_FILTERS = {"since", "state", "series", "limit"}
+_KEYS = {"status": _FILTERS, "series": _FILTERS, "jobs": _FILTERS | {"target"}}
 
 
 class BadQuery(ValueError):
     """A query parameter breaks a rule; the message names it and the value found."""
 
 
-def _since(value: str) -> dt.datetime:
-    try:
-        when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise BadQuery(f"since must be an ISO 8601 time such as 2026-12-06T08:00:00Z. "
-                       f"Found {value!r}.") from exc
-    if when.tzinfo is not None:
-        when = when.astimezone(dt.timezone.utc).replace(tzinfo=None)
-    return when
-
-
-def _limit(value: str | None) -> int:
+def _limit(value: str | None, default: int | None) -> int | None:
     if value is None:
-        return DEFAULT_LIMIT
+        return default
     if not value.isdigit() or not 1 <= int(value) <= MAX_LIMIT:
         raise BadQuery(f"limit must be an integer in [1, {MAX_LIMIT}]. Found {value!r}.")
     return int(value)
 
 
-def _stamp(text: str | None) -> dt.datetime | None:
-    return None if text is None else dt.datetime.fromisoformat(text.rstrip("Z"))
-
-
-def report(database: Path | str, limit: int | None) -> dict[str, Any]:
-    """The whole status report (what ``rtfsyn status --json --limit N`` prints)."""
-    return build_report(database, StatusFilter(limit=limit))
-
-
-def query_rows(database: Path | str, kind: str, params: Mapping[str, str]) -> list[dict[str, Any]]:
-    """The ``kind`` (``series`` or ``jobs``) rows of the status report that match
-    ``params``, newest first; raises :class:`BadQuery` for an unknown or bad parameter."""
+def status_filter(kind: str, params: Mapping[str, str],
+                  default_limit: int | None = None) -> StatusFilter:
+    """The :class:`StatusFilter` that ``params`` ask for on ``/api/<kind>``; raises
+    :class:`BadQuery` for an unknown parameter or a bad value."""
     unknown = sorted(set(params) - _KEYS[kind])
     if unknown:
         raise BadQuery(f"unknown query parameter(s) {', '.join(unknown)}; known: "
                        f"{', '.join(sorted(_KEYS[kind]))}.")
-    limit = _limit(params.get("limit"))
-    states = {s.strip() for s in params["state"].split(",")} if "state" in params else None
-    since = _since(params["since"]) if "since" in params else None
-    filtered = bool(states or since or "series" in params or "target" in params)
-    rows = build_report(database, StatusFilter(limit=None if filtered else limit))[kind]
-    out = []
-    for row in rows:
-        if states and row["state"] not in states:
-            continue
-        if "series" in params and row["series_uid"] != params["series"]:
-            continue
-        if "target" in params and row.get("target") != params["target"].upper():
-            continue
-        stamp = _stamp(row.get(_SINCE_FIELD[kind]))
-        if since and (stamp is None or stamp < since):
-            continue
-        out.append(row)
-        if len(out) >= limit:
-            break
-    return out
+    since = None
+    if "since" in params:
+        try:
+            since = since_time(params["since"])
+        except argparse.ArgumentTypeError as exc:
+            raise BadQuery(f"since: {exc}.") from exc
+    states = frozenset(s.strip() for s in params.get("state", "").split(",") if s.strip())
+    wrong = sorted(states - set(ALL_STATES))
+    if wrong:
+        raise BadQuery(f"state must be among {', '.join(ALL_STATES)}. Found "
+                       f"{', '.join(wrong)}.")
+    return StatusFilter(since=since, states=states, series=params.get("series") or None,
+                        limit=_limit(params.get("limit"), default_limit))
+
+
+def report(database: Path | str, params: Mapping[str, str]) -> dict[str, Any]:
+    """The whole status report (``rtfsyn status --json`` with the same filters)."""
+    return build_report(database, status_filter("status", params))
+
+
+def query_rows(database: Path | str, kind: str, params: Mapping[str, str]
+               ) -> list[dict[str, Any]]:
+    """The ``kind`` (``series`` or ``jobs``) rows of the filtered status report, newest
+    first; ``target`` keeps the jobs of one target preset."""
+    wanted = status_filter(kind, params, DEFAULT_LIMIT)
+    target = params.get("target", "").upper()
+    if not target:
+        return build_report(database, wanted)[kind]
+    every = StatusFilter(since=wanted.since, states=wanted.states, series=wanted.series)
+    rows = [r for r in build_report(database, every)[kind] if r.get("target") == target]
+    return rows[: wanted.limit]

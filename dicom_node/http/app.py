@@ -36,6 +36,7 @@ from dicom_node.http.api import BadQuery, query_rows, report
 from dicom_node.http.metrics import exposition
 from dicom_node.http.readiness import Readiness
 from dicom_node.http.thumbnails import thumbnail_png
+from dicom_node.store.status import StatusFilter, build_report
 from dicom_node.store.jobqueue import JobQueue
 from dicom_node.store.joblog import DATABASE_ERRORS, JobLog, UnknownJob
 
@@ -145,7 +146,7 @@ def _thumbnail(ctx: StatusContext, request: Request) -> Response:
 
 
 def _page(ctx: StatusContext, request: Request) -> Response:
-    status = report(ctx.database, PAGE_ROWS)
+    status = build_report(ctx.database, StatusFilter(limit=PAGE_ROWS))
     for job in status["jobs"]:
         job["thumbnails"] = job["state"] in _WITH_OUTPUT and job["n_derived"] > 0
     ready, readiness = ctx.readiness.report()
@@ -183,11 +184,10 @@ def create_app(ctx: StatusContext) -> Starlette:
 
     @guard
     def api_status(request: Request) -> Response:
-        limit = request.query_params.get("limit")
-        if limit is not None and not limit.isdigit():
-            return JSONResponse({"error": f"limit must be a positive integer. Found {limit!r}."},
-                                status_code=400)
-        return JSONResponse(report(ctx.database, int(limit) if limit else None))
+        try:
+            return JSONResponse(report(ctx.database, dict(request.query_params)))
+        except BadQuery as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
 
     routes = [
         Route("/health", health), Route("/ready", ready), Route("/metrics", metrics),

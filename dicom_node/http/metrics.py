@@ -124,9 +124,10 @@ class NodeCollector(Collector):
         for st, _target, n in jobs:
             by_state[st] += n
         yield _gauge("rtfsyn_queue_depth", "jobs waiting: synthesis (queued) and delivery "
-                     "(sending, including those waiting for a retry)",
+                     "(sending, or waiting for the destination's next attempt)",
                      {("synthesis",): by_state[JobState.QUEUED],
-                      ("delivery",): by_state[JobState.SENDING]}, ["queue"])
+                      ("delivery",): by_state[JobState.SENDING] + by_state[JobState.WAITING]},
+                     ["queue"])
         yield _synthesis_histogram(histogram)
         yield from _delivery_counters(deliveries)
 

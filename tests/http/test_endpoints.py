@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from dicom_node.store.status import build_report
+from dicom_node.store.status import StatusFilter, build_report
 from dicom_node.http.readiness import Readiness
 from dicom_node.receive.disk_guard import DiskGuard
 from tests.http.helpers import TOKEN, HttpNode
@@ -87,6 +87,12 @@ def _run_one_series(node: HttpNode, folder: Path) -> str:
     return uid
 
 
+def _same(api: dict, report: dict) -> dict:
+    """The report without the time it was generated (two calls, two times)."""
+    assert api["generated_at"] and report["generated_at"]
+    return {**api, "generated_at": report["generated_at"]}
+
+
 def test_api_is_the_status_report_with_filters(make_http_node: Any, pacs: TestStorageSCP,
                                                tmp_path: Path) -> None:
     node = make_http_node(dest_port=pacs.port)
@@ -94,18 +100,22 @@ def test_api_is_the_status_report_with_filters(make_http_node: Any, pacs: TestSt
     report = build_report(node.config.database_path)
     assert node.get_json("/api/series")["series"] == report["series"]
     assert node.get_json("/api/jobs")["jobs"] == report["jobs"]
-    whole = node.get_json("/api/status")
-    assert whole.pop("generated_at") and report.pop("generated_at")  # when each was made
-    assert whole == report
+    assert _same(node.get_json("/api/status"), report) == report
+    failed = build_report(node.config.database_path, StatusFilter(states=frozenset({"failed"})))
+    assert _same(node.get_json("/api/status?state=failed"), failed) == failed
     assert [s["series_uid"] for s in node.get_json(f"/api/series?series={uid}")["series"]] \
         == [uid]
+    assert len(node.get_json(f"/api/jobs?series={uid[-12:]}")["jobs"]) == 1, "a UID's tail"
     assert node.get_json("/api/jobs?state=failed,rejected")["jobs"] == []
     assert [j["state"] for j in node.get_json("/api/jobs?state=done&target=t2")["jobs"]] \
         == ["done"]
+    assert node.get_json("/api/jobs?target=FLAIR")["jobs"] == []
     assert node.get_json("/api/jobs?since=2999-01-01T00:00:00Z")["jobs"] == []
+    assert len(node.get_json("/api/series?since=1h")["series"]) == 1
     assert len(node.get_json("/api/series?since=2000-01-01T00:00:00%2B01:00")["series"]) == 1
     for bad, word in (("/api/jobs?limit=0", "limit"), ("/api/jobs?since=yesterday", "since"),
-                      ("/api/series?colour=red", "colour")):
+                      ("/api/series?colour=red", "colour"), ("/api/jobs?state=lost", "lost"),
+                      ("/api/series?target=T2", "target"), ("/api/status?limit=x", "limit")):
         status, _headers, body = node.get(bad)
         assert status == 400 and word in json.loads(body)["error"], (bad, body)
     # the destination's last outcome appears in /ready once a delivery happened

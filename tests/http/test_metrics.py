@@ -9,7 +9,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
-from tests.helpers.node import TestStorageSCP, send_files
+from tests.helpers.node import TestStorageSCP, free_port, send_files, wait_for
 from tests.reliability.helpers import series_uid_of, small_series
 
 Key = tuple[str, tuple[tuple[str, str], ...]]
@@ -51,7 +51,6 @@ def test_counters_move_across_a_run(make_http_node: Any, pacs: TestStorageSCP,
 
 def test_refused_cstore_and_failed_delivery_are_counted(make_http_node: Any,
                                                         tmp_path: Path) -> None:
-    from tests.helpers.node import free_port
 
     node = make_http_node(dest_port=free_port(), export={"max_attempts": 1})  # nobody there
     files = small_series(tmp_path / "src")
@@ -70,3 +69,19 @@ def test_refused_cstore_and_failed_delivery_are_counted(make_http_node: Any,
     assert after[("rtfsyn_jobs", (("state", "failed"), ("target", "T2")))] == 1.0
     dest = node.get_json("/ready")["destinations"]["PACS"]
     assert dest["last_outcome"] == "failed" and "unreachable" in dest["error"], dest
+
+
+def test_a_job_waiting_for_its_destination_is_in_the_delivery_queue(make_http_node: Any,
+                                                                    tmp_path: Path) -> None:
+
+    node = make_http_node(dest_port=free_port())  # nobody there; retried for the window
+    files = small_series(tmp_path / "src")
+    assert set(send_files(files, node.port)) == {0}
+    uid = series_uid_of(files[0])
+    wait_for(lambda: [j for j in node.jobs_of(uid) if j["state"] == "waiting"], timeout=120.0,
+             what="the job waiting for its destination")
+    metrics = node.metrics()
+    assert metrics[("rtfsyn_queue_depth", (("queue", "delivery"),))] == 1.0
+    assert metrics[("rtfsyn_jobs", (("state", "waiting"), ("target", "T2")))] == 1.0
+    page = node.get("/")[2].decode()
+    assert "waiting" in page and "next attempt" in page

@@ -23,7 +23,7 @@ def test_refused_series_and_failed_job_are_posted(make_http_node: Any, tmp_path:
     node = make_http_node(dest_port=free_port(), export={"max_attempts": 1},
                           notify=_notify(webhook.url, token=TOKEN))
     good = small_series(tmp_path / "good", mutate=with_sentinels)      # delivery fails: no PACS
-    short = small_series(tmp_path / "short", n_slices=1, seed=1,  # rejected: one slice
+    short = small_series(tmp_path / "short", n_slices=1, seed=1,  # refused: one slice
                          mutate=with_sentinels)
     ct = [make_ct_file(tmp_path / "ct")]                          # not eligible (SOP class)
     for files in (good, short, ct):
@@ -35,9 +35,9 @@ def test_refused_series_and_failed_job_are_posted(make_http_node: Any, tmp_path:
     assert failed["event"] == "job_failed" and failed["state"] == "failed"
     assert "delivery failed after 1 attempt" in failed["reason"], failed
     assert failed["job"]["target"] == "T2" and failed["job"]["destination"] == "PACS"
-    rejected = by_series[series_uid_of(short[0])]
-    assert (rejected["event"], rejected["state"]) == ("series_refused", "rejected")
-    assert rejected["reason"], rejected
+    short_doc = by_series[series_uid_of(short[0])]  # its one job was rejected: told once
+    assert (short_doc["event"], short_doc["state"]) == ("series_refused", "rejected")
+    assert "1 slice" in short_doc["reason"] and short_doc["job"]["target"] == "T2", short_doc
     refused = by_series[series_uid_of(ct[0])]
     assert (refused["event"], refused["state"], refused["job"]) == \
         ("series_refused", "not_eligible", None)

@@ -13,24 +13,18 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
 from typing import Sequence
+
+from dicom_node.tools.loopback import free_port
 
 __all__ = ["PostgresCluster", "postgres_bin_dir", "MISSING_REASON", "free_port"]
 
 MISSING_REASON = ("PostgreSQL server binaries not found (/usr/lib/postgresql/*/bin/initdb); "
                   "install Debian's 'postgresql' package (.ci/run does)")
 SERVICE_USER = "postgres"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def postgres_bin_dir() -> Path | None:

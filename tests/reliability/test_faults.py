@@ -143,7 +143,8 @@ def test_disk_short_during_an_association_answers_out_of_resources(
         make_node: NodeFactory, tmp_path: Path, pacs: TestStorageSCP) -> None:
     used = {"percent": 10.0}
     guard = DiskGuard(tmp_path, 80.0, cache_seconds=0.0,
-                      usage=lambda _p: (100, int(used["percent"]), 100 - int(used["percent"])))
+                      usage=lambda _p: (100 << 30, int(used["percent"]) << 30,
+                                        (100 - int(used["percent"])) << 30))  # GiB
     node = make_node(dest_port=pacs.port, disk=guard)
     files = small_series(tmp_path / "src")
     ae = AE(ae_title="SCU")

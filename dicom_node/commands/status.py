@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,6 @@ from typing import Any
 from dicom_node.commands.common import EXIT_CONFIG, load_config_or_report
 
 EXIT_ERROR = 2
-_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|min|h|d)$")
-_UNIT_SECONDS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
 
 
 def add_parser(subparsers: Any) -> None:
@@ -46,20 +43,13 @@ def add_parser(subparsers: Any) -> None:
 
 
 def since_time(text: str) -> dt.datetime:
-    """``30m``/``2h``/``1d`` ago, or an ISO 8601 time, as naive UTC."""
-    match = _RELATIVE.match(text.strip())
-    now = dt.datetime.now(dt.timezone.utc)
-    if match:
-        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-        return (now - dt.timedelta(seconds=seconds)).replace(tzinfo=None)
+    """``30m``/``2h``/``1d`` ago, or an ISO 8601 time, as naive UTC (argparse type)."""
+    from dicom_node.store.status import parse_since
+
     try:
-        when = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected 30m, 2h, 1d or an ISO time such as 2026-12-06T08:00. Found {text!r}")
-    if when.tzinfo is not None:
-        when = when.astimezone(dt.timezone.utc).replace(tzinfo=None)
-    return when
+        return parse_since(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _states(values: list[str]) -> frozenset[str]:

@@ -11,12 +11,10 @@ one), ``limit`` (newest N rows per list; default 100 for ``/api/series`` and
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any, Mapping
 
-from dicom_node.commands.status import since_time
-from dicom_node.store.status import ALL_STATES, StatusFilter, build_report
+from dicom_node.store.status import ALL_STATES, StatusFilter, build_report, parse_since
 
 __all__ = ["BadQuery", "DEFAULT_LIMIT", "MAX_LIMIT", "status_filter", "query_rows", "report"]
 
@@ -49,8 +47,8 @@ def status_filter(kind: str, params: Mapping[str, str],
     since = None
     if "since" in params:
         try:
-            since = since_time(params["since"])
-        except argparse.ArgumentTypeError as exc:
+            since = parse_since(params["since"])
+        except ValueError as exc:
             raise BadQuery(f"since: {exc}.") from exc
     states = frozenset(s.strip() for s in params.get("state", "").split(",") if s.strip())
     wrong = sorted(states - set(ALL_STATES))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,11 @@ from dicom_node.store import db
 from dicom_node.store.joblog import JobLog
 from dicom_node.store.nodes import node_rows
 
-__all__ = ["StatusFilter", "build_report", "SERIES_FIELDS", "JOB_FIELDS", "ALL_STATES"]
+__all__ = ["StatusFilter", "build_report", "parse_since", "SERIES_FIELDS", "JOB_FIELDS",
+           "ALL_STATES"]
+
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|min|h|d)$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
 
 SERIES_FIELDS = ("series_uid", "study_uid", "modality", "description", "series_number",
                  "n_instances", "source_contrast", "state", "reason", "generation",
@@ -48,6 +53,24 @@ ACTIVE_JOB_STATES = (db.JobState.QUEUED, db.JobState.RUNNING, db.JobState.SENDIN
                      db.JobState.WAITING)
 ALL_STATES = tuple(dict.fromkeys([s.value for s in db.SeriesState]
                                  + [s.value for s in db.JobState]))
+
+
+def parse_since(text: str) -> dt.datetime:
+    """``30m``/``2h``/``1d`` ago, or an ISO 8601 time, as naive UTC; ``ValueError`` names
+    the forms and the value found."""
+    match = _RELATIVE.match(text.strip())
+    now = dt.datetime.now(dt.timezone.utc)
+    if match:
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        return (now - dt.timedelta(seconds=seconds)).replace(tzinfo=None)
+    try:
+        when = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"expected 30m, 2h, 1d or an ISO time such as 2026-12-06T08:00. "
+                         f"Found {text!r}") from None
+    if when.tzinfo is not None:
+        when = when.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    return when
 
 
 @dataclass(frozen=True)

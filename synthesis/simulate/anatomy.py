@@ -31,7 +31,7 @@ from scipy import ndimage
 
 from synthesis.simulate.fields import smooth_field
 
-__all__ = ["Coverage", "AnatomyEdits", "random_edits", "random_affine", "svf_displacement",
+__all__ = ["Coverage", "AnatomyEdits", "random_edits", "random_affine", "rotation", "affine_coords", "svf_displacement",
            "BrainMaps", "enlarge_ventricles", "thin_cortex", "add_lesions", "add_cavities", "add_masses",
            "label_phantom", "ventricle_mask", "apply_edits", "distance_mm", "resize", "warp"]
 
@@ -132,19 +132,41 @@ def random_edits(rng: np.random.Generator) -> AnatomyEdits:
 
 
 # -- deformation -----------------------------------------------------------------
+def rotation(angles: np.ndarray) -> np.ndarray:
+    """``(3, 3)`` rotation: about axis 0, then 1, then 2 (voxel axes z, y, x) by ``angles`` (rad),
+    composed as ``R0 @ R1 @ R2``."""
+    out = np.eye(3)
+    for axis, angle in enumerate(angles):
+        c, s = math.cos(float(angle)), math.sin(float(angle))
+        a, b = [i for i in range(3) if i != axis]
+        r = np.eye(3)
+        r[a, a], r[a, b], r[b, a], r[b, b] = c, -s, s, c
+        out = out @ r
+    return out
+
+
+def affine_coords(base: np.ndarray, matrix: np.ndarray, offset: tuple[float, ...]) -> np.ndarray:
+    """Add to ``base`` ``(3, D, H, W)`` (in place, returned) the coordinates of an affine map
+    about the grid's centre: ``matrix @ (x - centre) + centre + offset`` per voxel ``x``."""
+    shape = base.shape[1:]
+    centre = (np.asarray(shape, dtype=np.float32) - 1) / 2
+    for i in range(3):
+        base[i] += centre[i] + offset[i]
+        for j in range(3):
+            axis = np.arange(shape[j], dtype=np.float32) - centre[j]
+            view = [1, 1, 1]
+            view[j] = shape[j]
+            base[i] += np.float32(matrix[i, j]) * axis.reshape(view)
+    return base
+
+
 def random_affine(rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:
     """A ``(3, 3)`` matrix (voxel axes z, y, x): rotations about ±15°, scaling 0.85–1.15
     (a common factor and per axis), shears ±0.05, all scaled by ``strength``."""
     angles = np.deg2rad(rng.uniform(-15.0, 15.0, size=3) * strength)
     common = 1.0 + rng.uniform(-0.10, 0.10) * strength
     scale = common * (1.0 + rng.uniform(-0.05, 0.05, size=3) * strength)
-    matrix = np.diag(scale)
-    for axis, angle in enumerate(angles):
-        c, s = math.cos(angle), math.sin(angle)
-        a, b = [i for i in range(3) if i != axis]
-        rot = np.eye(3)
-        rot[a, a], rot[a, b], rot[b, a], rot[b, b] = c, -s, s, c
-        matrix = rot @ matrix
+    matrix = rotation(angles) @ np.diag(scale)
     shear = np.eye(3) + np.triu(rng.uniform(-0.05, 0.05, size=(3, 3)) * strength, 1)
     return (matrix @ shear).astype(np.float64)
 

@@ -26,9 +26,11 @@ from synthesis.simulate.anatomy import (
     AnatomyEdits,
     BrainMaps,
     Coverage,
+    affine_coords,
     apply_edits,
     label_phantom,
     random_affine,
+    rotation,
     svf_displacement,
     warp,
 )
@@ -116,25 +118,9 @@ def _sampling_coords(shape: tuple[int, int, int], offset: tuple[int, int, int],
     angles = np.deg2rad(rng.uniform(-5.0, 5.0, size=3))
     scale = rng.uniform(0.95, 1.04) * rng.uniform(0.98, 1.02, size=3)
     shift = rng.uniform(-3.0, 3.0, size=3)
-    rot = np.eye(3)
-    for axis, angle in enumerate(angles):
-        c, s = np.cos(angle), np.sin(angle)
-        a, b = [i for i in range(3) if i != axis]
-        r = np.eye(3)
-        r[a, a], r[a, b], r[b, a], r[b, b] = c, -s, s, c
-        rot = rot @ r
-    matrix = (rot * scale[None, :]).astype(np.float32)
+    matrix = (rotation(angles) * scale[None, :]).astype(np.float32)
     warp = smooth_field(shape, rng, n_fields=3, n_ctrl=6) * np.float32(rng.uniform(1.0, 3.5))
-    centre = (np.asarray(shape, dtype=np.float32) - 1) / 2
-    coords = warp
-    for i in range(3):
-        coords[i] += centre[i] + offset[i] + shift[i]
-        for j in range(3):
-            grid = np.arange(shape[j], dtype=np.float32) - centre[j]
-            view = [1, 1, 1]
-            view[j] = shape[j]
-            coords[i] += matrix[i, j] * grid.reshape(view)
-    return coords
+    return affine_coords(warp, matrix, tuple(o + t for o, t in zip(offset, shift)))
 
 
 def _shells(brain_frac: np.ndarray, brain_mask: np.ndarray, rng: np.random.Generator
@@ -229,15 +215,7 @@ def _warp_coords(shape: tuple[int, int, int], offset: tuple[int, ...], rng: np.r
     shift = rng.uniform(-5.0, 5.0, size=3) * strength
     coords = svf_displacement(shape, rng, max_std_mm=3.0 * strength) if strength > 0 else \
         np.zeros((3, *shape), dtype=np.float32)
-    centre = (np.asarray(shape, dtype=np.float32) - 1) / 2
-    for i in range(3):
-        coords[i] += centre[i] + offset[i] + shift[i]
-        for j in range(3):
-            axis = np.arange(shape[j], dtype=np.float32) - centre[j]
-            view = [1, 1, 1]
-            view[j] = shape[j]
-            coords[i] += matrix[i, j] * axis.reshape(view)
-    return coords
+    return affine_coords(coords, matrix, tuple(o + t for o, t in zip(offset, shift)))
 
 
 def _make_randomized(seed: int, edits: AnatomyEdits) -> Subject:

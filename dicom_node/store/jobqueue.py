@@ -195,6 +195,9 @@ class JobQueue:
                 return None
             if job.state == JobState.WAITING:
                 _move(job, JobState.SENDING, job.reason)
+            # a delivery still running has lost its sender (the lease ran out before any
+            # recovery ended it): end it here, atomically with taking the job over
+            self._interrupt_deliveries(s, job, now, self._gone())
             job.claimed_by, job.lease_expires_at = self.worker, now + self.lease
             attempt = 1 + s.scalar(select(func.count(Delivery.id))
                                    .where(Delivery.job_id == job_id))
@@ -269,7 +272,7 @@ class JobQueue:
         now = utcnow()
         counts = dict.fromkeys(Recovery.__dataclass_fields__, 0)
         shared = self.log.shared
-        gone = "its lease expired" if shared else "node stopped"
+        gone = self._gone()
         with self.log.transaction() as s:
             assocs = select(Association).where(Association.state == AssociationState.OPEN)
             if shared:
@@ -297,13 +300,8 @@ class JobQueue:
         """Requeue (or fail) an interrupted synthesis; end an interrupted delivery and send
         the job again now."""
         who = f" ({job.claimed_by})" if job.claimed_by and self.log.shared else ""
-        job.lease_expires_at = None
         if job.state == JobState.SENDING:
-            for delivery in s.scalars(select(Delivery).where(
-                    Delivery.job_id == job.id, Delivery.status == DeliveryStatus.RUNNING)):
-                delivery.status, delivery.ended_at = DeliveryStatus.FAILED, now
-                delivery.error = f"interrupted: {gone} during the delivery{who}"
-                counts["deliveries_interrupted"] += 1
+            counts["deliveries_interrupted"] += self._interrupt_deliveries(s, job, now, gone)
             job.next_attempt_at = now
             counts["jobs_resending"] += 1
         elif job.attempts >= MAX_PROCESSING_ATTEMPTS:
@@ -314,6 +312,24 @@ class JobQueue:
         else:
             _move(job, JobState.QUEUED, f"requeued: {gone} while synthesizing{who}")
             counts["jobs_requeued"] += 1
+        job.lease_expires_at = None
+
+    def _gone(self) -> str:
+        """Why work of another process is taken back, for reasons and errors."""
+        return "its lease expired" if self.log.shared else "node stopped"
+
+    def _interrupt_deliveries(self, s: Session, job: Job, now: dt.datetime,
+                              gone: str) -> int:
+        """Mark the job's deliveries still ``running`` failed as interrupted (their
+        sender is gone; the caller holds the job row's lock); returns how many."""
+        who = f" ({job.claimed_by})" if job.claimed_by and self.log.shared else ""
+        stale = list(s.scalars(select(Delivery).where(
+            Delivery.job_id == job.id, Delivery.status == DeliveryStatus.RUNNING)))
+        for delivery in stale:
+            check_transition(delivery.status, DeliveryStatus.FAILED)
+            delivery.status, delivery.ended_at = DeliveryStatus.FAILED, now
+            delivery.error = f"interrupted: {gone} during the delivery{who}"
+        return len(stale)
 
     def heartbeat(self) -> int:
         """Extend the lease of every job this process is synthesizing or delivering, and

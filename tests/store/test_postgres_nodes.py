@@ -2,10 +2,14 @@
 serve`` children sharing a job log on a PostgreSQL server of the test's own and one spool
 folder), several series sent, one worker SIGKILLed while it synthesizes. Every series is
 processed and delivered exactly once: jobs are claimed by both workers and by none twice,
-and the killed worker's job is taken over by the other once its lease expires."""
+and the killed worker's job is taken over by the other once its lease expires. The worker
+is killed while it synthesizes and sends nothing (a delivery cut off mid-send is retried in
+full: tests/store/test_shared_queue.py covers that takeover)."""
 from __future__ import annotations
 
 import datetime as dt
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +38,26 @@ def _job_to_kill(nodes: ScaleOut, workers: dict[str, str]) -> tuple[int, str] | 
     return None
 
 
+def _pause_mid_synthesis(nodes: ScaleOut, workers: dict[str, str]) -> tuple[int, str] | None:
+    """Like :func:`_job_to_kill`, with the worker SIGSTOPped and not delivering: its sender
+    may be sending its first job meanwhile, and a series cut off mid-send is sent again in
+    full by the other worker (the same instances twice at the destination). Stopped, the
+    worker cannot begin a delivery between this check and the SIGKILL; one that is
+    delivering is continued (SIGCONT) and None returned, to try again."""
+    found = _job_to_kill(nodes, workers)
+    if found is None:
+        return None
+    job_id, name = found
+    os.kill(nodes.processes[name].pid, signal.SIGSTOP)
+    sending = nodes.query("SELECT count(*) FROM deliveries WHERE status = 'running' "
+                          "AND sender = :node", node=workers[name])
+    running = nodes.query("SELECT state, claimed_by FROM jobs WHERE id = :id", id=job_id)
+    if sending == [(0,)] and running == [("running", workers[name])]:
+        return found
+    os.kill(nodes.processes[name].pid, signal.SIGCONT)
+    return None
+
+
 def _jobs(url: str) -> list[dict[str, Any]]:
     return build_report(url)["jobs"]
 
@@ -49,8 +73,9 @@ def test_two_workers_share_the_queue_and_take_over_a_killed_workers_job(
                    for i in range(N_SERIES)]
         for files in sources:
             assert set(send_files(files, port)) == {0}
-        job_id, victim = wait_until(lambda: _job_to_kill(nodes, workers), timeout_s=300,
-                                    what="a worker's second job mid-synthesis", interval_s=0.05)
+        job_id, victim = wait_until(lambda: _pause_mid_synthesis(nodes, workers),
+                                    timeout_s=300, interval_s=0.05,
+                                    what="a worker's second job mid-synthesis, none sending")
         nodes.kill(victim)
         survivor = next(n for n in workers if n != victim)
         state = nodes.query("SELECT state, claimed_by, attempts, processed_by FROM jobs "

@@ -135,6 +135,28 @@ def test_one_sender_at_a_time_and_an_interrupted_delivery_is_resent(pg_url: str)
         assert delivery.error == "interrupted: its lease expired during the delivery (worker-a)"
 
 
+def test_taking_over_an_expired_delivery_ends_the_dead_senders_delivery(pg_url: str) -> None:
+    """The surviving sender may claim the job before any recovery ran: the dead sender's
+    ``running`` delivery is ended as interrupted in the same transaction."""
+    a, b = _node(pg_url, "worker-a"), _node(pg_url, "worker-b")
+    _queued_jobs(a, 1)
+    qa, qb = JobQueue(a, LEASE), JobQueue(b, LEASE)
+    job = qa.claim_next()
+    qa.processed(job.id, ["attempt-1/x.dcm"], None, 1.0, attempt=job.attempts)
+    first = qa.begin_delivery(job.id, "PACS", "h", 1, if_due=True)
+    _expire(a, job.id)  # worker-a died while sending; no recovery has run yet
+    second = qb.begin_delivery(job.id, "PACS", "h", 1, if_due=True)
+    assert second is not None and second != first
+    with b.session() as s:
+        rows = {d.id: (d.status, d.sender, d.error)
+                for d in s.scalars(select(db.Delivery).where(db.Delivery.job_id == job.id))}
+    assert rows == {
+        first: (db.DeliveryStatus.FAILED, "worker-a",
+                "interrupted: its lease expired during the delivery (worker-a)"),
+        second: (db.DeliveryStatus.RUNNING, "worker-b", None)}
+    assert qb.recover().deliveries_interrupted == 0  # nothing left for recovery
+
+
 def test_open_associations_of_a_stopped_receiver_are_aborted(pg_url: str) -> None:
     a, b = _node(pg_url, "receiver-a"), _node(pg_url, "receiver-b")
     open_a = a.open_association("SCU", "RTFSYN", None, None)

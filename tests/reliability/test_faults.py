@@ -187,7 +187,10 @@ def test_aborted_association_triggers_nothing(make_node: NodeFactory, tmp_path: 
 
 def test_peer_that_stalls_mid_transfer_is_timed_out(make_node: NodeFactory, tmp_path: Path,
                                                     pacs: TestStorageSCP) -> None:
-    node = make_node(dest_port=pacs.port, node={"network_timeout_seconds": 2.0})
+    # after its A-ABORT the node waits up to ARTIM for the peer to close (PS3.8 Sta13), and
+    # a connection that never sends its A-ASSOCIATE-RQ is closed at ARTIM: 5 s, not 30
+    node = make_node(dest_port=pacs.port, node={"network_timeout_seconds": 2.0,
+                                                "artim_timeout_seconds": 5.0})
     stalled = raw_connect(node.port)
     silent = raw_connect(node.port)  # connects and never says anything
     try:

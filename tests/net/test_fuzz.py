@@ -32,10 +32,11 @@ import numpy as np
 import pytest
 
 from dicom_node.cli import main as rtfsyn
+from dicom_node.net import pdu
 from tests.helpers.dicom_factory import make_series
 from tests.helpers.node import TestStorageSCP, fake_processor, wait_for
 from tests.net.fuzz_cases import CLASSES, REQUEST, Case, Good, valid_stream
-from tests.net.helpers import (RawPeer, data_set_bytes, echo_command, files_in, p_data, rq,
+from tests.net.helpers import (RawPeer, store_command, data_set_bytes, echo_command, files_in, p_data, rq,
                                rss_mib)
 from tests.reliability.figures import FuzzClass, fuzz_class
 from tests.reliability.helpers import RelNode, echo_ok
@@ -240,13 +241,21 @@ def _check_after(target: Target, name: str, cases: int, hangs: int, note: str = 
 
 
 def test_valid_stream_is_accepted(target: Target, good: Good) -> None:
-    """The material the fuzzer damages is valid: sent whole, the data set is stored."""
+    """The material the fuzzer damages is valid: sent message by message, each answer awaited
+    (pynetdicom's acceptor sometimes drops a peer that pipelines its requests), the data set is
+    stored. The fuzz classes send ``valid_stream(good)`` damaged."""
+    store = [p_data(3, store_command(good.sop_instance, message_id=2), command=True)]
+    data = good.data_set
+    for start in range(0, len(data), 4000):
+        store.append(p_data(3, data[start:start + 4000], command=False, last=start + 4000 >= len(data)))
+    messages = [REQUEST, p_data(1, echo_command(), command=True), b"".join(store), pdu.encode_release_rq()]
+    assert b"".join(messages) == valid_stream(good)
     kinds = []
     with RawPeer(target.node.port) as peer:
-        _send(peer.sock, valid_stream(good))
-        for _ in range(3):  # echo rsp, store rsp, RP
+        for message in messages:  # AC, echo rsp, store rsp, RP
+            peer.sock.sendall(message)
             kinds.append(peer.recv_pdu()[0])
-    assert kinds == [0x04, 0x04, 0x06]
+    assert kinds == [0x02, 0x04, 0x04, 0x06]
     wait_for(lambda: target.node.status()["instances"]["total"] >= 1, what="stored")
 
 

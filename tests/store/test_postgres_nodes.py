@@ -24,12 +24,16 @@ SHAPE = dict(n_slices=24, size=64)  # about 2 s of synthesis per job with the ti
 LEASE_SECONDS = 8.0  # heartbeat every 2.7 s: enough slack on a loaded 2-core machine
 
 
-def _job_to_kill(nodes: ScaleOut, workers: dict[str, str]) -> tuple[int, str] | None:
-    """(job id, worker name) of a job that a worker which already finished a job started
-    synthesizing less than a second ago (so that it is mid-synthesis when killed)."""
+def _job_to_kill(nodes: ScaleOut, workers: dict[str, str], *, recent_only: bool = True
+                 ) -> tuple[int, str] | None:
+    """(job id, worker name) of a job that a worker which already finished a job is
+    synthesizing (``recent_only``: started less than a second ago, so that it is still
+    mid-synthesis when killed)."""
     done_by = {p for p, in nodes.query("SELECT processed_by FROM jobs "
                                        "WHERE processed_by IS NOT NULL")}
     recent = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) - dt.timedelta(seconds=1)
+    if not recent_only:
+        recent = dt.datetime(1970, 1, 1)
     for job_id, claimed_by in nodes.query(
             "SELECT id, claimed_by FROM jobs WHERE state = 'running' AND started_at > :recent",
             recent=recent):
@@ -44,7 +48,7 @@ def _pause_mid_synthesis(nodes: ScaleOut, workers: dict[str, str]) -> tuple[int,
     full by the other worker (the same instances twice at the destination). Stopped, the
     worker cannot begin a delivery between this check and the SIGKILL; one that is
     delivering is continued (SIGCONT) and None returned, to try again."""
-    found = _job_to_kill(nodes, workers)
+    found = _job_to_kill(nodes, workers, recent_only=False)  # the SIGSTOP check below confirms it
     if found is None:
         return None
     job_id, name = found

@@ -14,7 +14,7 @@ the optimizer step overlap.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -72,7 +72,6 @@ class StreamConfig:
     brain_crop_share: float = 0.85
     max_cell: float = 2.0
     first_subject: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 def subject_for_draw(cfg: StreamConfig, draw: int) -> int:

@@ -40,7 +40,7 @@ def configure_logging(verbosity: int) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    for noisy in ("pynetdicom", "transformers", "urllib3", "pylibjpeg"):
+    for noisy in ("pynetdicom", "transformers", "urllib3", "pylibjpeg", "alembic"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 

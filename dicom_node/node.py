@@ -28,7 +28,7 @@ from typing import Any
 from dicom_node.config import Config, startup_warnings
 from dicom_node.store.jobqueue import Recovery
 from dicom_node.store.joblog import DATABASE_ERRORS, JobLog
-from dicom_node.process.processor import SynthesisProcessor
+from dicom_node.process.processor import SynthesisProcessor, freeze_start_up_objects
 from dicom_node.schedule.scheduler import Scheduler
 from dicom_node.schedule.work import Processor
 from dicom_node.receive.disk_guard import DiskGuard
@@ -101,6 +101,8 @@ class Node:
             raise
         self._running = True
         self._stopped.clear()
+        if not processes:
+            freeze_start_up_objects()
         for warning in startup_warnings(self.config):
             logger.warning("%s", warning)
         logger.info("node %s running (%s, id %s): data in %s, job log %s, %d route(s), "

@@ -23,6 +23,7 @@ from scipy import ndimage
 
 from synthesis.grid import resample_antialiased
 from synthesis.intensity import normalize_source
+from synthesis.physics import TISSUES
 from synthesis.protocol import Contrast, MRProtocol
 from synthesis.simulate import SPLIT_SEEDS, Subject, make_subject, random_protocol, render
 from synthesis.simulate.acquisition import Acquisition, acquire, random_acquisition, source_params
@@ -70,6 +71,7 @@ class StreamConfig:
     targets_per_draw: int = 2
     crops_per_target: int = 3
     brain_crop_share: float = 0.85
+    lesion_crop_share: float = 0.0  # share of crops centred on a lesion voxel (when the subject has one)
     max_cell: float = 2.0
     first_subject: int = 0
 
@@ -92,16 +94,24 @@ def _targets(cfg: StreamConfig, rng: np.random.Generator) -> list[Contrast]:
 
 
 def _crop_starts(mask: np.ndarray, head: np.ndarray, patch: int, n: int, brain_share: float,
-                 rng: np.random.Generator) -> list[tuple[slice, slice, slice]]:
+                 rng: np.random.Generator, lesion: np.ndarray | None = None,
+                 lesion_share: float = 0.0) -> list[tuple[slice, slice, slice]]:
+    """``n`` crop regions: a share ``lesion_share`` centred on a voxel of ``lesion`` (a boolean
+    map; lesions are a small part of a brain, and a crop of random place rarely holds one),
+    then ``brain_share`` of the rest centred in the brain's bounding box, the others in the head's."""
     shape = np.array(mask.shape)
     boxes = []
     for region in (mask, head):
         idx = np.argwhere(region[::4, ::4, ::4]) * 4
         boxes.append((idx.min(0), idx.max(0)) if len(idx) else (np.zeros(3, int), shape - 1))
+    lesion_voxels = np.argwhere(lesion) if lesion is not None and lesion_share > 0 else np.zeros((0, 3), int)
     out = []
     for _ in range(n):
-        lo, hi = boxes[0] if rng.random() < brain_share else boxes[1]
-        centre = rng.integers(lo, hi + 1)
+        if len(lesion_voxels) and rng.random() < lesion_share:
+            centre = lesion_voxels[rng.integers(len(lesion_voxels))] + rng.integers(-patch // 4, patch // 4 + 1, 3)
+        else:
+            lo, hi = boxes[0] if rng.random() < brain_share else boxes[1]
+            centre = rng.integers(lo, hi + 1)
         start = np.clip(centre - patch // 2, 0, np.maximum(shape - patch, 0))
         out.append(tuple(slice(int(s), int(s) + patch) for s in start))
     return out
@@ -141,6 +151,7 @@ def draw_crops(cfg: StreamConfig, draw: int, seed: int, subject: Subject | None 
     src_p = src_p.with_(slice_thickness_mm=acq.slice_mm, voxel_mm=(*acq.in_plane_mm, acq.slice_mm))
     mask = subject.brain_mask
     head = subject.fractions.sum(0) > 0.5
+    lesion = subject.fractions[TISSUES.index("lesion")] > 0.5 if cfg.lesion_crop_share > 0 else None
     crops = []
     for tgt_c in _targets(cfg, rng):
         tgt_p = random_protocol(tgt_c, rng, field_t=field_t, split=cfg.split,
@@ -149,7 +160,8 @@ def draw_crops(cfg: StreamConfig, draw: int, seed: int, subject: Subject | None 
         lo, hi = np.percentile(target[::2, ::2, ::2][mask[::2, ::2, ::2]], [0.5, 99.5])
         target *= np.float32(1.0 / max(float(hi), 1e-12))
         brain_range = float(max((hi - lo) / max(hi, 1e-12), 1e-3))
-        for region in _crop_starts(mask, head, cfg.patch, cfg.crops_per_target, cfg.brain_crop_share, rng):
+        for region in _crop_starts(mask, head, cfg.patch, cfg.crops_per_target, cfg.brain_crop_share, rng,
+                                   lesion, cfg.lesion_crop_share):
             cell = float(np.exp(rng.uniform(np.log(0.5), np.log(cfg.max_cell))))
             tgt = _pad(target[region], cfg.patch)
             blurred = ndimage.gaussian_filter(tgt, 0.5 * np.sqrt(cell**2 - 1)) if cell > 1 else tgt

@@ -16,7 +16,9 @@ knows (``tissue_weight``; the bases then stand for tissues, the prompt for
 contrast). Brain voxels count in the units evaluation uses (an error divided by
 the width of the target's brain percentile band, at most ``brain_weight_cap``
 times); voxels outside the brain count ``outside_weight`` times their plain error.
-On CPU the encoder runs under bf16 autocast (``bf16``) in channels-last layout;
+Lesions, a fraction of a percent of a brain, are weighted up (``lesion_weight``, on
+the image and the bases) and a share of crops is centred near one
+(``lesion_crop_share``). On CPU the encoder runs under bf16 autocast (``bf16``) in channels-last layout;
 the decoder head and the loss stay in fp32.
 """
 from __future__ import annotations
@@ -38,6 +40,7 @@ from synthesis import checkpoint as ckpt
 from synthesis.data import Pair, PairSampler
 from synthesis.metrics import normalize_in_mask, psnr
 from synthesis.nets.rtfsyn import RTFSyn, RTFSynConfig
+from synthesis.physics import TISSUES
 from synthesis.condition import pair_features, prompt
 from synthesis.simulate import SPLIT_SEEDS, load_or_make_subject
 from synthesis.stream import Crop, StreamConfig, stream_batches
@@ -94,6 +97,8 @@ class TrainConfig:
     targets_per_draw: int = 2      # target contrasts rendered per draw
     crops_per_target: int = 4      # crops per target and draw
     max_cell: float = 2.0          # query cell sizes drawn log-uniformly in [0.5, max_cell] voxels
+    lesion_crop_share: float = 0.0  # share of crops centred on a lesion (randomized generator)
+    lesion_weight: float = 0.0     # a voxel's loss weight is times 1 + lesion_weight * its lesion fraction
     model: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -205,6 +210,15 @@ def voxel_weights(mask: torch.Tensor, brain_range: torch.Tensor, outside_weight:
     return torch.where(mask > 0, inside, torch.full_like(inside, float(outside_weight)))
 
 
+def _lesion_emphasis(batch: dict[str, Any], cfg: TrainConfig) -> torch.Tensor | None:
+    """``1 + lesion_weight * lesion fraction`` per voxel ``(B, 1, P, P, P)``, or None (no
+    weight, or a batch without fractions). Lesions fill a fraction of a percent of a brain:
+    unweighted, a model that paints them as the tissue around them loses almost nothing."""
+    if cfg.lesion_weight <= 0 or "fractions" not in batch:
+        return None
+    return 1.0 + cfg.lesion_weight * batch["fractions"][:, TISSUES.index("lesion")].unsqueeze(1)
+
+
 def _autocast(cfg: TrainConfig, device: torch.device) -> Any:
     """bf16 autocast for the encoder: on CUDA always, on CPU when ``cfg.bf16``."""
     if device.type == "cuda":
@@ -230,9 +244,13 @@ def loss_on_batch(model: RTFSyn, batch: dict[str, Any], cfg: TrainConfig, step: 
     else:
         grid = model.render_grid(feats)
     weight = voxel_weights(batch["mask"], batch["brain_range"], cfg.outside_weight, cfg.brain_weight_cap)
+    lesion = _lesion_emphasis(batch, cfg)
+    if lesion is not None:
+        weight = weight * lesion
     loss = ((grid - batch["target"]).abs() * weight).mean()
     if supervise_bases:
-        loss = loss + cfg.tissue_weight * (bases - batch["fractions"]).abs().mean()
+        basis_error = (bases - batch["fractions"]).abs()
+        loss = loss + cfg.tissue_weight * (basis_error * lesion if lesion is not None else basis_error).mean()
     if cfg.queries > 0 and cfg.query_weight > 0:
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         truth = batch.get("target_cell", batch["target"])
@@ -286,7 +304,8 @@ def _stream_config(cfg: TrainConfig, split: str) -> StreamConfig:
                         source_preset_share=cfg.source_preset_share,
                         target_preset_share=cfg.target_preset_share, split=split,
                         draws_per_subject=cfg.draws_per_subject, targets_per_draw=cfg.targets_per_draw,
-                        crops_per_target=cfg.crops_per_target, max_cell=cfg.max_cell)
+                        crops_per_target=cfg.crops_per_target, max_cell=cfg.max_cell,
+                        lesion_crop_share=cfg.lesion_crop_share)
 
 
 def _crops_per_draw(cfg: TrainConfig) -> int:

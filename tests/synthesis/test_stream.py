@@ -76,6 +76,38 @@ def test_tissue_loss_supervises_the_output_bases(crops) -> None:
     assert float(loss_on_batch(model, batch, with_tissue, 0)) == pytest.approx(expected, rel=1e-4)
 
 
+def test_lesion_crops_hold_lesions_and_only_with_a_share(crops) -> None:
+    _, subject, _ = crops
+    lesion = TISSUES.index("lesion")
+    plain = StreamConfig(patch=32, crops_per_target=8, targets_per_draw=1)
+    focused = StreamConfig(patch=32, crops_per_target=8, targets_per_draw=1, lesion_crop_share=1.0)
+
+    def with_lesion(cfg: StreamConfig) -> int:
+        return sum(int((c.fractions[lesion] > 0.5).any()) for c in draw_crops(cfg, 0, 5, subject))
+
+    assert with_lesion(focused) == 8           # every crop centred near a lesion voxel holds one
+    assert with_lesion(plain) < 8              # random places mostly miss ten small lesions
+
+
+def test_lesion_weight_scales_the_loss_of_lesion_voxels(crops) -> None:
+    cfg, subject, _ = crops
+    focused = draw_crops(StreamConfig(patch=32, crops_per_target=2, targets_per_draw=1,
+                                      lesion_crop_share=1.0), 0, 5, subject)
+    torch.manual_seed(0)
+    model = RTFSyn(RTFSynConfig.tiny(physics_mix=True, head_bases=8))
+    batch = make_batch(focused, torch.device("cpu"), model.config.feature_dim)
+    losses = [float(loss_on_batch(model, batch, TrainConfig(queries=0, tissue_weight=0.0, bf16=False,
+                                                            lesion_weight=w), 0)) for w in (0.0, 8.0)]
+    feats = model.encode(batch["source"], batch["text"], batch["features"])
+    grid = model.render_grid(feats)
+    from synthesis.train import voxel_weights
+    weight = voxel_weights(batch["mask"], batch["brain_range"], 0.25, 2.0)
+    frac = batch["fractions"][:, TISSUES.index("lesion")].unsqueeze(1)
+    extra = float(((grid - batch["target"]).abs() * weight * 8.0 * frac).mean())
+    assert extra > 0
+    assert losses[1] == pytest.approx(losses[0] + extra, rel=1e-4)
+
+
 def test_bf16_encoder_gradients_agree_with_fp32(crops) -> None:
     _, _, out = crops
     torch.manual_seed(0)

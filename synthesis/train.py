@@ -288,6 +288,25 @@ def validate(model: RTFSyn, pairs: list[Pair], device: torch.device) -> float:
     return float(np.mean(scores)) if scores else float("nan")
 
 
+def _init_record(cfg: TrainConfig) -> dict[str, Any] | None:
+    """What ``cfg.init_checkpoint`` is (its file's SHA-256 and its own training record, which
+    names what it came from in turn), for the new model's record; None for a fresh model."""
+    if not cfg.init_checkpoint:
+        return None
+    path = ckpt.default_checkpoint_path() if cfg.init_checkpoint == "default" else Path(cfg.init_checkpoint)
+    _, meta = ckpt.load(path)
+    return {"checkpoint": cfg.init_checkpoint, "sha256": meta["sha256"],
+            "training": (meta.get("extra") or {}).get("training")}
+
+
+def _resumed_model(cfg: TrainConfig, state: Mapping[str, Any]) -> RTFSyn:
+    """The architecture a run's state was saved with (its weights are loaded next); the
+    starting checkpoint is not needed again."""
+    if "model_config" in state:
+        return RTFSyn(RTFSynConfig.from_dict(json.loads(state["model_config"])))
+    return _initial_model(cfg)  # a state written before the architecture was stored
+
+
 def _initial_model(cfg: TrainConfig) -> RTFSyn:
     """A fresh model of ``cfg.model``, or the weights of ``cfg.init_checkpoint`` (fine-tuning)."""
     if not cfg.init_checkpoint:
@@ -386,23 +405,27 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     val_pairs = _validation_set(cfg)
     torch.manual_seed(cfg.seed)
-    model = _initial_model(cfg).to(device)
+    state_path = out / "last.pt"
+    state = torch.load(state_path, map_location=device, weights_only=True) if state_path.exists() else None
+    model = (_resumed_model(cfg, state) if state is not None else _initial_model(cfg)).to(device)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                             weight_decay=cfg.weight_decay)
-    state_path = out / "last.pt"
     start, elapsed, history = 0, 0.0, []
-    if state_path.exists():
-        state = torch.load(state_path, map_location=device, weights_only=True)
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start, elapsed = int(state["step"]), float(state["elapsed"])
         history = json.loads(state["history"])
+        init = json.loads(state["init"]) if "init" in state else _init_record(cfg)
         log.info("Resuming from step %d (%.1f min trained)", start, elapsed / 60)
+    else:
+        init = _init_record(cfg)
 
     def save_state(step: int) -> None:
         tmp = state_path.with_suffix(".tmp")
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                    "elapsed": elapsed, "history": json.dumps(history)}, tmp)
+                    "elapsed": elapsed, "history": json.dumps(history), "init": json.dumps(init),
+                    "model_config": json.dumps(model.config.to_dict())}, tmp)
         tmp.replace(state_path)
 
     if cfg.channels_last:
@@ -444,11 +467,11 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
     finally:
         log_file.close()
     save_state(step)
-    return _write_final(cfg, model, step, elapsed, history, device)
+    return _write_final(cfg, model, step, elapsed, history, device, init)
 
 
 def _write_final(cfg: TrainConfig, model: RTFSyn, step: int, elapsed: float, history: list[dict],
-                 device: torch.device) -> Path:
+                 device: torch.device, init: dict[str, Any] | None) -> Path:
     """``model.pt`` (the weights with their training record) and ``training_record.json``."""
     out = Path(cfg.out_dir)
     template_seeds = list(SPLIT_SEEDS["train"])[: cfg.train_subjects]
@@ -460,6 +483,8 @@ def _write_final(cfg: TrainConfig, model: RTFSyn, step: int, elapsed: float, his
         "validation_subject_seeds": _validation_seeds(cfg), "seed": cfg.seed, "commit": _git_commit(),
         "validation": history, "torch": torch.__version__, "config": asdict(cfg),
     }
+    if init is not None:
+        record["initialized_from"] = init
     final = out / "model.pt"
     ckpt.save(model.cpu().to(memory_format=torch.contiguous_format), final, extra={"training": record})
     (out / "training_record.json").write_text(json.dumps(record, indent=2))
@@ -473,7 +498,8 @@ def export_checkpoint(cfg: TrainConfig) -> Path:
     if not state_path.is_file():
         raise FileNotFoundError(f"No training state to export at {state_path}.")
     state = torch.load(state_path, map_location="cpu", weights_only=True)
-    model = _initial_model(cfg)
+    model = _resumed_model(cfg, state)
     model.load_state_dict(state["model"])
+    init = json.loads(state["init"]) if "init" in state else _init_record(cfg)
     return _write_final(cfg, model, int(state["step"]), float(state["elapsed"]),
-                        json.loads(state["history"]), resolve_device(cfg.device))
+                        json.loads(state["history"]), resolve_device(cfg.device), init)

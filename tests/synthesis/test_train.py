@@ -104,7 +104,17 @@ def test_train_runs_resumes_and_writes_a_loadable_checkpoint(sampler, tmp_path):
     model, meta = ckpt.load(final)
     record = meta["extra"]["training"]
     assert record["steps_done"] == 5 and record["train_subject_seeds"]
+    assert "initialized_from" not in record                         # a fresh model
     assert isinstance(model, RTFSyn)
+    # fine-tuning from it: the record names the starting weights and carries their record,
+    # also after a resume (the starting file may be replaced meanwhile)
+    tuned = {**base, "out_dir": str(tmp_path / "tuned"), "init_checkpoint": str(final)}
+    train(TrainConfig.from_dict({**tuned, "steps": 1}), progress=False)
+    digest = ckpt.sha256(final)
+    final.unlink()
+    again = train(TrainConfig.from_dict({**tuned, "steps": 2}), progress=False)
+    origin = ckpt.load(again)[1]["extra"]["training"]["initialized_from"]
+    assert origin["sha256"] == digest and origin["training"]["steps_done"] == 5
 
 
 def test_randomized_generator_trains_in_the_background_and_exports(sampler, tmp_path, monkeypatch):

@@ -86,12 +86,15 @@ class NodeConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Which checkpoint the Synthesizer loads, on which device (auto|cpu|cuda[:N]), and
-    whether it N4-corrects the source's bias field first (``bias_correction``)."""
+    """Which checkpoint the Synthesizer loads, on which device (auto|cpu|cuda[:N]),
+    whether it N4-corrects the source's bias field first (``bias_correction``), and
+    whether a target the model failed its lesion check for is refused or synthesized
+    with a warning (``unvalidated_targets``: refuse|allow; :mod:`synthesis.lesion_check`)."""
 
     checkpoint: str = "default"
     device: str = "auto"
     bias_correction: bool = False
+    unvalidated_targets: str = "refuse"
 
 
 @dataclass(frozen=True)
@@ -311,7 +314,7 @@ def _max_pdu(value: Any) -> int:
 
 
 def _parse_model(raw: Mapping[str, Any], base: Path | None = None) -> ModelConfig:
-    check_no_unknown("model", raw, {"checkpoint", "device", "bias_correction"})
+    check_no_unknown("model", raw, {"checkpoint", "device", "bias_correction", "unvalidated_targets"})
     device = check_string("model.device", raw.get("device", "auto"))
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
         raise ConfigError(f"model.device must be auto, cpu, cuda or cuda:N. Found {device!r}.")
@@ -323,7 +326,11 @@ def _parse_model(raw: Mapping[str, Any], base: Path | None = None) -> ModelConfi
                               f"file. Found {checkpoint!r} (no file at {str(path)!r}).")
         checkpoint = str(path)
     bias_correction = check_bool("model.bias_correction", raw.get("bias_correction", False))
-    return ModelConfig(checkpoint=checkpoint, device=device, bias_correction=bias_correction)
+    unvalidated = check_string("model.unvalidated_targets", raw.get("unvalidated_targets", "refuse"))
+    if unvalidated not in ("refuse", "allow"):
+        raise ConfigError(f"model.unvalidated_targets must be 'refuse' or 'allow'. Found {unvalidated!r}.")
+    return ModelConfig(checkpoint=checkpoint, device=device, bias_correction=bias_correction,
+                       unvalidated_targets=unvalidated)
 
 
 def _parse_export(raw: Mapping[str, Any]) -> ExportConfig:

@@ -125,10 +125,13 @@ class Synthesizer:
                  bias_correction: bool = False) -> None:
         from synthesis.checkpoint import load
 
+        from synthesis.lesion_check import load_checks
+
         path = _resolve_checkpoint(checkpoint)
         model, meta = load(path, map_location="cpu")
         self._setup(model, device, meta["model_version"], meta["sha256"], max_tile_voxels, tile_overlap,
                     bias_correction)
+        self.lesion_checks = load_checks(path, meta["sha256"])
         logger.info("Loaded RTFSyn %s from %s on %s", self._model_version, path, self.device)
 
     @classmethod
@@ -159,8 +162,15 @@ class Synthesizer:
         self.max_tile_voxels = int(max_tile_voxels) if max_tile_voxels is not None else self._default_budget()
         self.tile_overlap = int(tile_overlap)
         self.bias_correction = bias_correction
+        self.lesion_checks: dict[str, dict[str, Any]] = {}  # synthesis.lesion_check, per target contrast
         self._lock = threading.Lock()
         self._text_cache: dict[str, TextCondition] = {}
+
+    def target_refusal(self, contrast: str) -> str | None:
+        """Why this model must not synthesize ``contrast`` (its lesion check failed), or None."""
+        from synthesis.lesion_check import refusal
+
+        return refusal(self.lesion_checks, contrast)
 
     def _default_budget(self) -> int:
         if self.device.type == "cuda":

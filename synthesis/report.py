@@ -134,6 +134,19 @@ def _shift_table(result: dict, summary: dict, targets: list[str], group: str) ->
     return _table(["set"] + [f"{t}: rtfsyn PSNR (Δ vs in distribution), SSIM; references" for t in targets], rows)
 
 
+def _lesion_gate(result: dict) -> list[str]:
+    """The lesion checks written for the node (``--write-checks``): which targets it refuses."""
+    checks = result.get("lesion_checks")
+    if not checks:
+        return []
+    rows = [[t, _fmt_ratio(c["lesion_wm_truth"]), _fmt_ratio(c["lesion_wm_model"]), f"{c['contrast_share']:.2f}",
+             "synthesized" if c["passed"] else "**refused**"] for t, c in checks["targets"].items()]
+    return ["", f"The node's lesion gate (`{checks['set']}`, written beside the checkpoint: a target passes when "
+            f"the model shows at least {checks['min_contrast_share']:.0%} of the truth's lesion/WM contrast, "
+            "with its sign; `[model] unvalidated_targets = \"refuse\"`, the default, refuses the others):", ""] + \
+        _table(["target", "lesion/WM truth", "lesion/WM rtfsyn", "share of the contrast", "node"], rows)
+
+
 def _lesion_table(result: dict, summary: dict, targets: list[str]) -> list[str]:
     rows = []
     for s in (s["name"] for s in result["sets"] if s["group"] in ("in_distribution", "anatomy")):
@@ -232,6 +245,7 @@ def render_markdown(result: dict, *, command: str, pictures: dict[str, str]) -> 
             if group == "anatomy":
                 lines += ["", "Lesion and CSF contrast (tissue means of truth and output):", ""]
                 lines += _lesion_table(result, summary, targets)
+                lines += _lesion_gate(result)
             if group == "acquisition" and result.get("normalization"):
                 lines += ["", "Source normalization: the tissue peak over the source's white-matter mean "
                           "(1.00: the peak is white matter, as the normalization intends): " + ", ".join(

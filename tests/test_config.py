@@ -67,6 +67,7 @@ def test_backoff_doubles_and_is_capped() -> None:
      "node.tls.certificate must name an existing file"),
     ({"model": {"device": "gpu"}}, "model.device must be auto, cpu, cuda or cuda:N. Found 'gpu'"),
     ({"model": {"bias_correction": "yes"}}, "model.bias_correction must be true or false. Found 'yes'"),
+    ({"model": {"unvalidated_targets": "ignore"}}, "model.unvalidated_targets must be 'refuse' or 'allow'"),
     ({"export": {"backoff_seconds": 10, "backoff_max_seconds": 5}},
      "export.backoff_max_seconds must be >= export.backoff_seconds"),
     ({"destinations": {"PACS": {"ae_title": "PACS", "host": "h"}}},
@@ -193,6 +194,11 @@ def test_invalid_scale_out_settings_are_refused(change: dict, message: str) -> N
 def test_model_bias_correction_is_off_unless_asked_for() -> None:
     assert parse_config(_base()).model.bias_correction is False
     assert parse_config(_base(model={"bias_correction": True})).model.bias_correction is True
+
+
+def test_targets_failing_their_lesion_check_are_refused_unless_allowed() -> None:
+    assert parse_config(_base()).model.unvalidated_targets == "refuse"
+    assert parse_config(_base(model={"unvalidated_targets": "allow"})).model.unvalidated_targets == "allow"
 def test_relative_paths_resolve_against_the_config_file(tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """`rtfsyn status` run from another folder finds the same job log as `serve`."""

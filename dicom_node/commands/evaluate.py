@@ -40,6 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--output", help="also write the JSON result to this file")
     p.add_argument("--report", help="write the Markdown report here (e.g. docs/EVALUATION.md), pictures beside it")
+    p.add_argument("--write-checks", action="store_true",
+                   help="write the lesion checks beside the checkpoint (<checkpoint>.checks.json): the node "
+                        "refuses a target whose lesions the model does not show (synthesis.lesion_check)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -189,6 +192,19 @@ def run(args: argparse.Namespace) -> int:
     real = None if args.no_real_t1 else _real_t1(synthesizers, report_dir, pictures)
     result = _result(args, opts, synthesizers["rtfsyn"], evaluation, real, notes, seeds)
     result["runtime_min"] = round((time.perf_counter() - started) / 60, 1)
+    if args.write_checks:
+        from synthesis import checkpoint as ckpt
+        from synthesis.lesion_check import write_checks
+
+        path = ckpt.default_checkpoint_path() if args.checkpoint == "default" else Path(args.checkpoint)
+        try:
+            written = write_checks(path, result["model"]["checkpoint_sha256"], result["summary"]["rtfsyn"],
+                                   result["command"])
+        except ValueError as exc:
+            print(f"rtfsyn evaluate: {exc}", file=sys.stderr)
+            return 2
+        result["lesion_checks"] = json.loads(written.read_text())
+        print(f"lesion checks written to {written}", file=sys.stderr)
     if args.output:
         Path(args.output).write_text(json.dumps(result, indent=2))
     if args.report:

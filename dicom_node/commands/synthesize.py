@@ -40,6 +40,9 @@ def add_parser(subparsers: Any) -> None:
                    help="auto (CUDA when available), cpu or cuda[:N] (default: auto)")
     p.add_argument("--checkpoint", default="default",
                    help="model checkpoint file, or 'default' for the bundled weights")
+    p.add_argument("--allow-unvalidated-target", action="store_true",
+                   help="synthesize a target even when the model failed its lesion check for it "
+                        "(the checkpoint's .checks.json; default: refuse)")
     p.add_argument("--bias-correction", action="store_true",
                    help="N4 bias-field correction of the source before synthesis (SimpleITK; "
                         "adds seconds)")
@@ -144,7 +147,8 @@ def run(args: argparse.Namespace) -> int:
         derived = process_series(files, args.target, staging, synthesizer,
                                  output_format=args.output_format,
                                  series_number_offset=args.series_number_offset,
-                                 stage=view.stage, progress=view.progress)
+                                 stage=view.stage, progress=view.progress,
+                                 unvalidated_targets="allow" if args.allow_unvalidated_target else "refuse")
         written = _publish(staging, out_dir)
     except RejectedSeries as exc:
         return _fail(f"cannot process the series in {src_dir}: {exc.reason}", EXIT_BAD_INPUT)

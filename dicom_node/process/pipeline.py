@@ -56,6 +56,20 @@ class SynthesizerLike(Protocol):
                  target: MRProtocol, output_spacing: Sequence[float] | None = None,
                  **options: Any) -> Any: ...
 
+    def target_refusal(self, contrast: str) -> str | None: ...
+
+
+def _check_target(synthesizer: SynthesizerLike, contrast: str, policy: str) -> None:
+    """Refuse (or, with ``policy == "allow"``, warn about) a target the model failed its
+    lesion check for."""
+    reason = synthesizer.target_refusal(contrast)
+    if reason is None:
+        return
+    if policy == "allow":
+        logger.warning("synthesizing %s although %s ([model] unvalidated_targets = \"allow\")", contrast, reason)
+        return
+    raise RejectedSeries(f"target refused: {reason}")
+
 
 @dataclass(frozen=True)
 class DerivedSeries:
@@ -103,7 +117,8 @@ def process_series(files: Sequence[Path], target: str, out_dir: Path,
                    output_spacing: Sequence[float] | None = None,
                    eligibility: EligibilityRules = DEFAULT_RULES,
                    stage: Callable[[str], None] | None = None,
-                   progress: Callable[[str, int, int], None] | None = None) -> DerivedSeries:
+                   progress: Callable[[str, int, int], None] | None = None,
+                   unvalidated_targets: str = "refuse") -> DerivedSeries:
     """Synthesize ``target`` (a preset name: T1, T1SE, T2, PD, FLAIR) from the MR series in
     ``files`` and write the derived series into ``out_dir``.
 
@@ -113,7 +128,9 @@ def process_series(files: Sequence[Path], target: str, out_dir: Path,
     retried job writes the same UIDs). ``eligibility``: the rules applied after
     assembly (a route's). ``stage(name)`` is called as each stage starts and
     ``progress(phase, done, total)`` during synthesis (encoded tiles, decoded
-    chunks: the ``Synthesizer``'s ``progress``). Raises :class:`RejectedSeries`.
+    chunks: the ``Synthesizer``'s ``progress``). ``unvalidated_targets``: ``"refuse"`` a
+    target whose lesion check failed for this model (:mod:`synthesis.lesion_check`),
+    ``"allow"`` it with a warning. Raises :class:`RejectedSeries`.
     """
     output_format = parse_output_format(output_format)
     series_uid = str(series_uid or generate_uid())
@@ -131,6 +148,7 @@ def process_series(files: Sequence[Path], target: str, out_dir: Path,
         source = protocol_from_dataset(assembled.header, slice_spacing_mm=assembled.spacing[0])
         out_spacing = tuple(output_spacing or grid.default_output_spacing(assembled.spacing))
         target_proto = target_protocol(target, source, out_spacing)
+        _check_target(synthesizer, target_proto.contrast.value, unvalidated_targets)
     announce("synthesis")
     with _timed(timings, "synthesis"):
         extra = {"progress": progress} if progress is not None else {}

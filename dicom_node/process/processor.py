@@ -85,7 +85,8 @@ class SynthesisProcessor:
             output_format=job.output_format, series_number_offset=job.series_number_offset,
             node=NodeInfo(ae_title=self.config.node.ae_title), series_uid=job.derived_series_uid,
             eligibility=route.eligibility if route is not None else DEFAULT_RULES,
-            stage=self._stage, progress=self._progress)
+            stage=self._stage, progress=self._progress,
+            unvalidated_targets=self.config.model.unvalidated_targets)
         if str(derived.series_instance_uid) != job.derived_series_uid:
             raise RuntimeError(f"the pipeline wrote series {derived.series_instance_uid}, not the "
                                f"job's {job.derived_series_uid}")

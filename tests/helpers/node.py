@@ -260,6 +260,10 @@ class StubSynthesizer:
     info: dict[str, Any] = field(default_factory=lambda: {
         "model_name": "RTFSyn", "model_version": "stub", "checkpoint_sha256": "0" * 64,
         "architecture": "stub", "device": "cpu"})
+    refusals: dict[str, str] = field(default_factory=dict)  # target contrast -> lesion-check reason
+
+    def target_refusal(self, contrast: str) -> str | None:
+        return self.refusals.get(contrast)
 
     def __call__(self, volume: np.ndarray, spacing: Sequence[float], source: MRProtocol,
                  target: MRProtocol, output_spacing: Sequence[float] | None = None) -> Any:

@@ -63,6 +63,22 @@ def test_rejected_series_writes_nothing(tmp_path: Path) -> None:
     assert stub.calls == [] and not (tmp_path / "out").exists()
 
 
+def test_target_that_failed_its_lesion_check_is_refused_unless_allowed(tmp_path: Path, caplog) -> None:
+    files = make_series(tmp_path / "src", spacing=(2.0, 1.0, 1.0), tags=T2_TSE)
+    stub = StubSynthesizer(refusals={"FLAIR": "this model's FLAIR does not show white-matter lesions"})
+    with pytest.raises(RejectedSeries, match="target refused: this model's FLAIR does not show"):
+        process_series(files, "FLAIR", tmp_path / "out", stub, eligibility=TINY)
+    assert stub.calls == [] and not (tmp_path / "out").exists()
+    # other targets of the same model are not affected
+    process_series(files, "T2", tmp_path / "t2", stub, eligibility=TINY)
+    assert len(stub.calls) == 1
+    # the administrator's override: synthesized, and the log says why it was doubtful
+    derived = process_series(files, "FLAIR", tmp_path / "flair", stub, eligibility=TINY,
+                             unvalidated_targets="allow")
+    assert derived.files and len(stub.calls) == 2
+    assert "does not show white-matter lesions" in caplog.text and "allow" in caplog.text
+
+
 def test_unknown_target_is_refused(tmp_path: Path) -> None:
     files = make_series(tmp_path / "src")
     with pytest.raises(ValueError, match="Unknown target 'DWI'"):

@@ -162,6 +162,15 @@ def test_the_node_path_imports_no_tool_test_or_benchmark() -> None:
     assert any(t.startswith("dicom_node.tools") for t in graph["dicom_node.commands.simulate"])
 
 
+def test_no_installed_module_imports_the_benchmarks_or_tests() -> None:
+    """bench/ and tests/ are not installed: an import of them works from the repository's root
+    only (``rtfsyn evaluate`` once failed with ModuleNotFoundError: No module named 'bench')."""
+    wrong = {name: sorted(t for t in targets if t.split(".")[0] in FOREIGN)
+             for package in ("dicom_node", "synthesis")
+             for name, targets in import_graph(module_files(REPO, package)).items()}
+    assert {name: targets for name, targets in wrong.items() if targets} == {}
+
+
 def test_only_the_command_line_imports_the_commands() -> None:
     graph = import_graph(module_files(REPO, "dicom_node"))
     wrong = {name: sorted(t for t in targets if t.startswith("dicom_node.commands"))

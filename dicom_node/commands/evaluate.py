@@ -144,7 +144,7 @@ def _real_t1(synthesizers: dict, report_dir: Path | None, pictures: dict[str, st
 
 def _ablation_commands() -> list[str]:
     """The commands that train every ablation variant with 3 seeds and evaluate them."""
-    from bench.ablations import VARIANTS, commands
+    from synthesis.ablations import VARIANTS, commands
 
     return commands(list(VARIANTS), seeds=(0, 1, 2))
 

@@ -94,20 +94,19 @@ def _targets(cfg: StreamConfig, rng: np.random.Generator) -> list[Contrast]:
 
 
 def _crop_starts(mask: np.ndarray, head: np.ndarray, patch: int, n: int, brain_share: float,
-                 rng: np.random.Generator, lesion: np.ndarray | None = None,
+                 rng: np.random.Generator, lesion_voxels: np.ndarray | None = None,
                  lesion_share: float = 0.0) -> list[tuple[slice, slice, slice]]:
-    """``n`` crop regions: a share ``lesion_share`` centred on a voxel of ``lesion`` (a boolean
-    map; lesions are a small part of a brain, and a crop of random place rarely holds one),
+    """``n`` crop regions: a share ``lesion_share`` centred near one of ``lesion_voxels`` (``(K, 3)``
+    indices; lesions are a small part of a brain, and a crop of random place rarely holds one),
     then ``brain_share`` of the rest centred in the brain's bounding box, the others in the head's."""
     shape = np.array(mask.shape)
     boxes = []
     for region in (mask, head):
         idx = np.argwhere(region[::4, ::4, ::4]) * 4
         boxes.append((idx.min(0), idx.max(0)) if len(idx) else (np.zeros(3, int), shape - 1))
-    lesion_voxels = np.argwhere(lesion) if lesion is not None and lesion_share > 0 else np.zeros((0, 3), int)
     out = []
     for _ in range(n):
-        if len(lesion_voxels) and rng.random() < lesion_share:
+        if lesion_voxels is not None and len(lesion_voxels) and rng.random() < lesion_share:
             centre = lesion_voxels[rng.integers(len(lesion_voxels))] + rng.integers(-patch // 4, patch // 4 + 1, 3)
         else:
             lo, hi = boxes[0] if rng.random() < brain_share else boxes[1]
@@ -151,7 +150,8 @@ def draw_crops(cfg: StreamConfig, draw: int, seed: int, subject: Subject | None 
     src_p = src_p.with_(slice_thickness_mm=acq.slice_mm, voxel_mm=(*acq.in_plane_mm, acq.slice_mm))
     mask = subject.brain_mask
     head = subject.fractions.sum(0) > 0.5
-    lesion = subject.fractions[TISSUES.index("lesion")] > 0.5 if cfg.lesion_crop_share > 0 else None
+    # found once per draw, used by every target's crops
+    lesion = np.argwhere(subject.fractions[TISSUES.index("lesion")] > 0.5) if cfg.lesion_crop_share > 0 else None
     crops = []
     for tgt_c in _targets(cfg, rng):
         tgt_p = random_protocol(tgt_c, rng, field_t=field_t, split=cfg.split,

@@ -133,9 +133,15 @@ def select_sets(text: str) -> list[CaseSet]:
     return [CASE_SETS[n] for n in names]
 
 
-def held_out_seeds(n: int) -> list[int]:
-    """The first ``n`` subject seeds of the test split."""
-    return list(SPLIT_SEEDS["test"])[:n]
+def held_out_seeds(n: int, split: str = "test") -> list[int]:
+    """The first ``n`` subject seeds of the test split; ``split="validation"``: of the
+    validation split, skipping its first seed (training's own validation subject), for
+    choosing among checkpoints without looking at the test subjects."""
+    if split == "test":
+        return list(SPLIT_SEEDS["test"])[:n]
+    if split == "validation":
+        return list(SPLIT_SEEDS["validation"])[1:n + 1]
+    raise ValueError(f"split must be 'test' or 'validation'. Found {split!r}.")
 
 
 @dataclass

@@ -99,6 +99,8 @@ class TrainConfig:
     max_cell: float = 2.0          # query cell sizes drawn log-uniformly in [0.5, max_cell] voxels
     lesion_crop_share: float = 0.0  # share of crops centred on a lesion (randomized generator)
     lesion_weight: float = 0.0     # a voxel's loss weight is times 1 + lesion_weight * its lesion fraction
+    snapshot_every: int = 0        # keep the weights every N steps in <out_dir>/snapshots/ (0: none)
+    average_snapshots: int = 0     # export the mean of the last K weights (K - 1 snapshots and the final ones)
     model: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -121,6 +123,9 @@ class TrainConfig:
                      "targets_per_draw", "crops_per_target"):
             if getattr(cfg, name) < 1:
                 raise ValueError(f"{name} must be at least 1. Found {getattr(cfg, name)}.")
+        for name in ("snapshot_every", "average_snapshots"):
+            if getattr(cfg, name) < 0:
+                raise ValueError(f"{name} must be 0 (off) or more. Found {getattr(cfg, name)}.")
         if cfg.generator not in ("randomized", "template"):
             raise ValueError(f"generator must be 'randomized' or 'template'. Found {cfg.generator!r}.")
         return cfg
@@ -458,6 +463,8 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
             if (step + 1) % cfg.checkpoint_every == 0:
                 save_state(step + 1)
                 log_file.flush()
+            if cfg.snapshot_every and (step + 1) % cfg.snapshot_every == 0:
+                save_snapshot(out, step + 1, model)
             if cfg.max_minutes is not None and elapsed > cfg.max_minutes * 60:
                 log.info("Stopping after %.1f min (max_minutes); resume later to continue", elapsed / 60)
                 step += 1
@@ -470,10 +477,59 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
     return _write_final(cfg, model, step, elapsed, history, device, init)
 
 
+def snapshot_path(out_dir: str | Path, step: int) -> Path:
+    return Path(out_dir) / "snapshots" / f"step-{step:06d}.pt"
+
+
+def save_snapshot(out_dir: str | Path, step: int, model: torch.nn.Module) -> Path:
+    """The weights at ``step`` (a plain state dict, standard layout) in ``<out_dir>/snapshots/``."""
+    path = snapshot_path(out_dir, step)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}, tmp)
+    tmp.replace(path)
+    return path
+
+
+def average_with_snapshots(cfg: TrainConfig, model: RTFSyn, step: int) -> dict[str, Any] | None:
+    """Replace ``model``'s weights by the mean of the last ``cfg.average_snapshots`` weights:
+    its own (step ``step``) and the latest snapshots before ``step``. Returns what was averaged
+    (steps and the snapshots' SHA-256), or None when averaging is off or there is no snapshot.
+
+    A uniform average of weights along one run (stochastic weight averaging) smooths the
+    step-to-step swings of a run whose learning rate is still high."""
+    if cfg.average_snapshots < 2:
+        return None
+    folder = Path(cfg.out_dir) / "snapshots"
+    found = sorted((int(p.stem.split("-")[1]), p) for p in folder.glob("step-*.pt")) if folder.is_dir() else []
+    chosen = [(s, p) for s, p in found if s < step][-(cfg.average_snapshots - 1):]
+    if not chosen:
+        log.warning("average_snapshots = %d but no snapshot before step %d in %s: exporting the last weights",
+                    cfg.average_snapshots, step, folder)
+        return None
+    own = model.state_dict()
+    total = {k: v.detach().to("cpu", torch.float64).clone() for k, v in own.items()}
+    for _, path in chosen:
+        weights = torch.load(path, map_location="cpu", weights_only=True)
+        if set(weights) != set(total):
+            raise ValueError(f"Snapshot {path} holds other weights than the model (another architecture?).")
+        for k, v in weights.items():
+            total[k] += v.to(torch.float64)
+    count = len(chosen) + 1
+    model.load_state_dict({k: (v / count).to(own[k].dtype) for k, v in total.items()})
+    if len(chosen) < cfg.average_snapshots - 1:
+        log.warning("Averaged %d weights, not %d: only %d snapshot(s) before step %d",
+                    count, cfg.average_snapshots, len(chosen), step)
+    return {"steps": [s for s, _ in chosen] + [step],
+            "snapshots": [{"step": s, "sha256": ckpt.sha256(p)} for s, p in chosen]}
+
+
 def _write_final(cfg: TrainConfig, model: RTFSyn, step: int, elapsed: float, history: list[dict],
                  device: torch.device, init: dict[str, Any] | None) -> Path:
-    """``model.pt`` (the weights with their training record) and ``training_record.json``."""
+    """``model.pt`` (the weights with their training record; the mean of the last weights
+    when ``average_snapshots`` is set) and ``training_record.json``."""
     out = Path(cfg.out_dir)
+    averaged = average_with_snapshots(cfg, model, step)
     template_seeds = list(SPLIT_SEEDS["train"])[: cfg.train_subjects]
     record = {
         "steps_done": step, "steps_planned": cfg.steps, "train_minutes": round(elapsed / 60, 2),
@@ -485,6 +541,8 @@ def _write_final(cfg: TrainConfig, model: RTFSyn, step: int, elapsed: float, his
     }
     if init is not None:
         record["initialized_from"] = init
+    if averaged is not None:
+        record["weights_averaged"] = averaged
     final = out / "model.pt"
     ckpt.save(model.cpu().to(memory_format=torch.contiguous_format), final, extra={"training": record})
     (out / "training_record.json").write_text(json.dumps(record, indent=2))

@@ -18,6 +18,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="a checkpoint on held-out simulated sets, a real T1 and ablations")
     p.add_argument("--checkpoint", default="default", help="checkpoint path, or 'default' (the shipped model)")
     p.add_argument("--subjects", type=int, default=2, help="number of test subjects (default: %(default)s)")
+    p.add_argument("--split", choices=["test", "validation"], default="test",
+                   help="subjects from the test split (the report) or the validation split (to choose among "
+                        "checkpoints without tuning on the test subjects; no --report or --write-checks)")
     p.add_argument("--crop", default="112,128,112",
                    help="scoring region D,H,W around the brain centre, or 'brain' for the whole brain box "
                         "(default: %(default)s)")
@@ -90,6 +93,9 @@ def _options(args: argparse.Namespace) -> dict:
         raise ValueError(f"--targets must name some of {', '.join(TARGETS)}. Found {args.targets!r}.")
     if args.subjects < 1:
         raise ValueError(f"--subjects must be at least 1. Found {args.subjects}.")
+    if getattr(args, "split", "test") != "test" and (args.report or args.write_checks):
+        raise ValueError("--report and --write-checks score the test subjects: leave --split at 'test'. "
+                         f"Found --split {args.split!r}.")
     ablations = dict(_parse_ablation(item) for item in args.ablation)
     groups = {name.split("/")[0] for name in ablations}
     if args.ablation_reference and args.ablation_reference not in groups:
@@ -186,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
                          focus=None if focus is None else case.tissues[focus].astype(np.float32) > 0.5)
         pictures[key] = rel
 
-    seeds = held_out_seeds(args.subjects)
+    seeds = held_out_seeds(args.subjects, args.split)
     cases = build_cases(opts["sets"], seeds, crop=opts["crop"], cache_dir=cache, targets=opts["targets"])
     evaluation = ev.evaluate(predictors, cases, on_case=on_case, progress=not args.no_progress, sets_of=sets_of)
     real = None if args.no_real_t1 else _real_t1(synthesizers, report_dir, pictures)
@@ -235,7 +241,8 @@ def _result(args, opts, syn, evaluation, real, notes, seeds) -> dict:
     command = " ".join(["rtfsyn", *map(shlex.quote, given[given.index("evaluate"):] if "evaluate" in given
                                        else ["evaluate"])])
     return {
-        "command": command, "model": meta, "training": training, "subjects": seeds, "crop": args.crop,
+        "command": command, "model": meta, "training": training, "subjects": seeds,
+        "split": getattr(args, "split", "test"), "crop": args.crop,
         "targets": opts["targets"],
         "sets": [{"name": s.name, "group": s.group, "description": s.description, "edits": s.edits.to_dict(),
                   "acquisition": s.acquisition.to_dict()} for s in opts["sets"]],

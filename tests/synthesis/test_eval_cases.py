@@ -64,3 +64,11 @@ def test_every_case_carries_its_region_and_units(cases: dict) -> None:
         assert set(case.tissues) == set(CONTRAST_TISSUES)
         assert 0.9 < np.percentile(case.truth[case.mask], 99.5) < 1.1  # brain-relative (of the whole brain)
         assert case.source_peak > 0 and all(o <= 0 for o in case.source_origin_mm)
+
+
+def test_validation_subjects_are_neither_test_subjects_nor_trainings_validation_subject() -> None:
+    test, validation = held_out_seeds(3), held_out_seeds(3, "validation")
+    assert test == [2_000_000, 2_000_001, 2_000_002]
+    assert validation == [1_000_001, 1_000_002, 1_000_003]  # 1_000_000 is validated on while training
+    with pytest.raises(ValueError, match="split must be"):
+        held_out_seeds(1, "train")

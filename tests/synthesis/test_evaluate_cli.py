@@ -53,7 +53,9 @@ def test_evaluate_json_matches_its_report(tiny_checkpoint: Path, tmp_path: Path,
 def test_bad_options_are_named(tiny_checkpoint: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for extra, message in ((["--sets", "nope"], "unknown set 'nope'"), (["--crop", "4,4,4"], "--crop needs"),
                            (["--ablation", "rtfsyn=x.pt"], "--ablation needs NAME=PATH"),
-                           (["--ablation-reference", "full"], "must name an --ablation group")):
+                           (["--ablation-reference", "full"], "must name an --ablation group"),
+                           (["--split", "validation", "--report", "x.md"], "leave --split at 'test'"),
+                           (["--split", "validation", "--write-checks"], "leave --split at 'test'")):
         assert main(["evaluate", "--checkpoint", str(tiny_checkpoint), *extra]) == 2
         assert message in capsys.readouterr().err
 

@@ -117,6 +117,43 @@ def test_train_runs_resumes_and_writes_a_loadable_checkpoint(sampler, tmp_path):
     assert origin["sha256"] == digest and origin["training"]["steps_done"] == 5
 
 
+def test_snapshots_are_kept_and_the_export_averages_the_last_weights(sampler, tmp_path):
+    from synthesis.train import export_checkpoint, snapshot_path
+
+    _, cache = sampler
+    run = tmp_path / "run"
+    cfg = TrainConfig.from_dict(dict(
+        generator="template", out_dir=str(run), cache_dir=str(cache), train_subjects=1, validation_subjects=1,
+        patch=16, batch=1, queries=64, warmup=1, lr=1e-2, steps=4, checkpoint_every=1, validate_every=4,
+        validation_patches=1, model=RTFSynConfig.tiny().to_dict(), threads=1, snapshot_every=1,
+        average_snapshots=3))
+    final = train(cfg, progress=False)
+    assert [p.name for p in sorted((run / "snapshots").iterdir())] == [f"step-00000{i}.pt" for i in (1, 2, 3, 4)]
+    model, meta = ckpt.load(final)
+    averaged = meta["extra"]["training"]["weights_averaged"]
+    assert averaged["steps"] == [2, 3, 4]                     # two snapshots before the end, and the end
+    assert [s["sha256"] for s in averaged["snapshots"]] == [ckpt.sha256(snapshot_path(run, i)) for i in (2, 3)]
+    last = torch.load(run / "last.pt", weights_only=True)["model"]   # the state keeps the last weights
+    parts = [torch.load(snapshot_path(run, i), weights_only=True) for i in (2, 3)] + [last]
+    name = next(k for k, v in last.items() if v.dtype == torch.float32 and v.numel() > 100)
+    assert not torch.equal(parts[0][name], parts[2][name])        # the weights moved (lr 1e-2)
+    expected = (parts[0][name].double() + parts[1][name].double() + parts[2][name].double()) / 3
+    assert torch.allclose(model.state_dict()[name].double(), expected, atol=1e-6)
+    # without averaging the export is the last weights; with no snapshot it falls back to them
+    plain = export_checkpoint(TrainConfig.from_dict({**cfg.__dict__, "average_snapshots": 0}))
+    assert torch.equal(ckpt.load(plain)[0].state_dict()[name], last[name].contiguous())
+    assert "weights_averaged" not in ckpt.load(plain)[1]["extra"]["training"]
+    for path in (run / "snapshots").iterdir():
+        path.unlink()
+    again = export_checkpoint(cfg)
+    assert "weights_averaged" not in ckpt.load(again)[1]["extra"]["training"]
+
+
+def test_negative_snapshot_options_are_refused():
+    with pytest.raises(ValueError, match="average_snapshots must be 0"):
+        TrainConfig.from_dict({"average_snapshots": -1})
+
+
 def test_randomized_generator_trains_in_the_background_and_exports(sampler, tmp_path, monkeypatch):
     import dataclasses
 

@@ -1,0 +1,102 @@
+"""bench/bases.py: the tissue-fraction and lesion metrics of a model's output bases."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from bench.bases import BRAIN_TISSUES, crop_metrics, lesion_subjects, summarize
+from synthesis.physics import TISSUES
+from synthesis.protocol import MRProtocol
+from synthesis.simulate import SPLIT_SEEDS
+from synthesis.simulate.anatomy import random_edits
+from synthesis.stream import Crop
+
+P = 16
+SIGNAL = np.array([0.1, 0.7, 0.5, 1.0, 0.8, 0.2, 0.3, 0.0], dtype=np.float32)  # FLAIR-like
+
+
+def _crop() -> Crop:
+    """A 16^3 crop: white matter with a 4^3 lesion and a CSF slab; truth = fractions x SIGNAL."""
+    fractions = np.zeros((len(TISSUES), P, P, P), np.float32)
+    fractions[TISSUES.index("wm")] = 1.0
+    fractions[:, :, :, :3] = 0.0
+    fractions[TISSUES.index("csf"), :, :, :3] = 1.0
+    fractions[:, 6:10, 6:10, 6:10] = 0.0
+    fractions[TISSUES.index("lesion"), 6:10, 6:10, 6:10] = 1.0
+    target = np.tensordot(SIGNAL, fractions, axes=1).astype(np.float32)
+    return Crop(source=np.ones((P, P, P), np.float32), target=target, target_cell=target, cell=1.0,
+                fractions=fractions.astype(np.float16), mask=np.ones((P, P, P), np.float32),
+                source_protocol=MRProtocol(contrast="T1w"), target_protocol=MRProtocol(contrast="FLAIR"),
+                brain_range=1.0)
+
+
+class _Model:
+    """Returns the given bases; the output is their mix by SIGNAL."""
+
+    config = SimpleNamespace(feature_dim=None)
+
+    def __init__(self, bases: np.ndarray) -> None:
+        self.bases = torch.from_numpy(bases.astype(np.float32))[None]
+
+    def encode(self, source, text, features):
+        return None
+
+    def render_grid(self, feats, with_bases=False):
+        out = (self.bases * torch.from_numpy(SIGNAL)[None, :, None, None, None]).sum(1, keepdim=True)
+        return out, self.bases
+
+
+def test_a_model_whose_bases_are_the_fractions_scores_perfectly() -> None:
+    crop = _crop()
+    row = crop_metrics(_Model(crop.fractions.astype(np.float32)), crop)
+    assert row["target"] == "FLAIR" and row["lesion_voxels"] == 64
+    assert all(row["basis_mae"][name] == pytest.approx(0.0, abs=1e-6) for name in BRAIN_TISSUES)
+    assert row["lesion_basis_in_lesions"] == pytest.approx(1.0)
+    assert row["lesion_wm_model"] == pytest.approx(2.0) == row["lesion_wm_truth"]
+
+
+def test_a_model_that_paints_lesions_as_white_matter_is_caught() -> None:
+    crop = _crop()
+    bases = crop.fractions.astype(np.float32).copy()
+    lesion = bases[TISSUES.index("lesion")] > 0.5
+    bases[TISSUES.index("wm")][lesion] = 1.0
+    bases[TISSUES.index("lesion")][lesion] = 0.0
+    row = crop_metrics(_Model(bases), crop)
+    assert row["lesion_basis_in_lesions"] == pytest.approx(0.0)
+    assert row["lesion_wm_model"] == pytest.approx(1.0)
+    assert row["lesion_wm_truth"] == pytest.approx(2.0)
+    assert row["basis_mae"]["lesion"] == pytest.approx(64 / P**3)
+    assert row["basis_mae"]["csf"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_crop_without_enough_lesion_is_skipped() -> None:
+    crop = _crop()
+    fractions = crop.fractions.copy()
+    fractions[TISSUES.index("lesion")] = 0
+    crop = Crop(**{**crop.__dict__, "fractions": fractions})
+    assert crop_metrics(_Model(fractions.astype(np.float32)), crop) is None
+
+
+def test_summary_means_over_crops_and_groups_by_target() -> None:
+    def row(target: str, basis: float, model: float) -> dict:
+        return {"target": target, "basis_mae": dict.fromkeys(BRAIN_TISSUES, basis),
+                "lesion_basis_in_lesions": basis, "lesion_wm_model": model, "lesion_wm_truth": 2.0}
+
+    out = summarize([row("FLAIR", 0.2, 1.0), row("FLAIR", 0.4, 1.5), row("T2w", 0.6, 3.0)])
+    assert out["crops"] == 3
+    assert out["basis_mae"]["gm"] == pytest.approx(0.4)
+    assert out["lesion_wm"]["FLAIR"] == {"model": 1.25, "truth": 2.0, "crops": 2}
+    assert out["lesion_wm"]["T2w"]["model"] == 3.0
+
+
+def test_held_out_subjects_have_lesions_and_are_not_phantoms() -> None:
+    picked = lesion_subjects(3, min_lesions=10)
+    assert len(picked) == 3
+    for index in picked:
+        edits = random_edits(np.random.default_rng([SPLIT_SEEDS["validation"][index], 4242]))
+        assert edits.lesions >= 10 and not edits.phantom
+    with pytest.raises(ValueError):
+        lesion_subjects(2, min_lesions=1000)

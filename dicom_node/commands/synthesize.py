@@ -75,6 +75,10 @@ def find_series_files(src_dir: Path) -> dict[str, list[Path]]:
             skipped.append(path)
             logger.warning("Skipped %s: not a readable DICOM file (%s)", path, type(exc).__name__)
             continue
+        except Exception as exc:  # noqa: BLE001 - pydicom's parser raises what the bytes provoke
+            skipped.append(path)  # (zlib.error for a broken deflated data set, struct.error, ...)
+            logger.warning("Skipped %s: a damaged DICOM file (%s: %s)", path, type(exc).__name__, exc)
+            continue
         if str(ds.get("SOPClassUID", "")) == "1.2.840.10008.1.3.10":  # Media Storage Directory
             continue
         series.setdefault(str(ds.get("SeriesInstanceUID", "(no Series Instance UID)")),

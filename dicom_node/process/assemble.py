@@ -94,6 +94,8 @@ def _read(path: Path) -> Dataset:
         return pydicom.dcmread(path)
     except (InvalidDicomError, OSError, EOFError) as exc:
         raise RejectedSeries(f"{path.name}: not a readable DICOM file ({exc})") from exc
+    except Exception as exc:  # noqa: BLE001 - pydicom raises what damaged bytes provoke (zlib.error, ...)
+        raise RejectedSeries(f"{path.name}: a damaged DICOM file ({type(exc).__name__}: {exc})") from exc
 
 
 def _assemble_classic(datasets: list[Dataset]) -> AssembledVolume:

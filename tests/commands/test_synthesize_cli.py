@@ -3,6 +3,7 @@ bad input gives a clear message, a non-zero exit and no output."""
 from __future__ import annotations
 
 import shutil
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +128,24 @@ def test_corrupt_file_is_named(tmp_path: Path, tiny_checkpoint: Path,
                               "--checkpoint", str(tiny_checkpoint)], capsys)
     assert code != 0 and paths[0].name in err and "cannot be decoded" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_damaged_deflated_file_beside_the_series_is_skipped_by_name(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from dicom_node.commands.synthesize import find_series_files
+
+    paths = make_series(tmp_path / "src" / "a")
+    ds = pydicom.dcmread(paths[0])
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    damaged = tmp_path / "src" / "damaged.dcm"
+    ds.save_as(damaged, enforce_file_format=True)
+    raw = damaged.read_bytes()
+    damaged.write_bytes(raw[:len(raw) - len(raw) // 3])  # the deflate stream cut short
+    with pytest.raises(zlib.error):  # what the file does to pydicom itself
+        pydicom.dcmread(damaged, stop_before_pixels=True)
+    series = find_series_files(tmp_path / "src")
+    assert list(series.values()) == [sorted(paths)]
+    assert "damaged.dcm" in caplog.text and "a damaged DICOM file (error:" in caplog.text
 
 
 @pytest.mark.parametrize("case", ["empty source", "missing source", "output not empty",

@@ -179,6 +179,17 @@ def test_reject_file_that_is_not_dicom(tmp_path: Path) -> None:
         assemble_series(make_series(tmp_path / "s") + [junk])
 
 
+def test_reject_a_damaged_deflated_file_by_name(tmp_path: Path) -> None:
+    paths = make_series(tmp_path / "s")
+    ds = pydicom.dcmread(paths[0])
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    ds.save_as(paths[0], enforce_file_format=True)
+    raw = paths[0].read_bytes()
+    paths[0].write_bytes(raw[:len(raw) - len(raw) // 3])  # the deflate stream cut short: zlib.error
+    with pytest.raises(RejectedSeries, match=f"{paths[0].name}: a damaged DICOM file \\(error: "):
+        assemble_series(paths)
+
+
 def test_reject_single_frame_enhanced(tmp_path: Path) -> None:
     path = make_enhanced(tmp_path, ramp_volume((1, 12, 10)))
     with pytest.raises(RejectedSeries, match="series has 1 frame"):

@@ -45,8 +45,8 @@ def add_parser(subparsers: Any) -> None:
                    help="DICOM: one Enhanced MR multi-frame instance per series")
     p.add_argument("--crop", type=int, default=None, metavar="MM",
                    help="keep only a central MM x MM x MM box (small test data)")
-    p.add_argument("--cache-dir", type=Path, default=None,
-                   help="reuse phantoms cached here (made and saved when missing)")
+    p.add_argument("--cache-dir", type=lambda text: Path(text) if text else None, default=None,
+                   help="reuse phantoms cached here (made and saved when missing; default and '': none)")
     p.set_defaults(func=run)
 
 

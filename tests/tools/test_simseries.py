@@ -197,6 +197,18 @@ def simulated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def test_cli_empty_cache_dir_means_no_cache_not_the_current_folder() -> None:
+    import argparse
+
+    from dicom_node.commands import simulate
+
+    parser = argparse.ArgumentParser()
+    simulate.add_parser(parser.add_subparsers())
+    assert parser.parse_args(["simulate", "out", "--cache-dir", ""]).cache_dir is None
+    assert parser.parse_args(["simulate", "out", "--cache-dir", "c"]).cache_dir == Path("c")
+    assert parser.parse_args(["simulate", "out"]).cache_dir is None
+
+
 def test_cli_dicom_series_share_one_study_and_stack(simulated: Path) -> None:
     subject = simulated / "dicom" / "sub-0011"
     assert sorted(p.name for p in subject.iterdir()) == ["FLAIR", "T1", "T2"]

@@ -93,7 +93,7 @@ def _options(args: argparse.Namespace) -> dict:
         raise ValueError(f"--targets must name some of {', '.join(TARGETS)}. Found {args.targets!r}.")
     if args.subjects < 1:
         raise ValueError(f"--subjects must be at least 1. Found {args.subjects}.")
-    if getattr(args, "split", "test") != "test" and (args.report or args.write_checks):
+    if args.split != "test" and (args.report or args.write_checks):
         raise ValueError("--report and --write-checks score the test subjects: leave --split at 'test'. "
                          f"Found --split {args.split!r}.")
     ablations = dict(_parse_ablation(item) for item in args.ablation)
@@ -242,7 +242,7 @@ def _result(args, opts, syn, evaluation, real, notes, seeds) -> dict:
                                        else ["evaluate"])])
     return {
         "command": command, "model": meta, "training": training, "subjects": seeds,
-        "split": getattr(args, "split", "test"), "crop": args.crop,
+        "split": args.split, "crop": args.crop,
         "targets": opts["targets"],
         "sets": [{"name": s.name, "group": s.group, "description": s.description, "edits": s.edits.to_dict(),
                   "acquisition": s.acquisition.to_dict()} for s in opts["sets"]],

@@ -9,6 +9,11 @@ tissue fractions on lesion-centred 64^3 crops of validation-split subjects (seed
 * ``basis_mae``: mean |basis - fraction| per brain tissue inside the brain mask;
 * ``lesion_basis_in_lesions``: the mean lesion basis where the lesion fraction is > 0.5
   (1.0 would be a perfect find, 0 a lesion painted as normal tissue);
+* ``lesion_basis_in_wm`` / ``lesion_basis_in_gm``: the same where white / grey matter
+  fills the voxel (> 0.9): a model that finds lesions by their T1 signal alone marks
+  grey matter too, whose T1 signal is close to a lesion's;
+* ``source_lesion_position``: where the lesions' mean source (T1) signal lies between
+  grey matter's (0) and white matter's (1) in the same crop: how far the source shows them;
 * ``lesion_wm``: lesion/white-matter intensity ratio of the output and of the truth per
   target contrast (lesion fraction > 0.5 against white-matter fraction > 0.9).
 
@@ -32,12 +37,12 @@ import torch
 from synthesis import checkpoint as ckpt
 from synthesis.physics import TISSUES
 from synthesis.simulate import SPLIT_SEEDS
-from synthesis.simulate.anatomy import random_edits
-from synthesis.stream import StreamConfig, draw_crops
+from synthesis.stream import StreamConfig, draw_crops, subject_edits
 from synthesis.train import make_batch
 
 BRAIN_TISSUES = ("csf", "gm", "wm", "lesion")
-LESION, WM = TISSUES.index("lesion"), TISSUES.index("wm")
+LESION, WM, GM = TISSUES.index("lesion"), TISSUES.index("wm"), TISSUES.index("gm")
+MIN_VOXELS = 20  # voxels a region needs to be measured in a crop
 
 
 def lesion_subjects(n: int, min_lesions: int = 10) -> list[int]:
@@ -45,7 +50,7 @@ def lesion_subjects(n: int, min_lesions: int = 10) -> list[int]:
     anatomy has at least ``min_lesions`` lesions and is not a label phantom."""
     out = []
     for index, seed in enumerate(SPLIT_SEEDS["validation"]):
-        edits = random_edits(np.random.default_rng([seed, 4242]))
+        edits = subject_edits(seed)
         if edits.lesions >= min_lesions and not edits.phantom:
             out.append(index)
             if len(out) == n:
@@ -58,7 +63,8 @@ def crop_metrics(model, crop) -> dict[str, Any] | None:
     """The metrics of one crop, or None when it holds fewer than 20 lesion voxels."""
     lesion = crop.fractions[LESION] > 0.5
     wm = crop.fractions[WM] > 0.9
-    if lesion.sum() < 20 or wm.sum() < 20:
+    gm = crop.fractions[GM] > 0.9
+    if lesion.sum() < MIN_VOXELS or wm.sum() < MIN_VOXELS:
         return None
     batch = make_batch([crop], torch.device("cpu"), model.config.feature_dim)
     feats = model.encode(batch["source"], batch["text"], batch["features"])
@@ -72,9 +78,29 @@ def crop_metrics(model, crop) -> dict[str, Any] | None:
         "basis_mae": {name: float(np.abs(bases[TISSUES.index(name)] - fractions[TISSUES.index(name)])[brain].mean())
                       for name in BRAIN_TISSUES},
         "lesion_basis_in_lesions": float(bases[LESION][lesion].mean()),
+        "lesion_basis_in_wm": float(bases[LESION][wm].mean()),
+        "lesion_basis_in_gm": float(bases[LESION][gm].mean()) if gm.sum() >= MIN_VOXELS else None,
+        "source_lesion_position": _between(np.asarray(crop.source, np.float32).reshape(lesion.shape),
+                                           lesion, gm, wm),
         "lesion_wm_model": float(out[lesion].mean() / out[wm].mean()),
         "lesion_wm_truth": float(crop.target[lesion].mean() / crop.target[wm].mean()),
     }
+
+
+def _between(source: np.ndarray, lesion: np.ndarray, gm: np.ndarray, wm: np.ndarray) -> float | None:
+    """Where the lesions' mean source signal lies between grey (0) and white matter (1);
+    None without enough grey matter in the crop or when the two are equally bright."""
+    if gm.sum() < MIN_VOXELS:
+        return None
+    g, w = float(source[gm].mean()), float(source[wm].mean())
+    if abs(w - g) < 1e-6:
+        return None
+    return (float(source[lesion].mean()) - g) / (w - g)
+
+
+def _mean(rows: list[dict[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return round(float(np.mean(values)), 4) if values else None
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -86,7 +112,11 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "crops": len(rows),
         "basis_mae": {name: round(float(np.mean([r["basis_mae"][name] for r in rows])), 4)
                       for name in BRAIN_TISSUES},
-        "lesion_basis_in_lesions": round(float(np.mean([r["lesion_basis_in_lesions"] for r in rows])), 4),
+        "lesion_basis_in_lesions": _mean(rows, "lesion_basis_in_lesions"),
+        "lesion_basis_in_wm": _mean(rows, "lesion_basis_in_wm"),
+        "lesion_basis_in_gm": _mean(rows, "lesion_basis_in_gm"),
+        "crops_with_gm": sum(r.get("lesion_basis_in_gm") is not None for r in rows),
+        "source_lesion_position": _mean(rows, "source_lesion_position"),
         "lesion_wm": {target: {"model": round(float(np.mean([r["lesion_wm_model"] for r in group])), 3),
                                "truth": round(float(np.mean([r["lesion_wm_truth"] for r in group])), 3),
                                "crops": len(group)}

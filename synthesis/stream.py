@@ -27,9 +27,9 @@ from synthesis.physics import TISSUES
 from synthesis.protocol import Contrast, MRProtocol
 from synthesis.simulate import SPLIT_SEEDS, Subject, make_subject, random_protocol, render
 from synthesis.simulate.acquisition import Acquisition, acquire, random_acquisition, source_params
-from synthesis.simulate.anatomy import random_edits
+from synthesis.simulate.anatomy import AnatomyEdits, random_edits
 
-__all__ = ["Crop", "StreamConfig", "draw_crops", "CropStream", "subject_for_draw"]
+__all__ = ["Crop", "StreamConfig", "draw_crops", "CropStream", "subject_for_draw", "subject_edits"]
 
 log = logging.getLogger(__name__)
 
@@ -173,9 +173,14 @@ def draw_crops(cfg: StreamConfig, draw: int, seed: int, subject: Subject | None 
     return crops
 
 
+def subject_edits(seed: int) -> AnatomyEdits:
+    """The anatomy edits of the randomized subject of ``seed``."""
+    return random_edits(np.random.default_rng([seed, 4242]))
+
+
 def make_randomized_subject(seed: int) -> Subject:
     """The randomized subject of ``seed`` (anatomy edits drawn from the seed)."""
-    return make_subject(seed, edits=random_edits(np.random.default_rng([seed, 4242])))
+    return make_subject(seed, edits=subject_edits(seed))
 
 
 class CropStream(torch.utils.data.IterableDataset):

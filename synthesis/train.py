@@ -17,8 +17,9 @@ contrast). Brain voxels count in the units evaluation uses (an error divided by
 the width of the target's brain percentile band, at most ``brain_weight_cap``
 times); voxels outside the brain count ``outside_weight`` times their plain error.
 Lesions, a fraction of a percent of a brain, are weighted up (``lesion_weight``, on
-the image and the bases) and a share of crops is centred near one
-(``lesion_crop_share``). On CPU the encoder runs under bf16 autocast (``bf16``) in channels-last layout;
+the image and the bases), a share of crops is centred near one
+(``lesion_crop_share``), and a soft Dice term on the lesion basis counts each crop's
+lesion as one object (``lesion_dice_weight``). On CPU the encoder runs under bf16 autocast (``bf16``) in channels-last layout;
 the decoder head and the loss stay in fp32.
 """
 from __future__ import annotations
@@ -99,6 +100,7 @@ class TrainConfig:
     max_cell: float = 2.0          # query cell sizes drawn log-uniformly in [0.5, max_cell] voxels
     lesion_crop_share: float = 0.0  # share of crops centred on a lesion (randomized generator)
     lesion_weight: float = 0.0     # a voxel's loss weight is times 1 + lesion_weight * its lesion fraction
+    lesion_dice_weight: float = 0.0  # weight of a soft Dice loss of the lesion basis (crops holding a lesion)
     snapshot_every: int = 0        # keep the weights every N steps in <out_dir>/snapshots/ (0: none)
     average_snapshots: int = 0     # export the mean of the last K weights (K - 1 snapshots and the final ones)
     model: dict[str, Any] = field(default_factory=dict)
@@ -224,6 +226,31 @@ def _lesion_emphasis(batch: dict[str, Any], cfg: TrainConfig) -> torch.Tensor | 
     return 1.0 + cfg.lesion_weight * batch["fractions"][:, TISSUES.index("lesion")].unsqueeze(1)
 
 
+def lesion_dice_loss(bases: torch.Tensor, fractions: torch.Tensor, min_voxels: float = 8.0,
+                     smooth: float = 1.0) -> torch.Tensor | None:
+    """``1 -`` soft Dice of the lesion basis against the lesion fraction, averaged over the
+    crops holding at least ``min_voxels`` voxels of lesion (None when none does).
+
+    An L1 per voxel, however weighted, is met by a model that marks no lesion and pays
+    for a few hundred voxels; Dice counts a crop's lesion as one object, whatever its size.
+    The overlap takes the basis clamped to [0, 1] (a basis above 1 would otherwise raise it
+    without bound), with the clamp's gradient passed straight through, so a basis below 0
+    in a lesion is still pushed up. The predicted volume takes the basis's magnitude, at
+    most 1: a negative basis outside lesions counts as a false positive (with the plain
+    value, a model could hide what it marks elsewhere below zero)."""
+    index = TISSUES.index("lesion")
+    truth = fractions[:, index].flatten(1)
+    held = truth.sum(1) >= min_voxels
+    if not bool(held.any()):
+        return None
+    raw = bases[:, index].flatten(1)[held]
+    truth = truth[held]
+    pred = raw + (raw.clamp(0.0, 1.0) - raw).detach()
+    volume = raw.abs().clamp(max=1.0)
+    dice = (2.0 * (pred * truth).sum(1) + smooth) / (volume.sum(1) + truth.sum(1) + smooth)
+    return (1.0 - dice).mean()
+
+
 def _autocast(cfg: TrainConfig, device: torch.device) -> Any:
     """bf16 autocast for the encoder: on CUDA always, on CPU when ``cfg.bf16``."""
     if device.type == "cuda":
@@ -256,6 +283,10 @@ def loss_on_batch(model: RTFSyn, batch: dict[str, Any], cfg: TrainConfig, step: 
     if supervise_bases:
         basis_error = (bases - batch["fractions"]).abs()
         loss = loss + cfg.tissue_weight * (basis_error * lesion if lesion is not None else basis_error).mean()
+        if cfg.lesion_dice_weight > 0:
+            dice = lesion_dice_loss(bases, batch["fractions"])
+            if dice is not None:
+                loss = loss + cfg.lesion_dice_weight * dice
     if cfg.queries > 0 and cfg.query_weight > 0:
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         truth = batch.get("target_cell", batch["target"])

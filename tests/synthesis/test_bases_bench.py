@@ -11,11 +11,11 @@ from bench.bases import BRAIN_TISSUES, crop_metrics, lesion_subjects, summarize
 from synthesis.physics import TISSUES
 from synthesis.protocol import MRProtocol
 from synthesis.simulate import SPLIT_SEEDS
-from synthesis.simulate.anatomy import random_edits
-from synthesis.stream import Crop
+from synthesis.stream import Crop, subject_edits
 
 P = 16
 SIGNAL = np.array([0.1, 0.7, 0.5, 1.0, 0.8, 0.2, 0.3, 0.0], dtype=np.float32)  # FLAIR-like
+T1_SIGNAL = np.array([0.2, 0.6, 0.8, 0.65, 0.9, 0.5, 0.7, 0.0], dtype=np.float32)  # a lesion near GM
 
 
 def _crop() -> Crop:
@@ -24,10 +24,13 @@ def _crop() -> Crop:
     fractions[TISSUES.index("wm")] = 1.0
     fractions[:, :, :, :3] = 0.0
     fractions[TISSUES.index("csf"), :, :, :3] = 1.0
+    fractions[:, :, :, 13:] = 0.0
+    fractions[TISSUES.index("gm"), :, :, 13:] = 1.0         # a grey-matter slab
     fractions[:, 6:10, 6:10, 6:10] = 0.0
     fractions[TISSUES.index("lesion"), 6:10, 6:10, 6:10] = 1.0
     target = np.tensordot(SIGNAL, fractions, axes=1).astype(np.float32)
-    return Crop(source=np.ones((P, P, P), np.float32), target=target, target_cell=target, cell=1.0,
+    source = np.tensordot(T1_SIGNAL, fractions, axes=1).astype(np.float32)
+    return Crop(source=source, target=target, target_cell=target, cell=1.0,
                 fractions=fractions.astype(np.float16), mask=np.ones((P, P, P), np.float32),
                 source_protocol=MRProtocol(contrast="T1w"), target_protocol=MRProtocol(contrast="FLAIR"),
                 brain_range=1.0)
@@ -56,6 +59,28 @@ def test_a_model_whose_bases_are_the_fractions_scores_perfectly() -> None:
     assert all(row["basis_mae"][name] == pytest.approx(0.0, abs=1e-6) for name in BRAIN_TISSUES)
     assert row["lesion_basis_in_lesions"] == pytest.approx(1.0)
     assert row["lesion_wm_model"] == pytest.approx(2.0) == row["lesion_wm_truth"]
+    assert row["lesion_basis_in_wm"] == pytest.approx(0.0) and row["lesion_basis_in_gm"] == pytest.approx(0.0)
+    assert row["source_lesion_position"] == pytest.approx(0.25)    # (0.65 - 0.6) / (0.8 - 0.6)
+
+
+def test_a_model_that_marks_grey_matter_as_lesion_is_caught() -> None:
+    crop = _crop()
+    bases = crop.fractions.astype(np.float32).copy()
+    bases[TISSUES.index("lesion")][bases[TISSUES.index("gm")] > 0.5] = 0.4
+    row = crop_metrics(_Model(bases), crop)
+    assert row["lesion_basis_in_lesions"] == pytest.approx(1.0)
+    assert row["lesion_basis_in_gm"] == pytest.approx(0.4) and row["lesion_basis_in_wm"] == pytest.approx(0.0)
+
+
+def test_a_crop_without_grey_matter_reports_none_for_it() -> None:
+    crop = _crop()
+    fractions = crop.fractions.copy()
+    fractions[TISSUES.index("gm")] = 0
+    crop = Crop(**{**crop.__dict__, "fractions": fractions})
+    row = crop_metrics(_Model(fractions.astype(np.float32)), crop)
+    assert row["lesion_basis_in_gm"] is None and row["source_lesion_position"] is None
+    out = summarize([row])
+    assert out["lesion_basis_in_gm"] is None and out["crops_with_gm"] == 0
 
 
 def test_a_model_that_paints_lesions_as_white_matter_is_caught() -> None:
@@ -83,20 +108,23 @@ def test_a_crop_without_enough_lesion_is_skipped() -> None:
 def test_summary_means_over_crops_and_groups_by_target() -> None:
     def row(target: str, basis: float, model: float) -> dict:
         return {"target": target, "basis_mae": dict.fromkeys(BRAIN_TISSUES, basis),
-                "lesion_basis_in_lesions": basis, "lesion_wm_model": model, "lesion_wm_truth": 2.0}
+                "lesion_basis_in_lesions": basis, "lesion_basis_in_wm": 0.0,
+                "lesion_basis_in_gm": None if target == "T2w" else basis / 2,
+                "source_lesion_position": 0.5, "lesion_wm_model": model, "lesion_wm_truth": 2.0}
 
     out = summarize([row("FLAIR", 0.2, 1.0), row("FLAIR", 0.4, 1.5), row("T2w", 0.6, 3.0)])
     assert out["crops"] == 3
     assert out["basis_mae"]["gm"] == pytest.approx(0.4)
     assert out["lesion_wm"]["FLAIR"] == {"model": 1.25, "truth": 2.0, "crops": 2}
     assert out["lesion_wm"]["T2w"]["model"] == 3.0
+    assert out["lesion_basis_in_gm"] == pytest.approx(0.15) and out["crops_with_gm"] == 2   # T2w crop has none
 
 
 def test_held_out_subjects_have_lesions_and_are_not_phantoms() -> None:
     picked = lesion_subjects(3, min_lesions=10)
     assert len(picked) == 3
     for index in picked:
-        edits = random_edits(np.random.default_rng([SPLIT_SEEDS["validation"][index], 4242]))
+        edits = subject_edits(SPLIT_SEEDS["validation"][index])
         assert edits.lesions >= 10 and not edits.phantom
     with pytest.raises(ValueError):
         lesion_subjects(2, min_lesions=1000)

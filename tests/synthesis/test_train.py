@@ -54,6 +54,11 @@ def test_targets_are_in_brain_relative_units(sampler):
     assert 0.01 < pair.target_brain_range < 0.8          # a PD-weighted brain spans a narrow band
 
 
+def _loss_value(model, batch, cfg) -> float:
+    with torch.no_grad():
+        return float(loss_on_batch(model, batch, cfg, 0))
+
+
 def test_loss_weights_brain_errors_by_the_targets_brain_range(sampler):
     pair_sampler, _ = sampler
     batch = make_batch([pair_sampler.sample(np.random.default_rng(1), target="PDw")], torch.device("cpu"))
@@ -62,13 +67,13 @@ def test_loss_weights_brain_errors_by_the_targets_brain_range(sampler):
     cfg = TrainConfig(queries=0, outside_weight=1.0, brain_weight_cap=10.0)
     batch["brain_range"] = torch.tensor([1.0])
     batch["mask"] = torch.ones_like(batch["mask"])
-    plain = float(loss_on_batch(model, batch, cfg, 0))
+    plain = _loss_value(model, batch, cfg)
     batch["brain_range"] = torch.tensor([0.25])
-    assert float(loss_on_batch(model, batch, cfg, 0)) == pytest.approx(4 * plain, rel=1e-5)
+    assert _loss_value(model, batch, cfg) == pytest.approx(4 * plain, rel=1e-5)
     capped = TrainConfig(queries=0, outside_weight=1.0, brain_weight_cap=2.0)
-    assert float(loss_on_batch(model, batch, capped, 0)) == pytest.approx(2 * plain, rel=1e-5)
+    assert _loss_value(model, batch, capped) == pytest.approx(2 * plain, rel=1e-5)
     batch["mask"] = torch.zeros_like(batch["mask"])   # nothing in the brain: outside_weight only
-    outside = float(loss_on_batch(model, batch, TrainConfig(queries=0, outside_weight=0.5), 0))
+    outside = _loss_value(model, batch, TrainConfig(queries=0, outside_weight=0.5))
     assert outside == pytest.approx(0.5 * plain, rel=1e-5)
 
 
@@ -205,3 +210,67 @@ def test_metrics_perfect_and_degraded():
     noisy = score(truth + rng.normal(0, 0.1, truth.shape).astype(np.float32), truth, mask)
     assert 10 < noisy.psnr < 30 and noisy.ssim < 0.95 and noisy.mae > 0
     assert ssim3d(truth, 1 - truth, mask) < 0
+
+
+def _lesion_volumes(shape=(2, 8, 12, 12, 12)):
+    """Fractions with a 4^3 lesion in crop 0 and none in crop 1."""
+    from synthesis.physics import TISSUES
+
+    fractions = torch.zeros(shape)
+    lesion = TISSUES.index("lesion")
+    fractions[:, TISSUES.index("wm")] = 1.0
+    fractions[0, TISSUES.index("wm"), 4:8, 4:8, 4:8] = 0.0
+    fractions[0, lesion, 4:8, 4:8, 4:8] = 1.0
+    return fractions, lesion
+
+
+def test_lesion_dice_counts_only_crops_with_a_lesion_and_rewards_finding_it():
+    from synthesis.train import lesion_dice_loss
+
+    fractions, lesion = _lesion_volumes()
+    assert lesion_dice_loss(torch.zeros_like(fractions), fractions[1:]) is None   # no lesion anywhere
+    missed = lesion_dice_loss(torch.zeros_like(fractions), fractions)
+    found = lesion_dice_loss(fractions.clone(), fractions)
+    assert float(missed) > 0.95 and float(found) < 0.01
+    half = torch.zeros_like(fractions)
+    half[0, lesion, 4:8, 4:8, 4:6] = 1.0                  # half the lesion marked
+    assert 0.25 < float(lesion_dice_loss(half, fractions)) < 0.45
+    overshoot = fractions.clone()
+    overshoot[:, lesion] *= 5.0                           # a basis above 1 earns nothing more
+    assert float(lesion_dice_loss(overshoot, fractions)) == pytest.approx(float(found), abs=1e-6)
+    hidden = fractions.clone()
+    hidden[0, lesion, :2] = -1.0                          # marked below zero elsewhere: still a false positive
+    assert float(lesion_dice_loss(hidden, fractions)) > 0.5
+    marked_everywhere = fractions.clone()
+    marked_everywhere[0, lesion] = 1.0                    # false positives around the lesion cost
+    assert float(lesion_dice_loss(marked_everywhere, fractions)) > 0.8
+
+
+def test_lesion_dice_pushes_a_negative_basis_in_a_lesion_up():
+    from synthesis.train import lesion_dice_loss
+
+    fractions, lesion = _lesion_volumes()
+    bases = torch.full_like(fractions, -0.2).requires_grad_(True)
+    lesion_dice_loss(bases, fractions).backward()
+    inside = bases.grad[0, lesion, 4:8, 4:8, 4:8]
+    assert bool((inside < 0).all())                      # descent raises the basis there
+    assert float(bases.grad[1].abs().sum()) == 0.0       # the crop without a lesion is not counted
+
+
+def test_lesion_dice_weight_enters_the_loss(sampler):
+    pair_sampler, _ = sampler
+    from synthesis.physics import TISSUES
+
+    rng = np.random.default_rng(3)
+    batch = make_batch([pair_sampler.sample(rng) for _ in range(2)], torch.device("cpu"))
+    fractions = torch.zeros((2, len(TISSUES), *batch["target"].shape[2:]))
+    fractions[:, TISSUES.index("wm")] = 1.0
+    fractions[:, TISSUES.index("lesion"), 2:6, 2:6, 2:6] = 1.0
+    batch["fractions"] = fractions
+    torch.manual_seed(0)
+    model = RTFSyn(RTFSynConfig.tiny())
+    assert model.uses_physics_mix
+    plain = float(loss_on_batch(model, batch, TrainConfig(queries=0, tissue_weight=1.0), 0).detach())
+    with_dice = float(loss_on_batch(model, batch, TrainConfig(queries=0, tissue_weight=1.0,
+                                                              lesion_dice_weight=2.0), 0).detach())
+    assert with_dice > plain + 1.0    # an untrained lesion basis misses the lesion: Dice near 1, times 2

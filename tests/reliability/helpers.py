@@ -180,11 +180,28 @@ def associate_rq_pdu(called: str = NODE_AET, calling: str = "RAWPEER") -> bytes:
     return struct.pack(">BBI", 0x01, 0, len(body)) + body
 
 
+def read_pdu(sock: socket.socket) -> tuple[int, bytes]:
+    """One whole PDU from ``sock``: its type and body (raises ``ConnectionError`` at EOF)."""
+    def exactly(n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = sock.recv(n - len(data))
+            if not chunk:
+                raise ConnectionError(f"connection closed after {len(data)} of {n} bytes")
+            data += chunk
+        return data
+
+    header = exactly(6)
+    return header[0], exactly(struct.unpack(">I", header[2:6])[0])
+
+
 def connection_closed(sock: socket.socket, timeout: float, *, abort_counts: bool = True
                       ) -> bool:
     """True when the peer closes the connection (or, with ``abort_counts``, sends an
-    A-ABORT PDU) within ``timeout`` s."""
+    A-ABORT PDU) within ``timeout`` s. The stream is read PDU by PDU (it must be at a PDU
+    boundary when called), so an A-ABORT that arrives in one read with other PDUs counts."""
     deadline = time.monotonic() + timeout
+    pending = b""
     while time.monotonic() < deadline:
         sock.settimeout(max(0.05, deadline - time.monotonic()))
         try:
@@ -195,6 +212,12 @@ def connection_closed(sock: socket.socket, timeout: float, *, abort_counts: bool
             return True
         if not data:
             return True
-        if abort_counts and data[:1] == b"\x07":
-            return True
+        pending += data
+        while len(pending) >= 6:
+            if abort_counts and pending[0] == 0x07:
+                return True
+            end = 6 + struct.unpack(">I", pending[2:6])[0]
+            if len(pending) < end:
+                break
+            pending = pending[end:]
     return False

@@ -20,7 +20,7 @@ from dicom_node.store import db
 from tests.helpers.node import make_ct_file, send_files
 from tests.reliability.figures import input_tried
 from tests.reliability.helpers import (RelNode, associate_rq_pdu, connection_closed, raw_connect,
-                                       received_by, series_uid_of, small_series)
+                                       read_pdu, received_by, series_uid_of, small_series)
 
 
 def send_raw(files: list[Path], port: int) -> list[int]:
@@ -303,7 +303,7 @@ def test_associate_then_raw_garbage(shared_node: RelNode, module_pacs: Any,
     sock = raw_connect(shared_node.port)
     try:
         sock.sendall(associate_rq_pdu())
-        assert sock.recv(1)[:1] == b"\x02", "the raw A-ASSOCIATE-RQ must be accepted"
+        assert read_pdu(sock)[0] == 0x02, "the raw A-ASSOCIATE-RQ must be accepted"
         sock.sendall(b"\x04\x00\x00\x00\x00\x08" + b"\xff" * 8)  # a P-DATA-TF with a bad item
         assert connection_closed(sock, timeout=30.0)
     finally:

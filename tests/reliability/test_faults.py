@@ -17,7 +17,7 @@ from dicom_node.receive.disk_guard import DiskGuard
 from tests.helpers.node import TestStorageSCP, free_port, send_files, wait_for
 from tests.reliability.figures import delivered, fault_survived
 from tests.reliability.helpers import (NodeFactory, RelNode, associate_rq_pdu, connection_closed,
-                                       echo_ok, raw_connect, received_by, series_uid_of,
+                                       echo_ok, raw_connect, read_pdu, received_by, series_uid_of,
                                        small_series)
 
 RETRYING = {"export": {"max_attempts": 50, "backoff_seconds": 0.2, "backoff_max_seconds": 0.8}}
@@ -195,7 +195,7 @@ def test_peer_that_stalls_mid_transfer_is_timed_out(make_node: NodeFactory, tmp_
     silent = raw_connect(node.port)  # connects and never says anything
     try:
         stalled.sendall(associate_rq_pdu())
-        assert stalled.recv(1)[:1] == b"\x02", "the A-ASSOCIATE-RQ must be accepted"
+        assert read_pdu(stalled)[0] == 0x02, "the A-ASSOCIATE-RQ must be accepted"
         # 4 KiB announced (within the node's max PDU of 16382: a longer one is a protocol
         # error at once, not a stall): one PDV of 4092 bytes begun, 64 bytes sent in all
         stalled.sendall(b"\x04\x00\x00\x00\x10\x00" + b"\x00\x00\x0f\xfc\x01\x01"

@@ -531,7 +531,7 @@ def average_with_snapshots(cfg: TrainConfig, model: RTFSyn, step: int) -> dict[s
     step-to-step swings of a run whose learning rate is still high."""
     if cfg.average_snapshots < 2:
         return None
-    folder = Path(cfg.out_dir) / "snapshots"
+    folder = snapshot_path(cfg.out_dir, 0).parent
     found = sorted((int(p.stem.split("-")[1]), p) for p in folder.glob("step-*.pt")) if folder.is_dir() else []
     chosen = [(s, p) for s, p in found if s < step][-(cfg.average_snapshots - 1):]
     if not chosen:

@@ -23,6 +23,7 @@ from pynetdicom.pdu_primitives import AsynchronousOperationsWindowNegotiation
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from tests.helpers.dicom_factory import make_series
+from tests.helpers.pdus import read_pdu
 from dicom_node.net import acceptor as ul
 from dicom_node.dicom.status import Status
 from dicom_node.net import dimse
@@ -226,24 +227,8 @@ def test_negotiation_with_pynetdicom(acceptor: ul.Acceptor, recorder: Recorder) 
 def _raw_associate(port: int, rq: pdu.AssociateRQ) -> tuple[socket.socket, int, bytes]:
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     sock.sendall(pdu.encode_associate_rq(rq))
-    kind, body = _recv_pdu(sock)
+    kind, body = read_pdu(sock)
     return sock, kind, body
-
-
-def _recv_pdu(sock: socket.socket) -> tuple[int, bytes]:
-    header = _recv_exact(sock, 6)
-    kind, length = pdu.PDU_HEADER.unpack(header)
-    return kind, _recv_exact(sock, length)
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise ConnectionError(f"closed after {len(data)} of {n} bytes")
-        data += chunk
-    return data
 
 
 def _closed(sock: socket.socket) -> bool:
@@ -273,7 +258,7 @@ def test_raw_negotiation_answers_every_context(acceptor: ul.Acceptor) -> None:
         assert ac.user.async_ops is None and ac.user.max_pdu_length == 16382
         assert (ac.called_ae_title, ac.calling_ae_title) == ("RTFSYN", "SCU")
         sock.sendall(pdu.encode_release_rq())
-        assert _recv_pdu(sock)[0] == pdu.A_RELEASE_RP
+        assert read_pdu(sock)[0] == pdu.A_RELEASE_RP
 
 
 @pytest.mark.parametrize("calling, called, version, expected", [
@@ -351,7 +336,7 @@ def test_protocol_errors_abort_the_association_only(acceptor: ul.Acceptor, recor
                                                     payload: bytes, reason: str) -> None:
     with _established(acceptor.address[1]) as sock:
         sock.sendall(payload)
-        kind, body = _recv_pdu(sock)
+        kind, body = read_pdu(sock)
         assert kind == pdu.A_ABORT and pdu.decode_abort(body)[0] == 2
         assert _closed(sock)
     event = recorder.wait("aborted")
@@ -372,7 +357,7 @@ def _echo(port: int, tls_args: Any = None) -> bool:
 def test_non_dicom_bytes_are_aborted(acceptor: ul.Acceptor) -> None:
     with socket.create_connection(("127.0.0.1", acceptor.address[1]), timeout=10) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert _recv_pdu(sock) == (pdu.A_ABORT, bytes([0, 0, 2, 1]))
+        assert read_pdu(sock) == (pdu.A_ABORT, bytes([0, 0, 2, 1]))
     assert _echo(acceptor.address[1])
 
 
@@ -382,13 +367,13 @@ def test_other_services_get_unrecognized_operation(acceptor: ul.Acceptor) -> Non
                                       0x0800: 0x0001}))  # C-FIND-RQ with an identifier
         identifier = b"\x08\x00\x52\x00\x00\x00\x00\x00"  # (0008,0052), empty
         sock.sendall(pdu.encode_p_data([pdu.PDV(1, False, True, identifier)]))
-        kind, body = _recv_pdu(sock)
+        kind, body = read_pdu(sock)
         rsp = dimse.decode_command(pdu.decode_p_data(body)[0].data)
         assert kind == pdu.P_DATA_TF and dimse.command_us(rsp, dimse.COMMAND_FIELD) == 0x8020
         assert dimse.command_us(rsp, dimse.STATUS) == Status.UNRECOGNIZED_OPERATION
         assert dimse.command_us(rsp, dimse.MESSAGE_ID_RESPONDED_TO) == 7
         sock.sendall(pdu.encode_release_rq())
-        assert _recv_pdu(sock)[0] == pdu.A_RELEASE_RP
+        assert read_pdu(sock)[0] == pdu.A_RELEASE_RP
 
 
 def test_peer_stalling_mid_pdu_is_aborted_after_the_timeout(tmp_path: Path,
@@ -401,7 +386,7 @@ def test_peer_stalling_mid_pdu_is_aborted_after_the_timeout(tmp_path: Path,
                          + bytes(58))
             assert _echo(running.address[1]), "others are served meanwhile"
             sock.settimeout(15)
-            assert _recv_pdu(sock) == (pdu.A_ABORT, bytes([0, 0, 2, 0]))
+            assert read_pdu(sock) == (pdu.A_ABORT, bytes([0, 0, 2, 0]))
         event = recorder.wait("aborted")
         assert event[1] == ul.AbortCause.TIMEOUT and "1 s" in event[2]
     finally:

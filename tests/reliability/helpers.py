@@ -21,6 +21,7 @@ from tests.helpers.harness import dicom_echo
 from dicom_node.store.status import build_report
 from dicom_node.config import load_config
 from dicom_node.node import Node
+from dicom_node.net.pdu import PDU_HEADER
 from tests.helpers.node import NODE_AET, node_settings, wait_for, write_config
 
 __all__ = ["RelNode", "NodeFactory", "echo_ok", "small_series", "FINAL_JOB_STATES",
@@ -180,21 +181,6 @@ def associate_rq_pdu(called: str = NODE_AET, calling: str = "RAWPEER") -> bytes:
     return struct.pack(">BBI", 0x01, 0, len(body)) + body
 
 
-def read_pdu(sock: socket.socket) -> tuple[int, bytes]:
-    """One whole PDU from ``sock``: its type and body (raises ``ConnectionError`` at EOF)."""
-    def exactly(n: int) -> bytes:
-        data = b""
-        while len(data) < n:
-            chunk = sock.recv(n - len(data))
-            if not chunk:
-                raise ConnectionError(f"connection closed after {len(data)} of {n} bytes")
-            data += chunk
-        return data
-
-    header = exactly(6)
-    return header[0], exactly(struct.unpack(">I", header[2:6])[0])
-
-
 def connection_closed(sock: socket.socket, timeout: float, *, abort_counts: bool = True
                       ) -> bool:
     """True when the peer closes the connection (or, with ``abort_counts``, sends an
@@ -213,10 +199,10 @@ def connection_closed(sock: socket.socket, timeout: float, *, abort_counts: bool
         if not data:
             return True
         pending += data
-        while len(pending) >= 6:
+        while len(pending) >= PDU_HEADER.size:
             if abort_counts and pending[0] == 0x07:
                 return True
-            end = 6 + struct.unpack(">I", pending[2:6])[0]
+            end = PDU_HEADER.size + PDU_HEADER.unpack_from(pending)[1]
             if len(pending) < end:
                 break
             pending = pending[end:]

@@ -19,8 +19,9 @@ from tests.helpers.dicom_factory import make_enhanced
 from dicom_node.store import db
 from tests.helpers.node import make_ct_file, send_files
 from tests.reliability.figures import input_tried
+from tests.helpers.pdus import read_pdu
 from tests.reliability.helpers import (RelNode, associate_rq_pdu, connection_closed, raw_connect,
-                                       read_pdu, received_by, series_uid_of, small_series)
+                                       received_by, series_uid_of, small_series)
 
 
 def send_raw(files: list[Path], port: int) -> list[int]:

@@ -16,8 +16,9 @@ from dicom_node.cli import main
 from dicom_node.receive.disk_guard import DiskGuard
 from tests.helpers.node import TestStorageSCP, free_port, send_files, wait_for
 from tests.reliability.figures import delivered, fault_survived
+from tests.helpers.pdus import read_pdu
 from tests.reliability.helpers import (NodeFactory, RelNode, associate_rq_pdu, connection_closed,
-                                       echo_ok, raw_connect, read_pdu, received_by, series_uid_of,
+                                       echo_ok, raw_connect, received_by, series_uid_of,
                                        small_series)
 
 RETRYING = {"export": {"max_attempts": 50, "backoff_seconds": 0.2, "backoff_max_seconds": 0.8}}

@@ -89,12 +89,17 @@ class ModelConfig:
     """Which checkpoint the Synthesizer loads, on which device (auto|cpu|cuda[:N]),
     whether it N4-corrects the source's bias field first (``bias_correction``), and
     whether a target the model failed its lesion check for is refused or synthesized
-    with a warning (``unvalidated_targets``: refuse|allow; :mod:`synthesis.lesion_check`)."""
+    with a warning (``unvalidated_targets``: refuse|allow; :mod:`synthesis.lesion_check`).
+    ``second_source``: ``auto`` gives a model that takes a second source the newest T2w series
+    of the same study the node received (waiting up to ``second_source_wait_seconds`` while
+    another series of the study is still arriving); ``off`` never does."""
 
     checkpoint: str = "default"
     device: str = "auto"
     bias_correction: bool = False
     unvalidated_targets: str = "refuse"
+    second_source: str = "auto"
+    second_source_wait_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -314,7 +319,8 @@ def _max_pdu(value: Any) -> int:
 
 
 def _parse_model(raw: Mapping[str, Any], base: Path | None = None) -> ModelConfig:
-    check_no_unknown("model", raw, {"checkpoint", "device", "bias_correction", "unvalidated_targets"})
+    check_no_unknown("model", raw, {"checkpoint", "device", "bias_correction", "unvalidated_targets",
+                                    "second_source", "second_source_wait_seconds"})
     device = check_string("model.device", raw.get("device", "auto"))
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
         raise ConfigError(f"model.device must be auto, cpu, cuda or cuda:N. Found {device!r}.")
@@ -329,8 +335,13 @@ def _parse_model(raw: Mapping[str, Any], base: Path | None = None) -> ModelConfi
     unvalidated = check_string("model.unvalidated_targets", raw.get("unvalidated_targets", "refuse"))
     if unvalidated not in ("refuse", "allow"):
         raise ConfigError(f"model.unvalidated_targets must be 'refuse' or 'allow'. Found {unvalidated!r}.")
+    second = check_string("model.second_source", raw.get("second_source", "auto"))
+    if second not in ("auto", "off"):
+        raise ConfigError(f"model.second_source must be 'auto' or 'off'. Found {second!r}.")
+    wait = check_number("model.second_source_wait_seconds", raw.get("second_source_wait_seconds", 30.0),
+                        low=0.0, high=3600.0)
     return ModelConfig(checkpoint=checkpoint, device=device, bias_correction=bias_correction,
-                       unvalidated_targets=unvalidated)
+                       unvalidated_targets=unvalidated, second_source=second, second_source_wait_seconds=wait)
 
 
 def _parse_export(raw: Mapping[str, Any]) -> ExportConfig:

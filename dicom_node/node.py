@@ -58,6 +58,8 @@ class Node:
         self.log = JobLog(config.database_url)
         self.spool = Spool(config.spool_dir)
         self.processor = processor or SynthesisProcessor(config, synthesizer)
+        if isinstance(self.processor, SynthesisProcessor):
+            self.processor.log = self.log  # where it finds a second source of the same study
         self.scheduler = Scheduler(config, self.log, self.processor)
         self.scp = StorageSCP(config, self.log, self.spool, disk=disk)
         self._stopped = threading.Event()

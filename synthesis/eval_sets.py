@@ -157,6 +157,9 @@ class EvalCase:
     ``{csf, gm, wm, lesion}`` fractions (float16). source_1mm: the source on the region
     (linear resampling, for pictures and the look-up baseline). acquired_head, source_box:
     the whole acquired source and where ``source`` lies in it (whole-head preprocessing: N4).
+    second, second_peak, second_protocol: a second source of the subject (the 3 T T2 preset,
+    acquired like the first on the same grid and cut to the same box; its whole head's tissue
+    peak), when the cases were built with one.
     """
 
     set_name: str
@@ -177,6 +180,9 @@ class EvalCase:
     sliced_oracle: np.ndarray | None = None
     acquired_head: np.ndarray | None = None  # the whole acquired source (``source`` is its ``source_box``)
     source_box: tuple[slice, ...] | None = None
+    second: np.ndarray | None = None
+    second_peak: float | None = None
+    second_protocol: MRProtocol | None = None
 
 
 def brain_relative(volume: np.ndarray, brain_mask: np.ndarray) -> np.ndarray:
@@ -281,9 +287,25 @@ def _source(subject: Subject, case_set: CaseSet, region: tuple[slice, ...], rng:
     return acquired, box, spacing, rel, peak, protocol  # type: ignore[return-value]
 
 
+def _second_source(subject: Subject, case_set: CaseSet, box: tuple[slice, ...], contrast: str,
+                   rng: np.random.Generator) -> tuple[np.ndarray, float, MRProtocol]:
+    """A second source (the 3 T preset of ``contrast``) acquired as the first, cut to its box."""
+    acq = case_set.acquisition
+    protocol = preset(TARGETS[contrast], FIELD_T)
+    acquired, spacing = acquire(render(subject, protocol), acq, rng)
+    if case_set.resamples:
+        protocol = protocol.with_(slice_thickness_mm=acq.slice_mm, voxel_mm=(*acq.in_plane_mm, acq.slice_mm))
+    return np.ascontiguousarray(acquired[box]), tissue_peak(acquired, spacing), protocol
+
+
 def build_cases(case_sets: Iterable[CaseSet], seeds: Iterable[int], *, crop: Sequence[int] | None,
-                cache_dir: Path | None = None, targets: Iterable[str] = tuple(TARGETS)) -> Iterable[EvalCase]:
-    """Yield every case of ``case_sets`` x ``seeds`` x ``targets`` (subjects made one at a time)."""
+                cache_dir: Path | None = None, targets: Iterable[str] = tuple(TARGETS),
+                second_source: str | None = None) -> Iterable[EvalCase]:
+    """Yield every case of ``case_sets`` x ``seeds`` x ``targets`` (subjects made one at a time);
+    ``second_source`` (a target contrast, e.g. ``"T2w"``): each case also carries that second
+    source (its own noise draw), for models that take one."""
+    if second_source is not None and second_source not in TARGETS:
+        raise ValueError(f"second_source must be one of {', '.join(TARGETS)}. Found {second_source!r}.")
     from synthesis.data import fit_to_shape
     from synthesis.grid import resample
 
@@ -297,6 +319,10 @@ def build_cases(case_sets: Iterable[CaseSet], seeds: Iterable[int], *, crop: Seq
             source = np.ascontiguousarray(head[box])
             shape = tuple(sl.stop - sl.start for sl in region)
             source_1mm = from_box(resample(source, spacing, (1.0, 1.0, 1.0)), origin, shape)
+            second = (None, None, None)
+            if second_source is not None:
+                second = _second_source(subject, case_set, box, second_source,
+                                        np.random.default_rng([seed, zlib.crc32(case_set.name.encode()), 2]))
             brain = subject.brain_mask
             tissues = {t: subject.tissue(t)[region] for t in CONTRAST_TISSUES}
             for target in targets:
@@ -313,6 +339,6 @@ def build_cases(case_sets: Iterable[CaseSet], seeds: Iterable[int], *, crop: Seq
                                                          oracle.shape), brain)[region]
                 yield EvalCase(case_set.name, case_set.group, seed, target, source, spacing, origin,
                                src_protocol, peak, source_1mm, truth[region], tgt_protocol,
-                               brain[region], tissues, oracle[region], sliced, head, box)
+                               brain[region], tissues, oracle[region], sliced, head, box, *second)
             del subject
 

@@ -30,7 +30,8 @@ from synthesis.simulate.acquisition import acquire
 log = logging.getLogger(__name__)
 
 __all__ = ["Predictor", "Evaluation", "evaluate", "LookupBaseline", "oracle_predictor", "sliced_oracle_predictor",
-           "synthesizer_predictor", "n4_predictor", "train_seeds", "seed_groups", "group_summary", "METRICS"]
+           "synthesizer_predictor", "paired_predictor", "n4_predictor", "train_seeds", "seed_groups",
+           "group_summary", "METRICS"]
 
 Predictor = Callable[[EvalCase], "np.ndarray | None"]  # a case -> its prediction on the region (None: n/a)
 METRICS = ("psnr", "ssim", "mae", "rmse_pct")
@@ -101,6 +102,19 @@ def synthesizer_predictor(synthesizer) -> Predictor:
     def predict(case: EvalCase) -> np.ndarray:
         out = synthesizer(case.source, case.source_spacing, case.source_protocol, case.target_protocol,
                           output_spacing=(1.0, 1.0, 1.0), source_peak=case.source_peak).volume
+        return from_box(out, case.source_origin_mm, case.truth.shape)
+    return predict
+
+
+def paired_predictor(synthesizer) -> Predictor:
+    """:func:`synthesizer_predictor` with the case's second source as well (None for a case
+    without one, or whose target is the second source's own contrast)."""
+    def predict(case: EvalCase) -> np.ndarray | None:
+        if case.second is None or case.second_protocol.contrast.value == case.target_contrast:
+            return None
+        out = synthesizer(case.source, case.source_spacing, case.source_protocol, case.target_protocol,
+                          output_spacing=(1.0, 1.0, 1.0), source_peak=case.source_peak,
+                          second=case.second, second_peak=case.second_peak).volume
         return from_box(out, case.source_origin_mm, case.truth.shape)
     return predict
 

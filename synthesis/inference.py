@@ -166,11 +166,17 @@ class Synthesizer:
         self._lock = threading.Lock()
         self._text_cache: dict[str, TextCondition] = {}
 
-    def target_refusal(self, contrast: str) -> str | None:
-        """Why this model must not synthesize ``contrast`` (its lesion check failed), or None."""
+    def target_refusal(self, contrast: str, second: str | None = None) -> str | None:
+        """Why this model must not synthesize ``contrast`` (its lesion check failed), or None;
+        ``second``: the contrast of a second source given with the first (its own check)."""
         from synthesis.lesion_check import refusal
 
-        return refusal(self.lesion_checks, contrast)
+        return refusal(self.lesion_checks, contrast, second)
+
+    @property
+    def takes_second_source(self) -> bool:
+        """True when the model also takes a second source (a T2w of the same subject)."""
+        return bool(self.model.config.second_source)
 
     def _default_budget(self) -> int:
         if self.device.type == "cuda":
@@ -195,6 +201,7 @@ class Synthesizer:
     def __call__(self, volume: np.ndarray, spacing: Sequence[float], source: MRProtocol, target: MRProtocol,
                  output_spacing: Sequence[float] | None = None, *,
                  source_peak: float | None = None,
+                 second: np.ndarray | None = None, second_peak: float | None = None,
                  progress: Callable[[str, int, int], None] | None = None) -> SynthesisResult:
         """Synthesize ``target`` from a ``source`` volume; see the module docstring.
 
@@ -202,33 +209,56 @@ class Synthesizer:
         ``source_peak``: the source's tissue peak (:func:`synthesis.intensity.tissue_peak`,
         after bias correction when that is on) when it is known from a larger volume than
         the one given (evaluation on crops).
+        ``second``: a second source of the same subject on the same grid as ``volume`` (models
+        with :attr:`takes_second_source`; the caller resamples it), normalized by its own
+        tissue peak (``second_peak`` when known from a larger volume).
         ``progress(phase, done, total)``: called after each encoded tile (phase
         ``"encode"``) and each decoded chunk of output planes (``"decode"``).
         Raises ``ValueError`` for a source with no usable signal (blank or constant).
         """
         volume = _validate(volume, spacing, source, target, output_spacing)
         spacing = tuple(float(s) for s in spacing)
+        if second is not None:
+            second = self._validate_second(second, volume.shape)
         start = time.perf_counter()
         if self.bias_correction:  # outside the lock: it does not use the model
             from synthesis.bias import n4_correct
 
             volume = n4_correct(volume, spacing)
+            if second is not None:
+                second = n4_correct(second, spacing)
         with self._lock, torch.inference_mode():
             peak = intensity.tissue_peak(volume, spacing) if source_peak is None else source_peak  # 2
-            normalized = intensity.scale_source(volume, peak)
             work_spacing = grid.working_spacing(spacing)                            # 3
-            work = grid.resample_antialiased(normalized, spacing, work_spacing)
-            del normalized
+            work = grid.resample_antialiased(intensity.scale_source(volume, peak), spacing, work_spacing)
+            work_second = None
+            if second is not None:
+                peak2 = intensity.tissue_peak(second, spacing) if second_peak is None else second_peak
+                work_second = grid.resample_antialiased(intensity.scale_source(second, peak2), spacing,
+                                                        work_spacing)
             text_prompt = prompt(source, target)                                    # 4
             text, features = self._condition(text_prompt, source, target)
             tick = progress or (lambda _phase, _done, _total: None)
-            feats = self._encode(work, text, features, tick)                        # 5
+            feats = self._encode(work, text, features, tick, work_second)           # 5
             out_spacing = tuple(float(s) for s in (output_spacing or grid.default_output_spacing(spacing)))
             out = self._decode(feats, volume.shape, spacing, work_spacing, out_spacing, tick)  # 6
-            del feats, work
+            del feats, work, work_second
             np.clip(out, 0.0, OUTPUT_MAX, out=out)                                  # 7
             logger.info("Synthesized %s -> %s grid in %.1f s", volume.shape, out.shape, time.perf_counter() - start)
         return SynthesisResult(out, out_spacing, grid.origin_offset_mm(spacing, out_spacing), text_prompt)
+
+    def _validate_second(self, second: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        if not self.takes_second_source:
+            raise ValueError("this model takes one source; a second source was given.")
+        second = np.asarray(second)
+        if second.shape != tuple(shape):
+            raise ValueError(f"the second source must be on the first's grid, shape {tuple(shape)}. "
+                             f"Found {second.shape}.")
+        if not np.issubdtype(second.dtype, np.number) or second.dtype == bool or np.iscomplexobj(second):
+            raise ValueError(f"the second source must hold real numbers. Found dtype {second.dtype}.")
+        if np.issubdtype(second.dtype, np.floating) and not np.isfinite(second).all():
+            raise ValueError("the second source must be finite. Found NaN or infinite voxels.")
+        return second
 
     def _condition(self, text_prompt: str, source: MRProtocol,
                    target: MRProtocol) -> tuple[TextCondition | None, torch.Tensor]:
@@ -250,14 +280,23 @@ class Synthesizer:
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
 
     def _encode(self, work: np.ndarray, text: TextCondition | None, features: torch.Tensor,
-                tick: Callable[[str, int, int], None]) -> Features:
+                tick: Callable[[str, int, int], None], second: np.ndarray | None = None) -> Features:
         """Features of the whole working volume, tiled when it exceeds the voxel budget."""
         m = self.model.config.size_multiple
         padded = [math.ceil(n / m) * m for n in work.shape]
         x = torch.from_numpy(work)[None, None]
-        if math.prod(padded) <= self.max_tile_voxels:
+        x2 = torch.from_numpy(np.ascontiguousarray(second, dtype=np.float32))[None, None] \
+            if second is not None else None
+
+        def run(region: tuple[slice, ...] | tuple[()] = ()) -> Features:
+            part = x[(..., *region)].to(self.device)
             with self._autocast():
-                feats = self.model.encode(x.to(self.device), text, features)
+                if x2 is None:
+                    return self.model.encode(part, text, features)
+                return self.model.encode(part, text, features, x2[(..., *region)].to(self.device))
+
+        if math.prod(padded) <= self.max_tile_voxels:
+            feats = run()
             tick("encode", 1, 1)
             return feats.with_volume(feats.volume.float())
         tiles = grid.plan_tiles(work.shape, self.max_tile_voxels, m, self.tile_overlap)
@@ -265,8 +304,7 @@ class Synthesizer:
         accum = weight_sum = last = None
         for done, (start, size) in enumerate(tiles, 1):
             region = tuple(slice(s, s + n) for s, n in zip(start, size))
-            with self._autocast():
-                feats = self.model.encode(x[(..., *region)].to(self.device), text, features)
+            feats = run(region)
             weights = torch.from_numpy(grid.blend_weights(start, size, work.shape, self.tile_overlap)).to(self.device)
             if accum is None:
                 accum = torch.zeros(feats.volume.shape[1], *work.shape, device=self.device)

@@ -23,7 +23,7 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping
 
-__all__ = ["CHECK_SET", "MIN_CONTRAST_SHARE", "checks_path", "lesion_checks", "write_checks",
+__all__ = ["CHECK_SET", "MIN_CONTRAST_SHARE", "checks_path", "check_key", "lesion_checks", "write_checks",
            "load_checks", "refusal"]
 
 logger = logging.getLogger(__name__)
@@ -40,10 +40,11 @@ def checks_path(checkpoint: str | Path) -> Path:
     return path.with_name(path.stem + ".checks.json")
 
 
-def lesion_checks(summary: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+def lesion_checks(summary: Mapping[str, Any], second: str | None = None) -> dict[str, dict[str, Any]]:
     """Per target, from an evaluation summary of one model (``summary[set][target]`` with
     ``ratios`` and ``truth_ratios``): the two lesion/WM ratios, the share of the truth's
-    contrast the model shows, and whether it passes."""
+    contrast the model shows, and whether it passes. ``second``: the summary is of the model
+    given a second source of that contrast (keys ``FLAIR+T2w``, :func:`check_key`)."""
     out: dict[str, dict[str, Any]] = {}
     for target, metrics in (summary.get(CHECK_SET) or {}).items():
         model = (metrics.get("ratios") or {}).get("lesion/WM")
@@ -51,14 +52,19 @@ def lesion_checks(summary: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         if model is None or truth is None or abs(truth - 1.0) < MIN_TRUTH_CONTRAST:
             continue
         share = (model - 1.0) / (truth - 1.0)
-        out[target] = {"lesion_wm_model": round(float(model), 4), "lesion_wm_truth": round(float(truth), 4),
-                       "contrast_share": round(float(share), 3), "passed": bool(share >= MIN_CONTRAST_SHARE)}
+        out[check_key(target, second)] = {
+            "lesion_wm_model": round(float(model), 4), "lesion_wm_truth": round(float(truth), 4),
+            "contrast_share": round(float(share), 3), "passed": bool(share >= MIN_CONTRAST_SHARE)}
     return out
 
 
-def write_checks(checkpoint: str | Path, sha256: str, summary: Mapping[str, Any], command: str) -> Path:
-    """Write the checks of ``summary`` beside ``checkpoint``; returns the file."""
+def write_checks(checkpoint: str | Path, sha256: str, summary: Mapping[str, Any], command: str,
+                 paired: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
+    """Write the checks of ``summary`` beside ``checkpoint``; returns the file. ``paired``:
+    second-source contrast -> the summary of the model given that second source as well."""
     checks = lesion_checks(summary)
+    for second, paired_summary in (paired or {}).items():
+        checks.update(lesion_checks(paired_summary, second))
     if not checks:
         raise ValueError(f"The evaluation has no {CHECK_SET!r} set with lesion/WM ratios: run it with that "
                          f"set (rtfsyn evaluate --sets all) to write lesion checks.")
@@ -89,11 +95,19 @@ def load_checks(checkpoint: str | Path, sha256: str | None) -> dict[str, dict[st
     return targets
 
 
-def refusal(checks: Mapping[str, Mapping[str, Any]], contrast: str) -> str | None:
-    """Why ``contrast`` must not be synthesized by this model, or None."""
-    check = checks.get(contrast)
+def check_key(contrast: str, second: str | None = None) -> str:
+    """The checks' key of a target: ``FLAIR``, or ``FLAIR+T2w`` when a T2w second source is given."""
+    return f"{contrast}+{second}" if second else contrast
+
+
+def refusal(checks: Mapping[str, Mapping[str, Any]], contrast: str, second: str | None = None) -> str | None:
+    """Why ``contrast`` (from a first source, plus a ``second`` source of that contrast when
+    given) must not be synthesized by this model, or None."""
+    key = check_key(contrast, second)
+    check = checks.get(key)
     if not check or check.get("passed", True):
         return None
-    return (f"this model's {contrast} does not show white-matter lesions: lesion/WM "
+    with_second = f" (with a {second} second source)" if second else ""
+    return (f"this model's {contrast}{with_second} does not show white-matter lesions: lesion/WM "
             f"{check['lesion_wm_model']:.2f} where the truth is {check['lesion_wm_truth']:.2f} "
             f"({CHECK_SET} evaluation; at least {MIN_CONTRAST_SHARE:.0%} of the lesion contrast is required)")

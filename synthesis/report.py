@@ -159,6 +159,30 @@ def _lesion_table(result: dict, summary: dict, targets: list[str]) -> list[str]:
     return _table(["set", "target", "lesion/WM truth", "lesion/WM rtfsyn", "CSF/GM truth", "CSF/GM rtfsyn"], rows)
 
 
+def _paired(result: dict, summary: dict, targets: list[str]) -> list[str]:
+    """The model given a second source (``rtfsyn+T2w``) beside the model given the T1 alone."""
+    paired = next((m for m in summary if m.startswith("rtfsyn+") and m != "rtfsyn+N4"), None)
+    if paired is None:
+        return []
+    second = paired.split("+", 1)[1]
+    rows = []
+    for s in (s["name"] for s in result["sets"]):
+        for t in targets:
+            p, m = _get(summary, paired, s, t), _get(summary, "rtfsyn", s, t)
+            if not p:
+                continue
+            truth = p["truth_ratios"].get("lesion/WM")
+            rows.append([f"`{s}`", t, f"{m['psnr']:.2f} / {m['ssim']:.3f}" if m else "—",
+                         f"**{p['psnr']:.2f}** / {p['ssim']:.3f}", _fmt_ratio(truth),
+                         _fmt_ratio(m["ratios"].get("lesion/WM")) if m else "—",
+                         _fmt_ratio(p["ratios"].get("lesion/WM"))])
+    return ["", f"## With a second source ({second} of the same subject)", "",
+            f"The model also takes a {second} series of the same study on the T1's grid (the 3 T {second} "
+            "preset, acquired like the T1 of each set, its own noise). PSNR / SSIM in the brain; lesion/WM: "
+            "tissue means.", ""] + _table(
+        ["set", "target", "T1 alone", f"T1 + {second}", "lesion/WM truth", "T1 alone", f"T1 + {second}"], rows)
+
+
 def _n4(summary: dict, targets: list[str]) -> list[str]:
     if "rtfsyn+N4" not in summary:
         return []
@@ -250,7 +274,8 @@ def render_markdown(result: dict, *, command: str, pictures: dict[str, str]) -> 
                 lines += ["", "Source normalization: the tissue peak over the source's white-matter mean "
                           "(1.00: the peak is white matter, as the normalization intends): " + ", ".join(
                               f"`{k}` {v:.2f}" for k, v in result["normalization"].items() if v is not None) + "."]
-    lines += _n4(summary, targets) + _ablations(result, summary, targets) + _real_t1(result)
+    lines += _paired(result, summary, targets) + _n4(summary, targets)
+    lines += _ablations(result, summary, targets) + _real_t1(result)
     if result.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in result["notes"]]
     if pictures:

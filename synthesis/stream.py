@@ -6,7 +6,10 @@ rendered as a source with its own contrast spread and acquired as a whole head
 (:mod:`synthesis.simulate.acquisition`), normalized as inference does
 (:mod:`synthesis.intensity`), brought back to the 1 mm grid, and rendered clean as
 targets in brain-relative units. Crops of that whole head are what the network
-trains on: the degradations and the normalization saw the whole field of view.
+trains on: the degradations and the normalization saw the whole field of view. A share
+of draws (``second_source_share``) also acquires a second source of the same subject (a
+T2w by default, with its own protocol and acquisition, normalized the same way) for
+models that take one.
 
 :class:`CropStream` runs draws in a DataLoader worker process, so simulation and
 the optimizer step overlap.
@@ -38,7 +41,9 @@ log = logging.getLogger(__name__)
 class Crop:
     """One training crop, ``(P, P, P)`` arrays on the 1 mm grid.
 
-    source: normalized source; target: clean target (brain-relative units);
+    source: normalized source; target: clean target (brain-relative units); second: a second
+    normalized source of the same subject (its own protocol and acquisition; None when the draw
+    has none, or when the target has the second source's contrast);
     target_cell: the target blurred to an output voxel of ``cell`` mm (for queries
     with that cell size); fractions: ``(T, P, P, P)`` float16 tissue fractions;
     mask: brain mask; brain_range: width of the target's brain percentile band.
@@ -54,6 +59,8 @@ class Crop:
     target_protocol: MRProtocol
     brain_range: float
     acquisition: Acquisition | None = None
+    second: np.ndarray | None = None
+    second_protocol: MRProtocol | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,8 @@ class StreamConfig:
     patch: int = 64
     source_contrasts: tuple[str, ...] = ("T1w",)
     target_contrasts: tuple[str, ...] = ("T2w", "PDw", "FLAIR")
+    second_source_contrasts: tuple[str, ...] = ("T2w",)
+    second_source_share: float = 0.0  # share of draws that also acquire a second source
     target_weights: tuple[float, ...] | None = None
     source_preset_share: float = 0.3
     target_preset_share: float = 0.6
@@ -152,6 +161,7 @@ def draw_crops(cfg: StreamConfig, draw: int, seed: int, subject: Subject | None 
     head = subject.fractions.sum(0) > 0.5
     # found once per draw, used by every target's crops
     lesion = np.argwhere(subject.fractions[TISSUES.index("lesion")] > 0.5) if cfg.lesion_crop_share > 0 else None
+    second, second_p = _second_source(cfg, draw, seed, subject, field_t)
     crops = []
     for tgt_c in _targets(cfg, rng):
         tgt_p = random_protocol(tgt_c, rng, field_t=field_t, split=cfg.split,
@@ -165,12 +175,33 @@ def draw_crops(cfg: StreamConfig, draw: int, seed: int, subject: Subject | None 
             cell = float(np.exp(rng.uniform(np.log(0.5), np.log(cfg.max_cell))))
             tgt = _pad(target[region], cfg.patch)
             blurred = ndimage.gaussian_filter(tgt, 0.5 * np.sqrt(cell**2 - 1)) if cell > 1 else tgt
+            paired = second is not None and second_p.contrast != tgt_c
             crops.append(Crop(
                 source=_pad(source[region], cfg.patch), target=tgt, target_cell=blurred, cell=cell,
                 fractions=_pad(subject.fractions[(slice(None), *region)], cfg.patch),
                 mask=_pad(mask[region], cfg.patch), source_protocol=src_p, target_protocol=tgt_p,
-                brain_range=brain_range, acquisition=acq))
+                brain_range=brain_range, acquisition=acq,
+                second=_pad(second[region], cfg.patch) if paired else None,
+                second_protocol=second_p if paired else None))
     return crops
+
+
+def _second_source(cfg: StreamConfig, draw: int, seed: int, subject: Subject,
+                   field_t: float) -> tuple[np.ndarray | None, MRProtocol | None]:
+    """A second source of the draw's subject, for a share ``second_source_share`` of draws: a
+    random protocol of one of ``second_source_contrasts`` at the same field strength, with its
+    own acquisition (voxel size, slices, noise, bias), normalized and brought to the 1 mm grid
+    as the first is. Its own random stream, so draws without one are as before."""
+    if cfg.second_source_share <= 0:
+        return None, None
+    rng = np.random.default_rng([seed, draw, 78])
+    if rng.random() >= cfg.second_source_share:
+        return None, None
+    contrast = Contrast(cfg.second_source_contrasts[int(rng.integers(len(cfg.second_source_contrasts)))])
+    protocol = random_protocol(contrast, rng, field_t=field_t, split=cfg.split, preset_share=cfg.source_preset_share)
+    acq = random_acquisition(rng, protocol)
+    volume = acquired_source(subject, protocol, acq, rng)
+    return volume, protocol.with_(slice_thickness_mm=acq.slice_mm, voxel_mm=(*acq.in_plane_mm, acq.slice_mm))
 
 
 def subject_edits(seed: int) -> AnatomyEdits:

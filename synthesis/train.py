@@ -19,8 +19,11 @@ times); voxels outside the brain count ``outside_weight`` times their plain erro
 Lesions, a fraction of a percent of a brain, are weighted up (``lesion_weight``, on
 the image and the bases), a share of crops is centred near one
 (``lesion_crop_share``), and a soft Dice term on the lesion basis counts each crop's
-lesion as one object (``lesion_dice_weight``). On CPU the encoder runs under bf16 autocast (``bf16``) in channels-last layout;
-the decoder head and the loss stay in fp32.
+lesion as one object (``lesion_dice_weight``). A model with ``second_source`` also gets, for
+a share ``second_source_share`` of draws, a T2w of the same subject (its own protocol and
+acquisition) for its PDw and FLAIR crops; the second-source branch learns at
+``second_source_lr_scale`` times the learning rate. On CPU the encoder runs under bf16
+autocast (``bf16``) in channels-last layout; the decoder head and the loss stay in fp32.
 """
 from __future__ import annotations
 
@@ -101,6 +104,9 @@ class TrainConfig:
     lesion_crop_share: float = 0.0  # share of crops centred on a lesion (randomized generator)
     lesion_weight: float = 0.0     # a voxel's loss weight is times 1 + lesion_weight * its lesion fraction
     lesion_dice_weight: float = 0.0  # weight of a soft Dice loss of the lesion basis (crops holding a lesion)
+    second_source_share: float = 0.0  # share of draws with a second source (models with second_source)
+    second_source_contrasts: tuple[str, ...] = ("T2w",)
+    second_source_lr_scale: float = 1.0  # learning rate of the second-source branch, times the rest's
     snapshot_every: int = 0        # keep the weights every N steps in <out_dir>/snapshots/ (0: none)
     average_snapshots: int = 0     # export the mean of the last K weights (K - 1 snapshots and the final ones)
     model: dict[str, Any] = field(default_factory=dict)
@@ -117,7 +123,7 @@ class TrainConfig:
         unknown = sorted(set(flat) - known)
         if unknown:
             raise ValueError(f"Unknown training option(s): {', '.join(unknown)}. Known: {', '.join(sorted(known))}.")
-        for key in ("target_contrasts", "source_contrasts", "target_weights"):
+        for key in ("target_contrasts", "source_contrasts", "target_weights", "second_source_contrasts"):
             if flat.get(key) is not None:
                 flat[key] = tuple(flat[key])
         cfg = cls(**flat)
@@ -128,6 +134,12 @@ class TrainConfig:
         for name in ("snapshot_every", "average_snapshots"):
             if getattr(cfg, name) < 0:
                 raise ValueError(f"{name} must be 0 (off) or more. Found {getattr(cfg, name)}.")
+        if not 0.0 <= cfg.second_source_share <= 1.0:
+            raise ValueError(f"second_source_share must be in [0, 1]. Found {cfg.second_source_share}.")
+        if not cfg.second_source_lr_scale > 0:
+            raise ValueError(f"second_source_lr_scale must be > 0. Found {cfg.second_source_lr_scale}.")
+        if cfg.second_source_share > 0 and cfg.generator != "randomized":
+            raise ValueError("second_source_share needs generator = 'randomized'.")
         if cfg.generator not in ("randomized", "template"):
             raise ValueError(f"generator must be 'randomized' or 'template'. Found {cfg.generator!r}.")
         return cfg
@@ -165,7 +177,8 @@ def resolve_device(name: str) -> torch.device:
 def make_batch(pairs: Sequence[Pair | Crop], device: torch.device, feature_dim: int | None = None) -> dict[str, Any]:
     """Stack pairs (:class:`~synthesis.data.Pair`) or crops (:class:`~synthesis.stream.Crop`)
     into tensors: source/target/mask (B,1,P,P,P), features (B,F), the text condition,
-    brain_range (B,); crops add fractions (B,T,P,P,P), target_cell (B,1,P,P,P), cell (B,).
+    brain_range (B,); crops add fractions (B,T,P,P,P), target_cell (B,1,P,P,P), cell (B,), and
+    when any has a second source: second (B,1,P,P,P; zeros where absent) and present (B,).
     ``feature_dim``: the model's (older models read a prefix of the features)."""
     prompts = [prompt(p.source_protocol, p.target_protocol) for p in pairs]
     text = get_text_encoder().encode(prompts).to(device)
@@ -188,6 +201,11 @@ def make_batch(pairs: Sequence[Pair | Crop], device: torch.device, feature_dim: 
         batch["fractions"] = stack("fractions").float()
         batch["target_cell"] = stack("target_cell")[:, None]
         batch["cell"] = torch.tensor([p.cell for p in pairs], dtype=torch.float32, device=device)
+        if any(p.second is not None for p in pairs):
+            batch["second"] = torch.from_numpy(np.stack([
+                p.second if p.second is not None else np.zeros_like(p.source) for p in pairs]))[:, None].to(device)
+            batch["present"] = torch.tensor([p.second is not None for p in pairs], dtype=torch.float32,
+                                            device=device)
     return batch
 
 
@@ -264,11 +282,14 @@ def loss_on_batch(model: RTFSyn, batch: dict[str, Any], cfg: TrainConfig, step: 
     batch's cell sizes when it has them); plus ``tissue_weight`` times the L1 of the
     output bases to the tissue fractions (when the batch has fractions and the model
     mixes physics-prior bases)."""
-    source = batch["source"]
+    source, second = batch["source"], batch.get("second")
+    if second is not None and not model.config.second_source:
+        second = None  # a one-source model trains on the first source alone
     if cfg.channels_last:
         source = source.contiguous(memory_format=torch.channels_last_3d)
     with _autocast(cfg, source.device):
-        feats = model.encode(source, batch["text"], batch["features"])
+        feats = model.encode(source, batch["text"], batch["features"], second,
+                             batch.get("present") if second is not None else None)
     feats = feats.to(source.device, torch.float32)
     supervise_bases = "fractions" in batch and cfg.tissue_weight > 0 and model.uses_physics_mix
     if supervise_bases:
@@ -316,7 +337,9 @@ def validate(model: RTFSyn, pairs: list[Pair], device: torch.device) -> float:
     scores = []
     for pair in pairs:
         batch = make_batch([pair], device, model.config.feature_dim)
-        pred = model(batch["source"], batch["text"], batch["features"])[0, 0].float().cpu().numpy()
+        second = batch.get("second") if model.config.second_source else None
+        pred = model(batch["source"], batch["text"], batch["features"], second,
+                     batch.get("present") if second is not None else None)[0, 0].float().cpu().numpy()
         mask = pair.mask.astype(bool)
         if mask.sum() > 100:
             scores.append(psnr(normalize_in_mask(pred, mask), normalize_in_mask(pair.target, mask), mask))
@@ -350,7 +373,28 @@ def _initial_model(cfg: TrainConfig) -> RTFSyn:
     path = ckpt.default_checkpoint_path() if cfg.init_checkpoint == "default" else Path(cfg.init_checkpoint)
     model, _ = ckpt.load(path)
     log.info("Starting from the weights of %s", path)
+    if cfg.model.get("second_source") and not model.config.second_source:
+        from synthesis.nets.rtfsyn import with_second_source
+
+        log.info("Adding a second-source input (starting at zero) to the weights of %s", path)
+        model = with_second_source(model)
     return model
+
+
+def _param_groups(model: RTFSyn, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups: every trainable parameter, and the second-source
+    branches (``stem_second``, ``late_second``) on their own with ``lr_scale =
+    second_source_lr_scale``: they start at zero in a fine-tuned model and have to grow to a
+    size the rest of the network reads."""
+    def branch(name: str) -> bool:
+        return name.startswith(("stem_second.", "late_second."))
+
+    second = [p for n, p in model.named_parameters() if branch(n) and p.requires_grad]
+    rest = [p for n, p in model.named_parameters() if not branch(n) and p.requires_grad]
+    groups: list[dict[str, Any]] = [{"params": rest, "lr_scale": 1.0}]
+    if second:
+        groups.append({"params": second, "lr_scale": cfg.second_source_lr_scale})
+    return groups
 
 
 def _stream_config(cfg: TrainConfig, split: str) -> StreamConfig:
@@ -360,7 +404,9 @@ def _stream_config(cfg: TrainConfig, split: str) -> StreamConfig:
                         target_preset_share=cfg.target_preset_share, split=split,
                         draws_per_subject=cfg.draws_per_subject, targets_per_draw=cfg.targets_per_draw,
                         crops_per_target=cfg.crops_per_target, max_cell=cfg.max_cell,
-                        lesion_crop_share=cfg.lesion_crop_share)
+                        lesion_crop_share=cfg.lesion_crop_share,
+                        second_source_share=cfg.second_source_share,
+                        second_source_contrasts=cfg.second_source_contrasts)
 
 
 def _crops_per_draw(cfg: TrainConfig) -> int:
@@ -444,8 +490,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
     state_path = out / "last.pt"
     state = torch.load(state_path, map_location=device, weights_only=True) if state_path.exists() else None
     model = (_resumed_model(cfg, state) if state is not None else _initial_model(cfg)).to(device)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                            weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, elapsed, history = 0, 0.0, []
     if state is not None:
         model.load_state_dict(state["model"])
@@ -475,7 +520,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
         for step in bar:
             batch = make_batch(next(batches), device, model.config.feature_dim)
             for group in opt.param_groups:
-                group["lr"] = learning_rate(cfg, step)
+                group["lr"] = learning_rate(cfg, step) * group.get("lr_scale", 1.0)
             loss = loss_on_batch(model, batch, cfg, step)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -556,11 +601,13 @@ def average_with_snapshots(cfg: TrainConfig, model: RTFSyn, step: int) -> dict[s
 
 
 def _write_final(cfg: TrainConfig, model: RTFSyn, step: int, elapsed: float, history: list[dict],
-                 device: torch.device, init: dict[str, Any] | None) -> Path:
+                 device: torch.device, init: dict[str, Any] | None, *,
+                 snapshot: Path | None = None) -> Path:
     """``model.pt`` (the weights with their training record; the mean of the last weights
-    when ``average_snapshots`` is set) and ``training_record.json``."""
+    when ``average_snapshots`` is set) and ``training_record.json``; for the weights of a
+    ``snapshot``, ``exports/step-N.pt`` and ``exports/step-N.json`` instead (no averaging)."""
     out = Path(cfg.out_dir)
-    averaged = average_with_snapshots(cfg, model, step)
+    averaged = average_with_snapshots(cfg, model, step) if snapshot is None else None
     template_seeds = list(SPLIT_SEEDS["train"])[: cfg.train_subjects]
     record = {
         "steps_done": step, "steps_planned": cfg.steps, "train_minutes": round(elapsed / 60, 2),
@@ -574,21 +621,53 @@ def _write_final(cfg: TrainConfig, model: RTFSyn, step: int, elapsed: float, his
         record["initialized_from"] = init
     if averaged is not None:
         record["weights_averaged"] = averaged
-    final = out / "model.pt"
+    final, record_path = out / "model.pt", out / "training_record.json"
+    if snapshot is not None:
+        record["snapshot"] = {"step": step, "sha256": ckpt.sha256(snapshot)}
+        final = out / "exports" / f"step-{step:06d}.pt"
+        record_path = final.with_suffix(".json")
+        final.parent.mkdir(exist_ok=True)
     ckpt.save(model.cpu().to(memory_format=torch.contiguous_format), final, extra={"training": record})
-    (out / "training_record.json").write_text(json.dumps(record, indent=2))
+    record_path.write_text(json.dumps(record, indent=2))
     return final
 
 
-def export_checkpoint(cfg: TrainConfig) -> Path:
+def export_checkpoint(cfg: TrainConfig, snapshot: int | None = None) -> Path:
     """Write ``model.pt`` and ``training_record.json`` from a run's ``last.pt`` without
-    training (a run still in progress can be evaluated this way)."""
+    training (a run still in progress can be evaluated this way); with ``snapshot`` (a step),
+    the weights of ``snapshots/step-N.pt`` as ``exports/step-N.pt`` with their record (the
+    validation history up to that step, the training time the run's log gives for it), to
+    score with ``rtfsyn evaluate --split validation``."""
     state_path = Path(cfg.out_dir) / "last.pt"
     if not state_path.is_file():
         raise FileNotFoundError(f"No training state to export at {state_path}.")
     state = torch.load(state_path, map_location="cpu", weights_only=True)
     model = _resumed_model(cfg, state)
-    model.load_state_dict(state["model"])
     init = json.loads(state["init"]) if "init" in state else _init_record(cfg)
-    return _write_final(cfg, model, int(state["step"]), float(state["elapsed"]),
-                        json.loads(state["history"]), resolve_device(cfg.device), init)
+    history = json.loads(state["history"])
+    if snapshot is None:
+        model.load_state_dict(state["model"])
+        return _write_final(cfg, model, int(state["step"]), float(state["elapsed"]), history,
+                            resolve_device(cfg.device), init)
+    path = snapshot_path(cfg.out_dir, snapshot)
+    if not path.is_file():
+        kept = sorted(int(p.stem.split("-")[1]) for p in path.parent.glob("step-*.pt")) if path.parent.is_dir() else []
+        raise FileNotFoundError(f"No snapshot of step {snapshot} at {path}. Kept: {kept or 'none'}.")
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return _write_final(cfg, model, snapshot, _elapsed_at(Path(cfg.out_dir) / "train_log.jsonl", snapshot),
+                        [h for h in history if h.get("step", 0) <= snapshot], resolve_device(cfg.device), init,
+                        snapshot=path)
+
+
+def _elapsed_at(log_path: Path, step: int) -> float:
+    """Training seconds at ``step`` from the run's ``train_log.jsonl`` (0 when it has no such step)."""
+    if not log_path.is_file():
+        return 0.0
+    for line in log_path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if row.get("step") == step and "elapsed_s" in row:
+            return float(row["elapsed_s"])
+    return 0.0

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 ABLATION_TRAINING = "bench/ablations.py"
+SECOND_SOURCE = "T2w"             # the second source a two-source model is evaluated with
+PAIRED = f"rtfsyn+{SECOND_SOURCE}"  # its predictor's name in the result
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -38,6 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="also run with N4 bias correction on the in-distribution, bias and real-T1 cases "
                         "(auto: when the Synthesizer offers it)")
     p.add_argument("--no-real-t1", action="store_true", help="skip the real T1 image")
+    p.add_argument("--no-second-source", action="store_true",
+                   help="a model that takes a second source: skip its runs with a T2w second source "
+                        "(model 'rtfsyn+T2w', PDw and FLAIR targets)")
     p.add_argument("--cache-dir", default="var/sim-cache", help="simulated subject cache ('' for none)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -177,6 +182,10 @@ def run(args: argparse.Namespace) -> int:
         predictors["lookup"] = ev.LookupBaseline.fitted(2, cache).predictor()
     sets_of = {name: set(opts["ablation_sets"]) for name in opts["ablations"]}
     sets_of["rtfsyn+N4"] = {"in_distribution", "bias_0.3"}
+    second = None
+    if getattr(synthesizers["rtfsyn"], "takes_second_source", False) and not args.no_second_source:
+        second = SECOND_SOURCE
+        predictors[PAIRED] = ev.paired_predictor(synthesizers["rtfsyn"])
     notes = [f"{name}: {_training_summary(path)}" for name, path in opts["ablations"].items()]
     report_dir = Path(args.report).parent if args.report else None
     pictures: dict[str, str] = {}
@@ -193,7 +202,8 @@ def run(args: argparse.Namespace) -> int:
         pictures[key] = rel
 
     seeds = held_out_seeds(args.subjects, args.split)
-    cases = build_cases(opts["sets"], seeds, crop=opts["crop"], cache_dir=cache, targets=opts["targets"])
+    cases = build_cases(opts["sets"], seeds, crop=opts["crop"], cache_dir=cache, targets=opts["targets"],
+                        second_source=second)
     evaluation = ev.evaluate(predictors, cases, on_case=on_case, progress=not args.no_progress, sets_of=sets_of)
     real = None if args.no_real_t1 else _real_t1(synthesizers, report_dir, pictures)
     result = _result(args, opts, synthesizers["rtfsyn"], evaluation, real, notes, seeds)
@@ -204,8 +214,9 @@ def run(args: argparse.Namespace) -> int:
 
         path = ckpt.default_checkpoint_path() if args.checkpoint == "default" else Path(args.checkpoint)
         try:
+            paired = {SECOND_SOURCE: result["summary"][PAIRED]} if PAIRED in result["summary"] else None
             written = write_checks(path, result["model"]["checkpoint_sha256"], result["summary"]["rtfsyn"],
-                                   result["command"])
+                                   result["command"], paired)
         except ValueError as exc:
             print(f"rtfsyn evaluate: {exc}", file=sys.stderr)
             return 2

@@ -46,6 +46,10 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--bias-correction", action="store_true",
                    help="N4 bias-field correction of the source before synthesis (SimpleITK; "
                         "adds seconds)")
+    p.add_argument("--second-source", metavar="DIR", type=Path,
+                   help="a folder with a T2-weighted series of the same study and frame of reference, "
+                        "given to a model that takes a second source (FLAIR and PD then pass their own "
+                        "lesion check; see docs/ELIGIBILITY.md)")
     p.add_argument("--format", dest="output_format", default="mr", choices=FORMATS,
                    help="mr: one MR image per slice (default); enhanced-mr: one multi-frame "
                         "instance; parametric-map: float32 values")
@@ -130,6 +134,16 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"{src_dir} holds {len(series)} series, one is expected: {listing}. "
                      "Point SRC_DIR at the folder of one of them", EXIT_BAD_INPUT)
     (files,) = series.values()
+    second_files = None
+    if args.second_source is not None:
+        second_dir = Path(args.second_source)
+        if not second_dir.is_dir():
+            return _fail(f"--second-source {second_dir} is not a folder", EXIT_BAD_INPUT)
+        found = find_series_files(second_dir)
+        if len(found) != 1:
+            return _fail(f"--second-source {second_dir} holds {len(found)} series, one is expected",
+                         EXIT_BAD_INPUT)
+        (second_files,) = found.values()
 
     from dicom_node.commands.progress_view import PIPELINE_STAGES, ProgressView
     from dicom_node.errors import DerivedSeriesError, RejectedSeries
@@ -152,7 +166,8 @@ def run(args: argparse.Namespace) -> int:
                                  output_format=args.output_format,
                                  series_number_offset=args.series_number_offset,
                                  stage=view.stage, progress=view.progress,
-                                 unvalidated_targets="allow" if args.allow_unvalidated_target else "refuse")
+                                 unvalidated_targets="allow" if args.allow_unvalidated_target else "refuse",
+                                 second_files=second_files)
         written = _publish(staging, out_dir)
     except RejectedSeries as exc:
         return _fail(f"cannot process the series in {src_dir}: {exc.reason}", EXIT_BAD_INPUT)
@@ -164,8 +179,9 @@ def run(args: argparse.Namespace) -> int:
         view.close()
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+    with_second = f" and a T2w series ({len(second_files)} files)" if second_files else ""
     print(f"Synthesized {derived.target_protocol.contrast.value} from a "
-          f"{derived.source_protocol.contrast.value} series ({len(files)} source files).")
+          f"{derived.source_protocol.contrast.value} series ({len(files)} source files){with_second}.")
     print(f"Wrote {len(written)} files (series {derived.series_instance_uid}) to {out_dir}")
     print("Timings: " + ", ".join(f"{k} {v:.2f} s" for k, v in derived.timings.items()))
     for warning in derived.warnings:

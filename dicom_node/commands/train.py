@@ -18,6 +18,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--export-only", action="store_true",
                    help="write model.pt and training_record.json from the run's last.pt, no training")
+    p.add_argument("--snapshot", type=int, metavar="STEP",
+                   help="with --export-only: export the snapshot of this step (<out_dir>/snapshots/) as "
+                        "<out_dir>/exports/step-N.pt, to score it with rtfsyn evaluate --split validation")
     p.set_defaults(func=run)
 
 
@@ -40,9 +43,12 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"rtfsyn train: {args.config}: {exc}", file=sys.stderr)
         return 2
+    if args.snapshot is not None and not args.export_only:
+        print("rtfsyn train: --snapshot needs --export-only.", file=sys.stderr)
+        return 2
     if args.export_only:
         try:
-            final = export_checkpoint(cfg)
+            final = export_checkpoint(cfg, args.snapshot)
         except FileNotFoundError as exc:
             print(f"rtfsyn train: {exc}", file=sys.stderr)
             return 2

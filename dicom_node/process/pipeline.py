@@ -42,7 +42,7 @@ from dicom_node.process.volume import AssembledVolume
 from synthesis import grid
 from synthesis.protocol import PRESETS, MRProtocol, preset
 
-__all__ = ["NodeInfo", "DerivedSeries", "process_series", "target_protocol", "RejectedSeries"]
+__all__ = ["NodeInfo", "DerivedSeries", "process_series", "second_source", "target_protocol", "RejectedSeries"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,13 +56,19 @@ class SynthesizerLike(Protocol):
                  target: MRProtocol, output_spacing: Sequence[float] | None = None,
                  **options: Any) -> Any: ...
 
-    def target_refusal(self, contrast: str) -> str | None: ...
+    def target_refusal(self, contrast: str, second: str | None = None) -> str | None: ...
 
 
-def _check_target(synthesizer: SynthesizerLike, contrast: str, policy: str) -> None:
+#: The contrast a second source must have (what the two-source model was trained with).
+SECOND_SOURCE_CONTRAST = "T2w"
+#: The share of the first series' signal voxels the second must cover.
+MIN_SECOND_COVERAGE = 0.95
+
+
+def _check_target(synthesizer: SynthesizerLike, contrast: str, policy: str, second: str | None = None) -> None:
     """Refuse (or, with ``policy == "allow"``, warn about) a target the model failed its
-    lesion check for."""
-    reason = synthesizer.target_refusal(contrast)
+    lesion check for (with a ``second`` source of that contrast: its own check)."""
+    reason = synthesizer.target_refusal(contrast, second) if second else synthesizer.target_refusal(contrast)
     if reason is None:
         return
     if policy == "allow":
@@ -109,6 +115,42 @@ def target_protocol(name: str, source: MRProtocol,
                                                              slice_thickness_mm=dz)
 
 
+def second_source(files: Sequence[Path], first: AssembledVolume,
+                  eligibility: EligibilityRules = DEFAULT_RULES) -> tuple[np.ndarray, MRProtocol, str]:
+    """The second source series in ``files`` on the first's voxel grid: (volume, protocol,
+    Series Instance UID). It must pass the same eligibility rules, belong to the first's study
+    and frame of reference, be T2-weighted, and cover the first's signal; else
+    :class:`RejectedSeries` says which."""
+    from dicom_node.process.volume import resample_onto
+
+    second = assemble_series(files)
+    verdict = check_header(second.header, eligibility)
+    if verdict.refusal:
+        raise RejectedSeries(f"second source: {verdict.refusal}")
+    try:
+        check_volume(second.volume, second.spacing, eligibility)
+    except RejectedSeries as exc:
+        raise RejectedSeries(f"second source: {exc.reason}") from exc
+    if str(second.header.get("StudyInstanceUID", "")) != str(first.header.get("StudyInstanceUID", "")):
+        raise RejectedSeries("second source: it belongs to another study than the first series")
+    if second.geometry.frame_of_reference_uid != first.geometry.frame_of_reference_uid:
+        raise RejectedSeries("second source: another frame of reference than the first series (the two "
+                             "are not registered)")
+    if second.series_instance_uid == first.series_instance_uid:
+        raise RejectedSeries("second source: it is the first series itself")
+    protocol = protocol_from_dataset(second.header, slice_spacing_mm=second.spacing[0])
+    if protocol.contrast.value != SECOND_SOURCE_CONTRAST:
+        raise RejectedSeries(f"second source: it must be {SECOND_SOURCE_CONTRAST}; this series reads as "
+                             f"{protocol.contrast.value}")
+    volume, inside = resample_onto(second, first)
+    signal = first.volume > 0.1 * float(np.percentile(first.volume, 99))
+    covered = float(inside[signal].mean()) if signal.any() else 0.0
+    if covered < MIN_SECOND_COVERAGE:
+        raise RejectedSeries(f"second source: it covers {covered:.0%} of the first series' signal, at least "
+                             f"{MIN_SECOND_COVERAGE:.0%} is needed")
+    return volume, protocol, second.series_instance_uid
+
+
 def process_series(files: Sequence[Path], target: str, out_dir: Path,
                    synthesizer: SynthesizerLike, *,
                    output_format: str | OutputFormat = OutputFormat.MR,
@@ -118,7 +160,8 @@ def process_series(files: Sequence[Path], target: str, out_dir: Path,
                    eligibility: EligibilityRules = DEFAULT_RULES,
                    stage: Callable[[str], None] | None = None,
                    progress: Callable[[str, int, int], None] | None = None,
-                   unvalidated_targets: str = "refuse") -> DerivedSeries:
+                   unvalidated_targets: str = "refuse",
+                   second_files: Sequence[Path] | None = None) -> DerivedSeries:
     """Synthesize ``target`` (a preset name: T1, T1SE, T2, PD, FLAIR) from the MR series in
     ``files`` and write the derived series into ``out_dir``.
 
@@ -130,7 +173,9 @@ def process_series(files: Sequence[Path], target: str, out_dir: Path,
     ``progress(phase, done, total)`` during synthesis (encoded tiles, decoded
     chunks: the ``Synthesizer``'s ``progress``). ``unvalidated_targets``: ``"refuse"`` a
     target whose lesion check failed for this model (:mod:`synthesis.lesion_check`),
-    ``"allow"`` it with a warning. Raises :class:`RejectedSeries`.
+    ``"allow"`` it with a warning. ``second_files``: a T2w series of the same study and frame
+    of reference for a model that takes a second source (:func:`second_source`; the target then
+    has the lesion check of the pair). Raises :class:`RejectedSeries`.
     """
     output_format = parse_output_format(output_format)
     series_uid = str(series_uid or generate_uid())
@@ -148,10 +193,21 @@ def process_series(files: Sequence[Path], target: str, out_dir: Path,
         source = protocol_from_dataset(assembled.header, slice_spacing_mm=assembled.spacing[0])
         out_spacing = tuple(output_spacing or grid.default_output_spacing(assembled.spacing))
         target_proto = target_protocol(target, source, out_spacing)
-        _check_target(synthesizer, target_proto.contrast.value, unvalidated_targets)
+        second = None
+        if second_files:
+            if not getattr(synthesizer, "takes_second_source", False):
+                raise RejectedSeries("a second source was given, but this model takes one source")
+            second, second_proto, second_uid = second_source(second_files, assembled, eligibility)
+            if second_proto.contrast == target_proto.contrast:
+                raise RejectedSeries(f"the target is {target_proto.contrast.value}, the second source's own "
+                                     "contrast: synthesize it from the first series alone")
+        _check_target(synthesizer, target_proto.contrast.value, unvalidated_targets,
+                      SECOND_SOURCE_CONTRAST if second is not None else None)
     announce("synthesis")
     with _timed(timings, "synthesis"):
-        extra = {"progress": progress} if progress is not None else {}
+        extra: dict[str, Any] = {"progress": progress} if progress is not None else {}
+        if second is not None:
+            extra["second"] = second
         result = synthesizer(assembled.volume, assembled.spacing, source, target_proto,
                              output_spacing=out_spacing, **extra)
     announce("encoding")
@@ -159,7 +215,8 @@ def process_series(files: Sequence[Path], target: str, out_dir: Path,
         files_out = write_derived_series(
             result, assembled, target_proto, Path(out_dir), prompt=result.prompt,
             model_info=synthesizer.info, node=node, output_format=output_format,
-            series_number_offset=series_number_offset, series_uid=series_uid, source=source)
+            series_number_offset=series_number_offset, series_uid=series_uid, source=source,
+            second_source=(SECOND_SOURCE_CONTRAST, second_uid) if second is not None else None)
     logger.info("Series done: %s -> %s, %d files; timings %s", source.contrast.value,
                 target_proto.contrast.value, len(files_out), timings)
     return DerivedSeries(files_out, series_uid, result.prompt, source, target_proto, timings,

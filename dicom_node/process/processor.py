@@ -31,6 +31,7 @@ class SynthesisProcessor:
         self._synthesizer = synthesizer
         self._stage, self._progress = stage, progress  # process_series' callbacks (a CLI's)
         self._lock = threading.Lock()
+        self.log: Any = None  # the node's JobLog (Node attaches it): where a second source is found
 
     @property
     def synthesizer(self) -> Any:
@@ -74,24 +75,85 @@ class SynthesisProcessor:
         freeze_start_up_objects()
         logger.info("%s %.1f s", WARM_UP_DONE, time.monotonic() - t0)
 
+    def second_source_files(self, job: JobSpec) -> list[Path] | None:
+        """The released instances of the newest T2w series of the job's study (``[model]
+        second_source = "auto"``, a model that takes one, a target other than T2), or None.
+        While another series of the study is still arriving and none is found, wait for it up
+        to ``second_source_wait_seconds``."""
+        from dicom_node.process.pipeline import SECOND_SOURCE_CONTRAST
+        from synthesis.protocol import PRESETS, preset
+
+        model = self.config.model
+        if model.second_source != "auto" or self.log is None or \
+                not getattr(self.synthesizer, "takes_second_source", False):
+            return None
+        if str(job.target).upper() not in PRESETS or preset(job.target).contrast.value == SECOND_SOURCE_CONTRAST:
+            return None  # an unknown target (process_series says so), or the second source's contrast
+        deadline = time.monotonic() + model.second_source_wait_seconds
+        while True:
+            waiting = False
+            for uid, state in self.log.study_companions(job.series_uid):
+                waiting = waiting or state.value == "receiving"
+                if state.value not in ("complete", "routed", "ignored") or self.log.is_derived_series(uid):
+                    continue
+                files = self.log.released_instances(uid)
+                if files and _reads_as(files[0], SECOND_SOURCE_CONTRAST):
+                    logger.info("job %d: series %s of the same study is its %s second source", job.id, uid,
+                                SECOND_SOURCE_CONTRAST)
+                    return files
+            if not waiting or time.monotonic() >= deadline:
+                return None
+            time.sleep(min(1.0, max(0.05, self.config.node.stable_seconds / 5.0)))
+
     def __call__(self, job: JobSpec, files: list[Path], out_dir: Path) -> ProcessResult:
-        """Process one job with the eligibility rules of the job's route."""
+        """Process one job with the eligibility rules of the job's route (and, for a model that
+        takes one, a T2w series of the same study as its second source: :meth:`second_source_files`;
+        when that series cannot be used, the first alone, and a refusal then says why)."""
+        from dicom_node.errors import RejectedSeries
         from dicom_node.process.eligibility import DEFAULT_RULES
         from dicom_node.process.pipeline import NodeInfo, process_series
 
         route = next((r for r in self.config.routes if r.name == job.route), None)
-        derived = process_series(
-            files, target=job.target, out_dir=out_dir, synthesizer=self.synthesizer,
-            output_format=job.output_format, series_number_offset=job.series_number_offset,
-            node=NodeInfo(ae_title=self.config.node.ae_title), series_uid=job.derived_series_uid,
-            eligibility=route.eligibility if route is not None else DEFAULT_RULES,
-            stage=self._stage, progress=self._progress,
-            unvalidated_targets=self.config.model.unvalidated_targets)
+
+        def run(second: list[Path] | None) -> Any:
+            return process_series(
+                files, target=job.target, out_dir=out_dir, synthesizer=self.synthesizer,
+                output_format=job.output_format, series_number_offset=job.series_number_offset,
+                node=NodeInfo(ae_title=self.config.node.ae_title), series_uid=job.derived_series_uid,
+                eligibility=route.eligibility if route is not None else DEFAULT_RULES,
+                stage=self._stage, progress=self._progress,
+                unvalidated_targets=self.config.model.unvalidated_targets, second_files=second)
+
+        second = self.second_source_files(job)
+        try:
+            derived = run(second)
+        except RejectedSeries as exc:
+            if not second or not exc.reason.startswith("second source:"):
+                raise
+            logger.warning("job %d: %s; synthesizing from the first series alone", job.id, exc.reason)
+            try:
+                derived = run(None)
+            except RejectedSeries as alone:
+                raise RejectedSeries(f"{alone.reason} (the study's {exc.reason})") from alone
         if str(derived.series_instance_uid) != job.derived_series_uid:
             raise RuntimeError(f"the pipeline wrote series {derived.series_instance_uid}, not the "
                                f"job's {job.derived_series_uid}")
         return ProcessResult(files=list(derived.files), prompt=derived.prompt,
                              extra={"timings": dict(derived.timings)})
+
+
+def _reads_as(path: Path, contrast: str) -> bool:
+    """True when the header of the instance at ``path`` classifies as ``contrast`` (T2w, ...)."""
+    import pydicom
+
+    from dicom_node.process.condition import protocol_from_dataset
+
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        return protocol_from_dataset(header).contrast.value == contrast
+    except Exception:  # noqa: BLE001 - an unreadable candidate is simply not one
+        logger.debug("%s: not read as a second source", path, exc_info=True)
+        return False
 
 
 def freeze_start_up_objects() -> None:

@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset
 
 from dicom_node.errors import RejectedSeries
 
-__all__ = ["SliceReference", "SliceGeometry", "AssembledVolume", "volume_from_highdicom"]
+__all__ = ["SliceReference", "SliceGeometry", "AssembledVolume", "volume_from_highdicom", "resample_onto"]
 
 
 @dataclass(frozen=True)
@@ -101,3 +101,38 @@ def volume_from_highdicom(volume: hd.Volume, orientation: Sequence[float],
             delattr(header, keyword)
     array = np.ascontiguousarray(volume.array, dtype=np.float32)
     return AssembledVolume(array, spacing, geometry, references, header)
+
+
+def _sitk_image(array: np.ndarray, spacing: Sequence[float], geometry: SliceGeometry):
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array, dtype=np.float32))  # sitk axes: x, y, z
+    image.SetSpacing(tuple(float(s) for s in reversed(spacing)))
+    image.SetOrigin(tuple(geometry.origin))
+    axes = np.column_stack([geometry.row_direction, geometry.column_direction, geometry.slice_direction])
+    image.SetDirection(tuple(float(v) for v in axes.ravel()))
+    return image
+
+
+def resample_onto(moving: AssembledVolume, fixed: AssembledVolume) -> tuple[np.ndarray, np.ndarray]:
+    """``moving`` (another series of the same frame of reference) on ``fixed``'s voxel grid, in
+    patient coordinates (SimpleITK, linear), and where it has data (bool, ``fixed``'s shape).
+    Where ``moving`` is finer than ``fixed`` along an axis it is first smoothed by a Gaussian
+    that takes it to ``fixed``'s spacing there, so the coarser grid does not alias it."""
+    import SimpleITK as sitk
+
+    image = _sitk_image(moving.volume, moving.spacing, moving.geometry)
+    reference = _sitk_image(np.zeros(fixed.volume.shape, np.float32), fixed.spacing, fixed.geometry)
+    fixed_axes = np.column_stack([fixed.geometry.slice_direction, fixed.geometry.column_direction,
+                                  fixed.geometry.row_direction])  # (z, y, x) axes as columns
+    moving_axes = (moving.geometry.slice_direction, moving.geometry.column_direction, moving.geometry.row_direction)
+    sigmas = []
+    for axis, own in zip(moving_axes, moving.spacing):  # the fixed spacing most along this axis
+        coarse = float(np.asarray(fixed.spacing)[int(np.argmax(np.abs(np.asarray(axis) @ fixed_axes)))])
+        sigmas.append(0.5 * math.sqrt(max(coarse**2 - float(own) ** 2, 0.0)))
+    if max(sigmas) > 0.25 * min(moving.spacing):
+        image = sitk.SmoothingRecursiveGaussian(image, [max(s, 1e-3) for s in reversed(sigmas)])
+    values = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    ones = _sitk_image(np.ones(moving.volume.shape, np.float32), moving.spacing, moving.geometry)
+    inside = sitk.Resample(ones, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0.0, sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(values).astype(np.float32), sitk.GetArrayFromImage(inside) > 0.5

@@ -341,6 +341,17 @@ class JobLog:
                 .order_by(Association.id.desc()).limit(1)).first()
             return (row[0], row[1]) if row else (None, None)
 
+    def study_companions(self, series_uid: str) -> list[tuple[str, SeriesState]]:
+        """The other series of ``series_uid``'s study, newest first: (Series Instance UID, state)."""
+        with self.transaction() as s:
+            study = s.scalar(select(Series.study_uid).where(Series.series_uid == series_uid))
+            if study is None:
+                return []
+            rows = s.execute(select(Series.series_uid, Series.state)
+                             .where(Series.study_uid == study, Series.series_uid != series_uid)
+                             .order_by(Series.last_received_at.desc(), Series.id.desc()))
+            return [(uid, state) for uid, state in rows]
+
     def is_derived_series(self, series_uid: str) -> bool:
         """True when a job of this node produced (or will produce) that series UID."""
         with self.transaction() as s:

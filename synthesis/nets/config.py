@@ -48,7 +48,8 @@ DECODERS = tuple(m.value for m in Decoder)
 UPSAMPLERS = tuple(m.value for m in Upsampler)
 #: Values of fields added after the first released checkpoints, as those checkpoints used them
 #: (:func:`synthesis.checkpoint.load` fills them in when a stored config lacks them).
-LEGACY_FIELDS = {"upsample": "transpose", "head_bases": 1, "stage_film": False, "physics_mix": False}
+LEGACY_FIELDS = {"upsample": "transpose", "head_bases": 1, "stage_film": False, "physics_mix": False,
+                 "second_source": False}
 
 
 def _int(name: str, value: Any, minimum: int = 1) -> None:
@@ -84,6 +85,11 @@ class RTFSynConfig:
     physics_mix: the output mixing weights start from the target protocol's nominal tissue
     signals (:func:`synthesis.condition.physics_features`), so each of the ``head_bases`` =
     8 bases stands for one tissue class and the learned weights are corrections.
+    second_source: a second stem branch (``stem_second``) also takes a second source of the
+    same subject on the same grid (a T2-weighted series of the same study, where the lesions
+    a T1 shows as grey-matter-like are bright) and its presence (a channel of 1s), and a
+    1x1x1 branch (``late_second``) adds them to the full-resolution features the decoder head
+    reads; without a second source both add nothing and the model works from the first alone.
     upsample: decoder upsampling, ``trilinear`` (1x1x1 projection, then trilinear x2:
     no checkerboard) or ``transpose`` (2x2x2 stride-2 transposed convolution).
     query_chunk: queries per chunk; render_voxels: voxels per slab when rendering.
@@ -110,6 +116,7 @@ class RTFSynConfig:
     upsample: str = "trilinear"
     stage_film: bool = True
     physics_mix: bool = True
+    second_source: bool = False
     query_chunk: int = 32768
     render_voxels: int = 1 << 20
     text_dim: int = TEXT_DIM
@@ -136,6 +143,8 @@ class RTFSynConfig:
             raise ValueError("axis_dilations must hold at least one dilation. Found ().")
         for d in self.axis_dilations:
             _int("axis_dilations[i]", d)
+        if not isinstance(self.second_source, bool):
+            raise ValueError(f"second_source must be true or false. Found {self.second_source!r}.")
         for name, kind in (("refinement", Refinement), ("fusion", Fusion), ("decoder", Decoder),
                            ("upsample", Upsampler)):
             set_(self, name, _choice(name, getattr(self, name), kind))

@@ -28,7 +28,7 @@ from synthesis.nets.config import RTFSynConfig
 from synthesis.condition import PHYSICS_DIM
 from synthesis.text import TextCondition
 
-__all__ = ["RTFSyn", "RTFSynConfig", "Features"]
+__all__ = ["RTFSyn", "RTFSynConfig", "Features", "with_second_source"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +74,15 @@ class RTFSyn(nn.Module):
             raise TypeError(f"config must be an RTFSynConfig. Found {type(cfg).__name__}.")
         ch = cfg.channels
         self.stem = nn.Conv3d(1, ch[0], 3, padding=1)
+        # the second source and its presence: a branch of its own, added to the stem's output
+        # (no bias: without a second source it adds nothing, and it starts at zero)
+        self.stem_second = nn.Conv3d(2, ch[0], 3, padding=1, bias=False) if cfg.second_source else None
+        # ... and again into the full-resolution features the decoder head reads, so that its
+        # per-voxel MLP can combine a voxel's second-source signal with the first's context
+        self.late_second = nn.Conv3d(2, ch[0], 1, bias=False) if cfg.second_source else None
+        for branch in (self.stem_second, self.late_second):
+            if branch is not None:
+                nn.init.zeros_(branch.weight)
         self.encoder = nn.ModuleList(_stage(c, cfg.blocks, norm=s > 0) for s, c in enumerate(ch))
         self.down = nn.ModuleList(nn.Conv3d(ch[s], ch[s + 1], 2, stride=2) for s in range(len(ch) - 1))
         self.up = nn.ModuleList(_upsampler(cfg.upsample, ch[s + 1], ch[s]) for s in range(len(ch) - 1))
@@ -117,9 +126,17 @@ class RTFSyn(nn.Module):
         """False for the ``fusion="none"`` ablation (prompt and features ignored)."""
         return self.condition is not None
 
-    def _check_inputs(self, x: torch.Tensor, text: TextCondition | None, features: torch.Tensor) -> None:
+    def _check_inputs(self, x: torch.Tensor, text: TextCondition | None, features: torch.Tensor,
+                      second: torch.Tensor | None, present: torch.Tensor | None) -> None:
         if x.ndim != 5 or x.shape[1] != 1:
             raise ValueError(f"x must have shape (B, 1, D, H, W). Found {tuple(x.shape)}.")
+        if second is not None:
+            if not self.config.second_source:
+                raise ValueError("this model takes one source (second_source=False); a second was given.")
+            if tuple(second.shape) != tuple(x.shape):
+                raise ValueError(f"second must have the shape of x, {tuple(x.shape)}. Found {tuple(second.shape)}.")
+            if present is not None and tuple(present.shape) != (x.shape[0],):
+                raise ValueError(f"present must have shape ({x.shape[0]},). Found {tuple(present.shape)}.")
         if not self.uses_text:
             return
         batch = x.shape[0]
@@ -133,23 +150,39 @@ class RTFSyn(nn.Module):
             found = None if features is None else tuple(features.shape)
             raise ValueError(f"features must have shape ({batch}, {self.config.feature_dim}). Found {found}.")
 
-    def encode(self, x: torch.Tensor, text: TextCondition | None, features: torch.Tensor | None) -> Features:
+    def _second_input(self, x: torch.Tensor, second: torch.Tensor, present: torch.Tensor | None) -> torch.Tensor:
+        """The second source where present (else 0) and the presence (1 or 0 per sample,
+        constant over the volume): the two channels of ``stem_second``."""
+        flag = torch.ones(x.shape[0], device=x.device, dtype=x.dtype) if present is None \
+            else present.to(device=x.device, dtype=x.dtype)
+        flag = flag[:, None, None, None, None]
+        return torch.cat([second.to(device=x.device, dtype=x.dtype) * flag, flag.expand_as(x)], dim=1)
+
+    def encode(self, x: torch.Tensor, text: TextCondition | None, features: torch.Tensor | None,
+               second: torch.Tensor | None = None, present: torch.Tensor | None = None) -> Features:
         """Source volume + condition -> :class:`Features`.
 
         x: (B, 1, D, H, W) normalized intensities; text: encoded prompts (B rows);
-        features: (B, PAIR_FEATURE_DIM) numeric protocol features.
+        features: (B, PAIR_FEATURE_DIM) numeric protocol features; second (``second_source``
+        models only): (B, 1, D, H, W), a second normalized source on the same grid, and
+        present: (B,) which samples have one (default: all, when ``second`` is given).
         Returns features (B, channels[0], D, H, W) on the same grid and cond (B, cond_dim) or None.
         """
-        self._check_inputs(x, text, features)
+        self._check_inputs(x, text, features, second, present)
+        extra = self._second_input(x, second, present) if second is not None else None
         depth, height, width = x.shape[2:]
         m = self.config.size_multiple
         pads = [(-n) % m for n in (depth, height, width)]
         if any(pads):  # replicate-pad the far side of each axis, cropped back below
             x = F.pad(x, (0, pads[2], 0, pads[1], 0, pads[0]), mode="replicate")
+            if extra is not None:
+                extra = F.pad(extra, (0, pads[2], 0, pads[1], 0, pads[0]), mode="replicate")
         cond = None
         if self.condition is not None:
             cond = self.condition(text.pooled.to(x.device), features.to(x.device))
         h = self.stem(x)
+        if extra is not None:
+            h = h + self.stem_second(extra)
         skips: list[torch.Tensor] = []
         for s, stage in enumerate(self.encoder):  # 1. encoder: refine then fuse at low resolution
             if s > 0:
@@ -168,6 +201,8 @@ class RTFSyn(nn.Module):
             h = self.up[s](h)
             h = h.add_(skips.pop())
             h = self.decoder[s](h)
+        if extra is not None:
+            h = h + self.late_second(extra)
         if any(pads):
             h = h[:, :, :depth, :height, :width].contiguous()
         prior = None
@@ -200,9 +235,10 @@ class RTFSyn(nn.Module):
             return self.head.render_grid(feats, with_bases=True)
         return self.head.render_grid(feats)
 
-    def forward(self, x: torch.Tensor, text: TextCondition | None, features: torch.Tensor | None) -> torch.Tensor:
-        """``render_grid(encode(x, text, features))``: (B, 1, D, H, W) -> (B, 1, D, H, W)."""
-        return self.render_grid(self.encode(x, text, features))
+    def forward(self, x: torch.Tensor, text: TextCondition | None, features: torch.Tensor | None,
+                second: torch.Tensor | None = None, present: torch.Tensor | None = None) -> torch.Tensor:
+        """``render_grid(encode(...))``: (B, 1, D, H, W) -> (B, 1, D, H, W)."""
+        return self.render_grid(self.encode(x, text, features, second, present))
 
     def num_parameters(self, trainable_only: bool = True) -> int:
         """Number of (trainable) parameters; the frozen text encoder is not part of this module."""
@@ -213,6 +249,19 @@ class RTFSyn(nn.Module):
         cfg = self.config
         return {
             "channels": list(cfg.channels), "refinement": cfg.refinement, "fusion": cfg.fusion,
-            "decoder": cfg.decoder, "fusion_scales": list(cfg.fusion_scales),
+            "decoder": cfg.decoder, "fusion_scales": list(cfg.fusion_scales), "second_source": cfg.second_source,
             "trainable_parameters": self.num_parameters(),
         }
+
+
+def with_second_source(model: RTFSyn) -> RTFSyn:
+    """A copy of ``model`` that also takes a second source (``second_source=True``) and, until
+    trained, ignores it: its second-source branches start at zero, so the copy's output equals
+    the original's with or without a second source (a fine-tune starts from it)."""
+    if model.config.second_source:
+        raise ValueError("the model already takes a second source.")
+    wide = RTFSyn(model.config.replace(second_source=True))
+    missing, unexpected = wide.load_state_dict(model.state_dict(), strict=False)
+    if unexpected or set(missing) != {"stem_second.weight", "late_second.weight"}:
+        raise ValueError(f"cannot widen this model: missing {missing}, unexpected {unexpected}")
+    return wide

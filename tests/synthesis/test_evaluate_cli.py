@@ -71,3 +71,35 @@ def test_the_committed_report_is_rendered_from_the_committed_result() -> None:
     assert render_markdown(result, command=result["command"], pictures=pictures) == doc
     for rel in pictures.values():
         assert (ROOT / "docs" / rel).is_file()
+
+
+def test_a_two_source_model_is_also_evaluated_and_gated_with_its_t2w(
+        tmp_path: Path, eval_cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    from synthesis import checkpoint
+    from synthesis.nets.rtfsyn import RTFSyn, RTFSynConfig
+
+    torch.manual_seed(3)
+    path = tmp_path / "two.pt"
+    model = RTFSyn(RTFSynConfig.tiny(second_source=True))
+    with torch.no_grad():
+        model.stem_second.weight.normal_(0.0, 0.2)  # as if trained: the T2w changes the output
+    checkpoint.save(model, path, extra={"purpose": "tests"})
+    report = tmp_path / "EVAL.md"
+    argv = ["evaluate", "--checkpoint", str(path), "--subjects", "1", "--crop", "48,56,48",
+            "--sets", "lesions_30", "--targets", "T2w,FLAIR", "--no-lookup", "--no-progress", "--device", "cpu",
+            "--n4", "off", "--no-real-t1", "--cache-dir", str(eval_cache), "--json", "--report", str(report),
+            "--write-checks"]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    paired = result["summary"]["rtfsyn+T2w"]
+    assert set(paired) == {"in_distribution", "lesions_30"}
+    assert all(set(targets) == {"FLAIR"} for targets in paired.values())  # never T2w from a T2w
+    assert paired["lesions_30"]["FLAIR"]["psnr"] != result["summary"]["rtfsyn"]["lesions_30"]["FLAIR"]["psnr"]
+    assert {"T2w", "FLAIR", "FLAIR+T2w"} <= set(result["lesion_checks"]["targets"])
+    text = report.read_text()
+    assert "## With a second source (T2w of the same subject)" in text and "| FLAIR+T2w |" in text
+    capsys.readouterr()
+    assert main(argv[:-1] + ["--no-second-source", "--output", str(tmp_path / "one.json")]) == 0
+    assert "rtfsyn+T2w" not in json.loads((tmp_path / "one.json").read_text())["summary"]

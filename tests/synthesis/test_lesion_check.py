@@ -50,3 +50,18 @@ def test_no_lesion_set_no_checks(tmp_path: Path) -> None:
         write_checks(tmp_path / "m.pt", "0" * 64, {"in_distribution": {}}, "x")
     assert not (tmp_path / "m.checks.json").exists()
     assert json.loads(json.dumps(lesion_checks({}))) == {}
+
+
+def test_a_second_source_has_checks_of_its_own(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    paired = {"lesions_30": {"FLAIR": {"ratios": {"lesion/WM": 1.45}, "truth_ratios": {"lesion/WM": 1.59}},
+                             "PDw": {"ratios": {"lesion/WM": 1.02}, "truth_ratios": {"lesion/WM": 1.21}}}}
+    model = tmp_path / "model.pt"
+    model.write_bytes(tiny_checkpoint.read_bytes())
+    write_checks(model, ckpt.sha256(model), SUMMARY, "x", {"T2w": paired})
+    checks = load_checks(model, ckpt.sha256(model))
+    assert set(checks) == {"T2w", "PDw", "FLAIR", "FLAIR+T2w", "PDw+T2w"}
+    assert refusal(checks, "FLAIR") is not None                    # from the T1 alone: refused
+    assert refusal(checks, "FLAIR", "T2w") is None                 # with the T2w: shown
+    reason = refusal(checks, "PDw", "T2w")
+    assert reason is not None and "with a T2w second source" in reason
+    assert refusal(checks, "FLAIR", "PDw") is None                 # never checked: not refused

@@ -148,6 +148,17 @@ def test_snapshots_are_kept_and_the_export_averages_the_last_weights(sampler, tm
     plain = export_checkpoint(TrainConfig.from_dict({**cfg.__dict__, "average_snapshots": 0}))
     assert torch.equal(ckpt.load(plain)[0].state_dict()[name], last[name].contiguous())
     assert "weights_averaged" not in ckpt.load(plain)[1]["extra"]["training"]
+    # one snapshot's weights exported on their own, with a record of that step (never averaged)
+    exported = export_checkpoint(cfg, snapshot=2)
+    assert exported == run / "exports" / "step-000002.pt" and exported.with_suffix(".json").is_file()
+    snap_model, snap_meta = ckpt.load(exported)
+    assert torch.equal(snap_model.state_dict()[name], parts[0][name])
+    record = snap_meta["extra"]["training"]
+    assert record["steps_done"] == 2 and record["snapshot"]["sha256"] == ckpt.sha256(snapshot_path(run, 2))
+    assert "weights_averaged" not in record and record["train_minutes"] > 0
+    assert all(h["step"] <= 2 for h in record["validation"])
+    with pytest.raises(FileNotFoundError, match=r"Kept: \[1, 2, 3, 4\]"):
+        export_checkpoint(cfg, snapshot=7)
     for path in (run / "snapshots").iterdir():
         path.unlink()
     again = export_checkpoint(cfg)
@@ -274,3 +285,12 @@ def test_lesion_dice_weight_enters_the_loss(sampler):
     with_dice = float(loss_on_batch(model, batch, TrainConfig(queries=0, tissue_weight=1.0,
                                                               lesion_dice_weight=2.0), 0).detach())
     assert with_dice > plain + 1.0    # an untrained lesion basis misses the lesion: Dice near 1, times 2
+
+
+def test_train_cli_export_options_are_checked(tmp_path, capsys):
+    from dicom_node.cli import main
+
+    assert main(["train", "--snapshot", "3"]) == 2
+    assert "--snapshot needs --export-only" in capsys.readouterr().err
+    assert main(["train", "--export-only", "--out-dir", str(tmp_path / "none")]) == 2
+    assert "No training state to export" in capsys.readouterr().err

@@ -75,13 +75,15 @@ def write_derived_series(result: Any, assembled: AssembledVolume, target: MRProt
                          node: NodeInfo = NodeInfo(),
                          output_format: str | OutputFormat = OutputFormat.MR,
                          series_number_offset: int = 1000, series_uid: str | None = None,
-                         source: MRProtocol | None = None) -> list[Path]:
+                         source: MRProtocol | None = None,
+                         second_source: tuple[str, str] | None = None) -> list[Path]:
     """Write ``result`` (a ``SynthesisResult``: volume (z, y, x), spacing (dz, dy, dx) mm,
     origin_offset_mm (z, y, x)) as a derived series of ``assembled``'s study into ``out_dir``.
 
     ``series_uid`` reuses a Series Instance UID (a re-run after a crash writes
     the same UIDs: SOP UIDs derive from it); ``model_info`` is
-    ``Synthesizer.info``. Returns the written paths in slice order.
+    ``Synthesizer.info``; ``second_source``: (contrast, Series Instance UID) of a second source
+    series the model was also given. Returns the written paths in slice order.
     """
     fmt = parse_output_format(output_format)
     volume = _check_result(result.volume, result.spacing, result.origin_offset_mm)
@@ -91,6 +93,7 @@ def write_derived_series(result: Any, assembled: AssembledVolume, target: MRProt
     header = assembled.header
     provenance = Provenance.build(
         model_info, prompt=prompt, target=target, source=source, node=node, when=now,
+        second_source=second_source,
         source_equipment={k: str(header.get(k, "") or "")
                           for k in ("Manufacturer", "ManufacturerModelName")})
     series_uid = str(series_uid or generate_uid())

@@ -83,13 +83,16 @@ class Provenance:
     @classmethod
     def build(cls, model_info: Mapping[str, Any], *, prompt: str, target: MRProtocol,
               source: MRProtocol | None, node: NodeInfo, when: datetime,
-              source_equipment: Mapping[str, str]) -> "Provenance":
+              source_equipment: Mapping[str, str],
+              second_source: tuple[str, str] | None = None) -> "Provenance":
         name = str(model_info.get("model_name") or "RTFSyn")
         version = str(model_info.get("model_version") or "unknown")
         sha = str(model_info.get("checkpoint_sha256") or "unknown")
         arch = _describe_architecture(model_info.get("architecture"))
         device = str(model_info.get("device") or "unknown")
         made_from = f" from a {source.contrast.value} series" if source is not None else ""
+        if second_source is not None:
+            made_from += f" and the {second_source[0]} series {second_source[1]} of the same study"
         # the prompt before the architecture: truncation at the VR limit cuts the latter
         derivation = (f"SYNTHETIC {target.contrast.value} image, not acquired: computed by "
                       f"{name} {version} (checkpoint sha256 {sha}) on {device}{made_from}. "

@@ -48,8 +48,8 @@ def add_parser(subparsers: Any) -> None:
                         "adds seconds)")
     p.add_argument("--second-source", metavar="DIR", type=Path,
                    help="a folder with a T2-weighted series of the same study and frame of reference, "
-                        "given to a model that takes a second source (FLAIR and PD then pass their own "
-                        "lesion check; see docs/ELIGIBILITY.md)")
+                        "given to a model that takes a second source (the target then has the lesion "
+                        "check of the pair; the shipped model takes one source; docs/ELIGIBILITY.md)")
     p.add_argument("--format", dest="output_format", default="mr", choices=FORMATS,
                    help="mr: one MR image per slice (default); enhanced-mr: one multi-frame "
                         "instance; parametric-map: float32 values")

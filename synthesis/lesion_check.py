@@ -102,9 +102,12 @@ def check_key(contrast: str, second: str | None = None) -> str:
 
 def refusal(checks: Mapping[str, Mapping[str, Any]], contrast: str, second: str | None = None) -> str | None:
     """Why ``contrast`` (from a first source, plus a ``second`` source of that contrast when
-    given) must not be synthesized by this model, or None."""
+    given) must not be synthesized by this model, or None. A pair the checks do not cover
+    has the verdict of the first source alone."""
     key = check_key(contrast, second)
     check = checks.get(key)
+    if check is None and second:  # a pair never checked: the first source's own verdict holds
+        check, second = checks.get(contrast), None
     if not check or check.get("passed", True):
         return None
     with_second = f" (with a {second} second source)" if second else ""

@@ -64,4 +64,5 @@ def test_a_second_source_has_checks_of_its_own(tmp_path: Path, tiny_checkpoint: 
     assert refusal(checks, "FLAIR", "T2w") is None                 # with the T2w: shown
     reason = refusal(checks, "PDw", "T2w")
     assert reason is not None and "with a T2w second source" in reason
-    assert refusal(checks, "FLAIR", "PDw") is None                 # never checked: not refused
+    assert refusal(checks, "FLAIR", "PDw") == refusal(checks, "FLAIR")   # never checked: the T1's verdict
+    assert refusal(checks, "T2w", "PDw") is None

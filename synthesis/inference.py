@@ -86,6 +86,16 @@ def _resolve_checkpoint(checkpoint: str | Path | None) -> Path:
     return Path(checkpoint)
 
 
+def _check_values(array: np.ndarray, name: str) -> None:
+    """``array`` holds finite real numbers, else ``ValueError`` naming it."""
+    if not (np.issubdtype(array.dtype, np.number) and not np.iscomplexobj(array)) or array.dtype == bool:
+        raise ValueError(f"{name} must hold real numbers. Found dtype {array.dtype}.")
+    if np.issubdtype(array.dtype, np.floating):
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        if bad:
+            raise ValueError(f"{name} must be finite. Found {bad} NaN or infinite voxels.")
+
+
 def _validate(volume: np.ndarray, spacing: Sequence[float], source: MRProtocol, target: MRProtocol,
               output_spacing: Sequence[float] | None) -> np.ndarray:
     """Checks of one call; returns the volume as an array."""
@@ -94,12 +104,7 @@ def _validate(volume: np.ndarray, spacing: Sequence[float], source: MRProtocol, 
         raise ValueError(f"volume must be 3-D (z, y, x). Found {volume.ndim} dimensions, shape {volume.shape}.")
     if min(volume.shape) < 2:
         raise ValueError(f"volume needs at least 2 voxels along every axis. Found shape {volume.shape}.")
-    if not (np.issubdtype(volume.dtype, np.number) and not np.iscomplexobj(volume)) or volume.dtype == bool:
-        raise ValueError(f"volume must hold real numbers. Found dtype {volume.dtype}.")
-    if np.issubdtype(volume.dtype, np.floating):
-        bad = int(volume.size - np.count_nonzero(np.isfinite(volume)))
-        if bad:
-            raise ValueError(f"volume must be finite. Found {bad} NaN or infinite voxels.")
+    _check_values(volume, "volume")
     grid.working_spacing(spacing)  # validates spacing
     if output_spacing is not None:
         grid.output_shape(volume.shape, spacing, output_spacing)  # validates output_spacing
@@ -254,10 +259,7 @@ class Synthesizer:
         if second.shape != tuple(shape):
             raise ValueError(f"the second source must be on the first's grid, shape {tuple(shape)}. "
                              f"Found {second.shape}.")
-        if not np.issubdtype(second.dtype, np.number) or second.dtype == bool or np.iscomplexobj(second):
-            raise ValueError(f"the second source must hold real numbers. Found dtype {second.dtype}.")
-        if np.issubdtype(second.dtype, np.floating) and not np.isfinite(second).all():
-            raise ValueError("the second source must be finite. Found NaN or infinite voxels.")
+        _check_values(second, "the second source")
         return second
 
     def _condition(self, text_prompt: str, source: MRProtocol,

@@ -19,6 +19,8 @@ Usage::
     python bench/model.py --device cpu --threads 2          # writes bench/results/model_cpu.json
     python bench/model.py --quick                           # smaller volume, one run
     python bench/model.py --device cpu --bias-correction    # with N4 (bench/results/model_cpu_n4.json)
+    python bench/model.py --device cpu --second-source      # a two-source model given a second volume
+                                                            # (bench/results/model_cpu_second.json)
 """
 from __future__ import annotations
 
@@ -138,12 +140,15 @@ def child(args: argparse.Namespace) -> None:
                                  bias_correction=args.bias_correction)
     volume = phantom(args.shape)
     source, target = preset("T1", 3.0), preset("T2", 3.0)
+    extra = {"second": phantom(args.shape, seed=1)} if args.second_source else {}
+    if extra:
+        target = preset("FLAIR", 3.0)  # a second source is given for PDw and FLAIR targets
     times, cpu = [], []
     for _ in tqdm(range(args.runs + 1), desc=f"Synthesizer {tuple(args.shape)} on {device}", file=sys.stderr):
         if device == "cuda":
             torch.cuda.synchronize()
         start, cpu_start = time.perf_counter(), time.process_time()
-        syn(volume, (1.0, 1.0, 1.0), source, target)
+        syn(volume, (1.0, 1.0, 1.0), source, target, **extra)
         if device == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
@@ -172,6 +177,8 @@ def run_child(args: argparse.Namespace, device: str) -> dict[str, Any]:
         cmd += ["--checkpoint", args.checkpoint]
     if args.bias_correction:
         cmd += ["--bias-correction"]
+    if args.second_source:
+        cmd += ["--second-source"]
     done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True, env=_child_env(args.threads))
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -201,6 +208,7 @@ def measure(args: argparse.Namespace, device: str) -> dict[str, Any]:
         "volume_shape": list(shape),
         "volume_spacing_mm": [1.0, 1.0, 1.0],
         "bias_correction": args.bias_correction,
+        "second_source": args.second_source,
         "parameters_trainable": model.num_parameters(),
         "parameters_text_encoder_frozen": text_encoder_parameters(),
         "flops_forward_volume": count_flops(model, shape),
@@ -244,7 +252,8 @@ def table(result: dict[str, Any]) -> str:
          f"~{pub['flops_per_160x192x160_volume'] / 1e15:.0f} P"),
         (f"FLOPs, {shape} volume", f"{result['flops_forward_volume'] / 1e12:.2f} T", "-"),
         (f"Wall time, {shape} @ 1 mm ({result['device']}, median of {result['runs']}"
-         f"{', N4 on' if result.get('bias_correction') else ''})",
+         f"{', N4 on' if result.get('bias_correction') else ''}"
+         f"{', with a second source' if result.get('second_source') else ''})",
          f"{result['wall_s_median']:.1f} s", "-"),
         (f"Peak memory ({mem_kind})", f"{mem:.2f} GiB", "-"),
     ]
@@ -273,11 +282,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-train-step", action="store_true", help="skip the CPU training-step timing")
     parser.add_argument("--bias-correction", action="store_true",
                         help="N4 bias correction of the source in every call (Synthesizer(bias_correction=True))")
+    parser.add_argument("--second-source", action="store_true",
+                        help="give a two-source model (--checkpoint) a second volume in every call")
     parser.add_argument("--shape", type=int, nargs=3, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.runs < 1 or args.threads < 1:
         parser.error(f"--runs and --threads must be >= 1. Found {args.runs}, {args.threads}.")
+    if args.second_source and not args.checkpoint:
+        parser.error("--second-source needs --checkpoint: a model that takes a second source.")
     if args.shape is None:
         args.shape = list(QUICK_SHAPE if args.quick else FULL_SHAPE)
     if args.quick and "--runs" not in (argv if argv is not None else sys.argv):
@@ -299,7 +312,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     result = measure(args, device)
     args.out.mkdir(parents=True, exist_ok=True)
-    suffix = ("_quick" if args.quick else "") + ("_n4" if args.bias_correction else "")
+    suffix = ("_quick" if args.quick else "") + ("_n4" if args.bias_correction else "") \
+        + ("_second" if args.second_source else "")
     path = args.out / f"model_{device}{suffix}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(table(result))

@@ -22,7 +22,10 @@ the image and the bases), a share of crops is centred near one
 lesion as one object (``lesion_dice_weight``). A model with ``second_source`` also gets, for
 a share ``second_source_share`` of draws, a T2w of the same subject (its own protocol and
 acquisition) for its PDw and FLAIR crops; the second-source branch learns at
-``second_source_lr_scale`` times the learning rate. On CPU the encoder runs under bf16
+``second_source_lr_scale`` times the learning rate. ``train_only`` (parameter name prefixes,
+e.g. ``["late_second"]``) trains those parameters alone and keeps the rest as they start: a
+second-source branch learnt on a frozen one-source model leaves its T1-alone output as it was.
+On CPU the encoder runs under bf16
 autocast (``bf16``) in channels-last layout; the decoder head and the loss stay in fp32.
 """
 from __future__ import annotations
@@ -107,6 +110,7 @@ class TrainConfig:
     second_source_share: float = 0.0  # share of draws with a second source (models with second_source)
     second_source_contrasts: tuple[str, ...] = ("T2w",)
     second_source_lr_scale: float = 1.0  # learning rate of the second-source branch, times the rest's
+    train_only: tuple[str, ...] = ()  # parameter name prefixes to train; the rest frozen (empty: train all)
     snapshot_every: int = 0        # keep the weights every N steps in <out_dir>/snapshots/ (0: none)
     average_snapshots: int = 0     # export the mean of the last K weights (K - 1 snapshots and the final ones)
     model: dict[str, Any] = field(default_factory=dict)
@@ -123,7 +127,8 @@ class TrainConfig:
         unknown = sorted(set(flat) - known)
         if unknown:
             raise ValueError(f"Unknown training option(s): {', '.join(unknown)}. Known: {', '.join(sorted(known))}.")
-        for key in ("target_contrasts", "source_contrasts", "target_weights", "second_source_contrasts"):
+        for key in ("target_contrasts", "source_contrasts", "target_weights", "second_source_contrasts",
+                    "train_only"):
             if flat.get(key) is not None:
                 flat[key] = tuple(flat[key])
         cfg = cls(**flat)
@@ -377,8 +382,22 @@ def _initial_model(cfg: TrainConfig) -> RTFSyn:
         from synthesis.nets.rtfsyn import with_second_source
 
         log.info("Adding a second-source input (starting at zero) to the weights of %s", path)
-        model = with_second_source(model)
+        model = with_second_source(model, late=cfg.model.get("second_late", "linear"))
     return model
+
+
+def _freeze(model: RTFSyn, prefixes: tuple[str, ...]) -> None:
+    """Train only the parameters whose names start with one of ``prefixes`` (all when empty)."""
+    if not prefixes:
+        return
+    names = [n for n, _ in model.named_parameters()]
+    for prefix in prefixes:
+        if not any(n == prefix or n.startswith(prefix + ".") for n in names):
+            raise ValueError(f"train_only: the model has no parameters named {prefix!r}.")
+    for name, p in model.named_parameters():
+        p.requires_grad_(any(name == q or name.startswith(q + ".") for q in prefixes))
+    log.info("Training %d of %d parameters (%s); the rest are frozen",
+             model.num_parameters(), model.num_parameters(trainable_only=False), ", ".join(prefixes))
 
 
 def _param_groups(model: RTFSyn, cfg: TrainConfig) -> list[dict[str, Any]]:
@@ -490,6 +509,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
     state_path = out / "last.pt"
     state = torch.load(state_path, map_location=device, weights_only=True) if state_path.exists() else None
     model = (_resumed_model(cfg, state) if state is not None else _initial_model(cfg)).to(device)
+    _freeze(model, cfg.train_only)
     opt = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, elapsed, history = 0, 0.0, []
     if state is not None:

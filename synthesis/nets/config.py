@@ -90,6 +90,10 @@ class RTFSynConfig:
     a T1 shows as grey-matter-like are bright) and its presence (a channel of 1s), and a
     1x1x1 branch (``late_second``) adds them to the full-resolution features the decoder head
     reads; without a second source both add nothing and the model works from the first alone.
+    second_late: the ``late_second`` branch, ``linear`` (a 1x1x1 convolution of the second
+    source and its presence) or ``mlp`` (a per-voxel MLP of the features, the second source
+    and its 3x3x3 neighbourhood, times the presence: it can tell a lesion, bright on T2w and
+    not dark on T1, from CSF, bright on T2w and dark on T1, which a linear branch cannot).
     upsample: decoder upsampling, ``trilinear`` (1x1x1 projection, then trilinear x2:
     no checkerboard) or ``transpose`` (2x2x2 stride-2 transposed convolution).
     query_chunk: queries per chunk; render_voxels: voxels per slab when rendering.
@@ -117,6 +121,7 @@ class RTFSynConfig:
     stage_film: bool = True
     physics_mix: bool = True
     second_source: bool = False
+    second_late: str = "linear"
     query_chunk: int = 32768
     render_voxels: int = 1 << 20
     text_dim: int = TEXT_DIM
@@ -145,6 +150,8 @@ class RTFSynConfig:
             _int("axis_dilations[i]", d)
         if not isinstance(self.second_source, bool):
             raise ValueError(f"second_source must be true or false. Found {self.second_source!r}.")
+        if self.second_late not in ("linear", "mlp"):
+            raise ValueError(f"second_late must be 'linear' or 'mlp'. Found {self.second_late!r}.")
         for name, kind in (("refinement", Refinement), ("fusion", Fusion), ("decoder", Decoder),
                            ("upsample", Upsampler)):
             set_(self, name, _choice(name, getattr(self, name), kind))

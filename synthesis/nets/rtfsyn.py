@@ -58,6 +58,43 @@ def _zero_linear(in_features: int, out_features: int) -> nn.Linear:
     return layer
 
 
+class LateSecondSource(nn.Module):
+    """What a second source adds to the full-resolution features ``h``:
+    ``flag * out(act(mix([h, context(second), second])))``, a per-voxel MLP of the features,
+    the second source and its 3x3x3 neighbourhood. Its last layer starts at zero, and
+    without a second source (``flag`` 0) it adds exactly nothing.
+
+    Shapes: h (B, C, D, H, W), extra (B, 2, D, H, W) = second source, presence -> (B, C, D, H, W).
+    """
+
+    def __init__(self, channels: int, *, hidden: int = 32, context: int = 8, slope: float = 0.1) -> None:
+        super().__init__()
+        self.context = nn.Conv3d(1, context, 3, padding=1)
+        self.mix = nn.Conv3d(channels + context + 1, hidden, 1)
+        self.out = nn.Conv3d(hidden, channels, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        self.slope = slope
+
+    def forward(self, h: torch.Tensor, extra: torch.Tensor, *, slab_voxels: int = 1 << 20) -> torch.Tensor:
+        second, flag = extra[:, :1].to(h.dtype), extra[:, 1:].to(h.dtype)
+        context = self.context(second)
+        if torch.is_grad_enabled():
+            return self._pointwise(h, context, second) * flag
+        # inference: the per-voxel layers a slab of slices at a time (a whole head's
+        # hidden layer alone would take about 1 GB)
+        out = torch.empty_like(h)
+        step = max(1, slab_voxels // max(1, h.shape[0] * h.shape[3] * h.shape[4]))
+        for d0 in range(0, h.shape[2], step):
+            part = slice(d0, d0 + step)
+            out[:, :, part] = self._pointwise(h[:, :, part], context[:, :, part], second[:, :, part])
+        return out.mul_(flag)
+
+    def _pointwise(self, h: torch.Tensor, context: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        z = self.mix(torch.cat([h, context, second], dim=1))
+        return self.out(F.leaky_relu(z, self.slope, inplace=True))
+
+
 def _upsampler(kind: str, in_channels: int, out_channels: int) -> nn.Module:
     if kind == "trilinear":
         return Upsample2x(in_channels, out_channels)
@@ -79,10 +116,14 @@ class RTFSyn(nn.Module):
         self.stem_second = nn.Conv3d(2, ch[0], 3, padding=1, bias=False) if cfg.second_source else None
         # ... and again into the full-resolution features the decoder head reads, so that its
         # per-voxel MLP can combine a voxel's second-source signal with the first's context
-        self.late_second = nn.Conv3d(2, ch[0], 1, bias=False) if cfg.second_source else None
-        for branch in (self.stem_second, self.late_second):
-            if branch is not None:
-                nn.init.zeros_(branch.weight)
+        self.late_second: nn.Module | None = None
+        if cfg.second_source and cfg.second_late == "mlp":
+            self.late_second = LateSecondSource(ch[0])
+        elif cfg.second_source:
+            self.late_second = nn.Conv3d(2, ch[0], 1, bias=False)
+            nn.init.zeros_(self.late_second.weight)
+        if self.stem_second is not None:
+            nn.init.zeros_(self.stem_second.weight)
         self.encoder = nn.ModuleList(_stage(c, cfg.blocks, norm=s > 0) for s, c in enumerate(ch))
         self.down = nn.ModuleList(nn.Conv3d(ch[s], ch[s + 1], 2, stride=2) for s in range(len(ch) - 1))
         self.up = nn.ModuleList(_upsampler(cfg.upsample, ch[s + 1], ch[s]) for s in range(len(ch) - 1))
@@ -202,7 +243,9 @@ class RTFSyn(nn.Module):
             h = h.add_(skips.pop())
             h = self.decoder[s](h)
         if extra is not None:
-            h = h + self.late_second(extra)
+            late = self.late_second(h, extra) if isinstance(self.late_second, LateSecondSource) \
+                else self.late_second(extra)
+            h = h + late
         if any(pads):
             h = h[:, :, :depth, :height, :width].contiguous()
         prior = None
@@ -254,14 +297,16 @@ class RTFSyn(nn.Module):
         }
 
 
-def with_second_source(model: RTFSyn) -> RTFSyn:
-    """A copy of ``model`` that also takes a second source (``second_source=True``) and, until
-    trained, ignores it: its second-source branches start at zero, so the copy's output equals
-    the original's with or without a second source (a fine-tune starts from it)."""
+def with_second_source(model: RTFSyn, late: str = "linear") -> RTFSyn:
+    """A copy of ``model`` that also takes a second source (``second_source=True``, its
+    ``late_second`` branch of kind ``late``) and, until trained, ignores it: its second-source
+    branches start at zero, so the copy's output equals the original's with or without a
+    second source (a fine-tune starts from it)."""
     if model.config.second_source:
         raise ValueError("the model already takes a second source.")
-    wide = RTFSyn(model.config.replace(second_source=True))
+    wide = RTFSyn(model.config.replace(second_source=True, second_late=late))
     missing, unexpected = wide.load_state_dict(model.state_dict(), strict=False)
-    if unexpected or set(missing) != {"stem_second.weight", "late_second.weight"}:
+    branches = {n for n in wide.state_dict() if n.startswith(("stem_second.", "late_second."))}
+    if unexpected or set(missing) != branches:
         raise ValueError(f"cannot widen this model: missing {missing}, unexpected {unexpected}")
     return wide

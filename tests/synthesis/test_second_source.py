@@ -56,6 +56,37 @@ def test_the_second_source_changes_the_output_once_its_weights_are_not_zero() ->
     torch.testing.assert_close(absent, alone)  # present = 0 is the same as no second source
 
 
+def test_an_mlp_late_branch_starts_at_zero_and_adds_nothing_without_a_second_source() -> None:
+    torch.manual_seed(2)
+    plain = RTFSyn(RTFSynConfig.tiny()).eval()
+    wide = with_second_source(plain, late="mlp").eval()
+    assert wide.config.second_late == "mlp" and not wide.late_second.out.weight.any()
+    x, second, text, features = _inputs()
+    with torch.no_grad():
+        base = plain(x, text, features)
+        torch.testing.assert_close(wide(x, text, features, second), base)
+        wide.late_second.out.weight.normal_(0.0, 0.2)  # as if trained
+        wide.late_second.out.bias.normal_(0.0, 0.2)
+        paired = wide(x, text, features, second)
+        absent = wide(x, text, features, second, torch.tensor([0.0, 1.0]))
+        alone = wide(x, text, features)
+    assert (paired - base).abs().max() > 1e-4
+    torch.testing.assert_close(alone, base)                 # no second source: the one-source output
+    torch.testing.assert_close(absent[0], base[0])          # present 0 for the first sample only
+    torch.testing.assert_close(absent[1], paired[1])
+    # the branch reads the features too: the same second source changes the output differently
+    # where the first source differs (a linear branch of the second source alone could not)
+    with torch.no_grad():
+        other = wide(x.flip(2), text, features, second) - wide(x.flip(2), text, features)
+    assert (other - (paired - base)).abs().max() > 1e-4
+    # at inference the per-voxel layers run a slab of slices at a time, with the same result
+    h = torch.randn(2, wide.config.channels[0], 9, 6, 5)
+    extra = wide._second_input(h[:, :1], torch.rand(2, 1, 9, 6, 5), None)
+    with torch.no_grad():
+        slabs = wide.late_second(h, extra, slab_voxels=2 * 6 * 5 * 2)  # 2 slices a slab
+    torch.testing.assert_close(slabs, wide.late_second(h, extra).detach())  # whole, as in training
+
+
 def test_inputs_that_do_not_fit_are_refused() -> None:
     x, second, text, features = _inputs()
     with pytest.raises(ValueError, match="one source"):
@@ -67,6 +98,8 @@ def test_inputs_that_do_not_fit_are_refused() -> None:
         model.encode(x, text, features, second, torch.ones(3))
     with pytest.raises(ValueError, match="second_source"):
         RTFSynConfig.tiny(second_source="yes")
+    with pytest.raises(ValueError, match="second_late"):
+        RTFSynConfig.tiny(second_source=True, second_late="conv")
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +168,35 @@ def test_a_training_step_reaches_the_second_source_weights(paired_crops) -> None
     # a one-source model trains on the same batch from the first source alone
     plain = RTFSyn(RTFSynConfig.tiny())
     assert torch.isfinite(loss_on_batch(plain, batch, TrainConfig(queries=64, bf16=False), 0))
+
+
+@pytest.mark.slow
+def test_training_the_late_branch_alone_keeps_the_one_source_output(paired_crops) -> None:
+    from synthesis.train import _freeze, _param_groups
+
+    _, _, crops = paired_crops
+    batch = make_batch([c for c in crops if c.second is not None][:2], torch.device("cpu"))
+    torch.manual_seed(3)
+    plain = RTFSyn(RTFSynConfig.tiny()).eval()
+    model = with_second_source(plain, late="mlp")
+    cfg = TrainConfig(queries=64, bf16=False, channels_last=False, train_only=("late_second",), lr=1e-2)
+    _freeze(model, cfg.train_only)
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trained and all(n.startswith("late_second.") for n in trained)
+    opt = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr)
+    for step in range(2):
+        loss = loss_on_batch(model, batch, cfg, step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    assert model.late_second.out.weight.abs().sum() > 0  # it learnt
+    x, second, text, features = _inputs()
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, text, features), plain(x, text, features))
+        assert (model(x, text, features, second) - plain(x, text, features)).abs().max() > 1e-5
+    with pytest.raises(ValueError, match="no parameters named 'late'"):
+        _freeze(model, ("late",))
 
 
 def test_share_outside_zero_to_one_is_refused() -> None:

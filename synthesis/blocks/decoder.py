@@ -45,7 +45,8 @@ class Features:
     volume: (B, C, D, H, W) feature volume on the input grid.
     cond: (B, cond_dim) condition vector, or None when the model uses no text.
     mix_prior: (B, bases) output mixing weights known before learning (the target
-    protocol's nominal tissue signals), added to the learned ones; or None.
+    protocol's nominal tissue signals; for a two-source model given a second source, plus
+    its learnt shift ``mix_second``), added to the learned ones; or None.
     """
 
     volume: torch.Tensor

@@ -93,7 +93,9 @@ class RTFSynConfig:
     second_late: the ``late_second`` branch, ``linear`` (a 1x1x1 convolution of the second
     source and its presence) or ``mlp`` (a per-voxel MLP of the features, the second source
     and its 3x3x3 neighbourhood, times the presence: it can tell a lesion, bright on T2w and
-    not dark on T1, from CSF, bright on T2w and dark on T1, which a linear branch cannot).
+    not dark on T1, from CSF, bright on T2w and dark on T1, which a linear branch cannot; with
+    ``physics_mix`` also ``mix_second``, a shift of the bases' mixing weights when a second
+    source is given).
     upsample: decoder upsampling, ``trilinear`` (1x1x1 projection, then trilinear x2:
     no checkerboard) or ``transpose`` (2x2x2 stride-2 transposed convolution).
     query_chunk: queries per chunk; render_voxels: voxels per slab when rendering.

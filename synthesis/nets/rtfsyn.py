@@ -156,6 +156,11 @@ class RTFSyn(nn.Module):
             )
         else:
             self.head = ConvDecoder(ch[0], hidden=cfg.head_hidden, cond_dim=cond_dim, render_voxels=cfg.render_voxels)
+        # with an MLP late branch, the tissue bases' mixing weights may also shift when a second
+        # source is given (from the condition; zero at the start and without one): the learnt
+        # weights of a one-source model fit bases that never find a lesion
+        self.mix_second = _zero_linear(cfg.cond_dim, cfg.head_bases) \
+            if cfg.second_source and cfg.second_late == "mlp" and self.uses_physics_mix else None
 
     @property
     def uses_physics_mix(self) -> bool:
@@ -251,6 +256,8 @@ class RTFSyn(nn.Module):
         prior = None
         if self.uses_physics_mix:  # the target's nominal tissue signals: the last PHYSICS_DIM
             prior = features[:, -PHYSICS_DIM:-1].to(device=h.device, dtype=torch.float32)  # (B, 8)
+            if extra is not None and self.mix_second is not None:  # times the presence flag
+                prior = prior + self.mix_second(cond).float() * extra[:, 1, 0, 0, 0, None].float()
         return Features(h, cond, prior)
 
     def _fuse(self, scale: int, h: torch.Tensor, text: TextCondition, features: torch.Tensor,
@@ -306,7 +313,7 @@ def with_second_source(model: RTFSyn, late: str = "linear") -> RTFSyn:
         raise ValueError("the model already takes a second source.")
     wide = RTFSyn(model.config.replace(second_source=True, second_late=late))
     missing, unexpected = wide.load_state_dict(model.state_dict(), strict=False)
-    branches = {n for n in wide.state_dict() if n.startswith(("stem_second.", "late_second."))}
+    branches = {n for n in wide.state_dict() if n.startswith(("stem_second.", "late_second.", "mix_second."))}
     if unexpected or set(missing) != branches:
         raise ValueError(f"cannot widen this model: missing {missing}, unexpected {unexpected}")
     return wide

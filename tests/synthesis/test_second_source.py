@@ -61,12 +61,14 @@ def test_an_mlp_late_branch_starts_at_zero_and_adds_nothing_without_a_second_sou
     plain = RTFSyn(RTFSynConfig.tiny()).eval()
     wide = with_second_source(plain, late="mlp").eval()
     assert wide.config.second_late == "mlp" and not wide.late_second.out.weight.any()
+    assert not wide.mix_second.weight.any() and not wide.mix_second.bias.any()
     x, second, text, features = _inputs()
     with torch.no_grad():
         base = plain(x, text, features)
         torch.testing.assert_close(wide(x, text, features, second), base)
         wide.late_second.out.weight.normal_(0.0, 0.2)  # as if trained
         wide.late_second.out.bias.normal_(0.0, 0.2)
+        wide.mix_second.bias.normal_(0.0, 0.2)
         paired = wide(x, text, features, second)
         absent = wide(x, text, features, second, torch.tensor([0.0, 1.0]))
         alone = wide(x, text, features)
@@ -179,17 +181,17 @@ def test_training_the_late_branch_alone_keeps_the_one_source_output(paired_crops
     torch.manual_seed(3)
     plain = RTFSyn(RTFSynConfig.tiny()).eval()
     model = with_second_source(plain, late="mlp")
-    cfg = TrainConfig(queries=64, bf16=False, channels_last=False, train_only=("late_second",), lr=1e-2)
+    cfg = TrainConfig(queries=64, bf16=False, channels_last=False, train_only=("late_second", "mix_second"), lr=1e-2)
     _freeze(model, cfg.train_only)
     trained = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trained and all(n.startswith("late_second.") for n in trained)
+    assert trained == {n for n, _ in model.named_parameters() if n.startswith(("late_second.", "mix_second."))}
     opt = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr)
     for step in range(2):
         loss = loss_on_batch(model, batch, cfg, step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    assert model.late_second.out.weight.abs().sum() > 0  # it learnt
+    assert model.late_second.out.weight.abs().sum() > 0 and model.mix_second.weight.abs().sum() > 0  # it learnt
     x, second, text, features = _inputs()
     model.eval()
     with torch.no_grad():

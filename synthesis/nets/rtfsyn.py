@@ -60,38 +60,43 @@ def _zero_linear(in_features: int, out_features: int) -> nn.Linear:
 
 class LateSecondSource(nn.Module):
     """What a second source adds to the full-resolution features ``h``:
-    ``flag * out(act(mix([h, context(second), second])))``, a per-voxel MLP of the features,
-    the second source and its 3x3x3 neighbourhood. Its last layer starts at zero, and
-    without a second source (``flag`` 0) it adds exactly nothing.
+    ``flag * out(act(mix([h, context(first, second), first, second])))``, a per-voxel MLP of
+    the features, both sources and their 3x3x3 neighbourhoods (the first source's own value
+    tells a lesion, grey-matter-like on T1, from CSF, dark on T1, where the second shows both
+    bright). Its last layer starts at zero, and without a second source (``flag`` 0) it adds
+    exactly nothing.
 
-    Shapes: h (B, C, D, H, W), extra (B, 2, D, H, W) = second source, presence -> (B, C, D, H, W).
+    Shapes: h (B, C, D, H, W), extra (B, 2, D, H, W) = second source, presence, first
+    (B, 1, D, H, W) -> (B, C, D, H, W).
     """
 
     def __init__(self, channels: int, *, hidden: int = 32, context: int = 8, slope: float = 0.1) -> None:
         super().__init__()
-        self.context = nn.Conv3d(1, context, 3, padding=1)
-        self.mix = nn.Conv3d(channels + context + 1, hidden, 1)
+        self.context = nn.Conv3d(2, context, 3, padding=1)
+        self.mix = nn.Conv3d(channels + context + 2, hidden, 1)
         self.out = nn.Conv3d(hidden, channels, 1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
         self.slope = slope
 
-    def forward(self, h: torch.Tensor, extra: torch.Tensor, *, slab_voxels: int = 1 << 20) -> torch.Tensor:
-        second, flag = extra[:, :1].to(h.dtype), extra[:, 1:].to(h.dtype)
-        context = self.context(second)
+    def forward(self, h: torch.Tensor, extra: torch.Tensor, first: torch.Tensor, *,
+                slab_voxels: int = 1 << 20) -> torch.Tensor:
+        sources = torch.cat([first.to(h.dtype), extra[:, :1].to(h.dtype)], dim=1)
+        flag = extra[:, 1:].to(h.dtype)
+        context = self.context(sources)
         if torch.is_grad_enabled():
-            return self._pointwise(h, context, second) * flag
+            return self._pointwise(h, context, sources) * flag
         # inference: the per-voxel layers a slab of slices at a time (a whole head's
         # hidden layer alone would take about 1 GB)
         out = torch.empty_like(h)
         step = max(1, slab_voxels // max(1, h.shape[0] * h.shape[3] * h.shape[4]))
         for d0 in range(0, h.shape[2], step):
             part = slice(d0, d0 + step)
-            out[:, :, part] = self._pointwise(h[:, :, part], context[:, :, part], second[:, :, part])
+            out[:, :, part] = self._pointwise(h[:, :, part], context[:, :, part], sources[:, :, part])
         return out.mul_(flag)
 
-    def _pointwise(self, h: torch.Tensor, context: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
-        z = self.mix(torch.cat([h, context, second], dim=1))
+    def _pointwise(self, h: torch.Tensor, context: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
+        z = self.mix(torch.cat([h, context, sources], dim=1))
         return self.out(F.leaky_relu(z, self.slope, inplace=True))
 
 
@@ -248,7 +253,7 @@ class RTFSyn(nn.Module):
             h = h.add_(skips.pop())
             h = self.decoder[s](h)
         if extra is not None:
-            late = self.late_second(h, extra) if isinstance(self.late_second, LateSecondSource) \
+            late = self.late_second(h, extra, x) if isinstance(self.late_second, LateSecondSource) \
                 else self.late_second(extra)
             h = h + late
         if any(pads):

@@ -84,9 +84,10 @@ def test_an_mlp_late_branch_starts_at_zero_and_adds_nothing_without_a_second_sou
     # at inference the per-voxel layers run a slab of slices at a time, with the same result
     h = torch.randn(2, wide.config.channels[0], 9, 6, 5)
     extra = wide._second_input(h[:, :1], torch.rand(2, 1, 9, 6, 5), None)
+    first = torch.rand(2, 1, 9, 6, 5)
     with torch.no_grad():
-        slabs = wide.late_second(h, extra, slab_voxels=2 * 6 * 5 * 2)  # 2 slices a slab
-    torch.testing.assert_close(slabs, wide.late_second(h, extra).detach())  # whole, as in training
+        slabs = wide.late_second(h, extra, first, slab_voxels=2 * 6 * 5 * 2)  # 2 slices a slab
+    torch.testing.assert_close(slabs, wide.late_second(h, extra, first).detach())  # whole, as in training
 
 
 def test_inputs_that_do_not_fit_are_refused() -> None:

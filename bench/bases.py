@@ -45,6 +45,22 @@ LESION, WM, GM = TISSUES.index("lesion"), TISSUES.index("wm"), TISSUES.index("gm
 MIN_VOXELS = 20  # voxels a region needs to be measured in a crop
 
 
+def load_model(checkpoint: str) -> tuple[Any, Path, dict[str, Any]]:
+    """(model in eval mode, its path, its metadata) of a checkpoint path or ``"default"``."""
+    path = ckpt.default_checkpoint_path() if checkpoint == "default" else Path(checkpoint)
+    model, meta = ckpt.load(path)
+    return model.eval(), path, meta
+
+
+def emit(result: dict[str, Any], output: Path | None) -> int:
+    """Print the result as JSON and also write it to ``output`` when given; returns 0."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if output:
+        output.write_text(text + "\n")
+    return 0
+
+
 def lesion_subjects(n: int, min_lesions: int = 10) -> list[int]:
     """Indices into the validation split of the first ``n`` subjects whose randomized
     anatomy has at least ``min_lesions`` lesions and is not a label phantom."""
@@ -134,9 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, help="also write the JSON result here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    path = ckpt.default_checkpoint_path() if args.checkpoint == "default" else Path(args.checkpoint)
-    model, meta = ckpt.load(path)
-    model.eval()
+    model, path, meta = load_model(args.checkpoint)
     targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
     cfg = StreamConfig(patch=64, target_contrasts=targets, targets_per_draw=len(targets), crops_per_target=1,
                        lesion_crop_share=1.0, split="validation", draws_per_subject=1)
@@ -153,10 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     result = {"checkpoint": str(path), "sha256": meta["sha256"], "subjects": args.subjects, "seed": args.seed,
               **summarize(rows)}
-    print(json.dumps(result, indent=2))
-    if args.output:
-        args.output.write_text(json.dumps(result, indent=2) + "\n")
-    return 0
+    return emit(result, args.output)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -44,8 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
 
-from bench.bases import GM, LESION, WM, lesion_subjects  # noqa: E402
-from synthesis import checkpoint as ckpt  # noqa: E402
+from bench.bases import GM, LESION, WM, emit, lesion_subjects, load_model  # noqa: E402
 from synthesis.physics import TISSUES  # noqa: E402
 from synthesis.stream import StreamConfig, draw_crops  # noqa: E402
 from synthesis.train import make_batch  # noqa: E402
@@ -160,9 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.subjects < 2:
         parser.error("--subjects must be at least 2 (fit on all but the last, score on the last).")
     torch.set_num_threads(args.threads)
-    path = ckpt.default_checkpoint_path() if args.checkpoint == "default" else Path(args.checkpoint)
-    model, meta = ckpt.load(path)
-    model.eval()
+    model, path, meta = load_model(args.checkpoint)
     cfg = StreamConfig(patch=64, target_contrasts=(args.target,), targets_per_draw=1, crops_per_target=2,
                        lesion_crop_share=1.0, split="validation", draws_per_subject=1, second_source_share=1.0)
     per_subject = []
@@ -180,10 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         result.update(mixing=mixing(model), sources=sources(per_subject), separability=separability(per_subject))
     if model.config.second_source:
         result["model"] = model_on(model, [c for crops in per_subject for c in crops])
-    print(json.dumps(result, indent=2))
-    if args.output:
-        args.output.write_text(json.dumps(result, indent=2) + "\n")
-    return 0
+    return emit(result, args.output)
 
 
 if __name__ == "__main__":

@@ -390,12 +390,15 @@ def _freeze(model: RTFSyn, prefixes: tuple[str, ...]) -> None:
     """Train only the parameters whose names start with one of ``prefixes`` (all when empty)."""
     if not prefixes:
         return
+    def named(name: str, prefix: str) -> bool:
+        return name == prefix or name.startswith(prefix + ".")
+
     names = [n for n, _ in model.named_parameters()]
     for prefix in prefixes:
-        if not any(n == prefix or n.startswith(prefix + ".") for n in names):
+        if not any(named(n, prefix) for n in names):
             raise ValueError(f"train_only: the model has no parameters named {prefix!r}.")
     for name, p in model.named_parameters():
-        p.requires_grad_(any(name == q or name.startswith(q + ".") for q in prefixes))
+        p.requires_grad_(any(named(name, q) for q in prefixes))
     log.info("Training %d of %d parameters (%s); the rest are frozen",
              model.num_parameters(), model.num_parameters(trainable_only=False), ", ".join(prefixes))
 

@@ -28,7 +28,10 @@ from synthesis.nets.config import RTFSynConfig
 from synthesis.condition import PHYSICS_DIM
 from synthesis.text import TextCondition
 
-__all__ = ["RTFSyn", "RTFSynConfig", "Features", "with_second_source"]
+__all__ = ["RTFSyn", "RTFSynConfig", "Features", "with_second_source", "SECOND_SOURCE_BRANCHES"]
+
+#: Parameter-name prefixes of the parts a second source adds (they start at zero).
+SECOND_SOURCE_BRANCHES = ("stem_second.", "late_second.", "mix_second.")
 
 logger = logging.getLogger(__name__)
 
@@ -318,7 +321,7 @@ def with_second_source(model: RTFSyn, late: str = "linear") -> RTFSyn:
         raise ValueError("the model already takes a second source.")
     wide = RTFSyn(model.config.replace(second_source=True, second_late=late))
     missing, unexpected = wide.load_state_dict(model.state_dict(), strict=False)
-    branches = {n for n in wide.state_dict() if n.startswith(("stem_second.", "late_second.", "mix_second."))}
+    branches = {n for n in wide.state_dict() if n.startswith(SECOND_SOURCE_BRANCHES)}
     if unexpected or set(missing) != branches:
         raise ValueError(f"cannot widen this model: missing {missing}, unexpected {unexpected}")
     return wide

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from synthesis import checkpoint as ckpt
 from synthesis.data import Pair, PairSampler
 from synthesis.metrics import normalize_in_mask, psnr
-from synthesis.nets.rtfsyn import RTFSyn, RTFSynConfig
+from synthesis.nets.rtfsyn import SECOND_SOURCE_BRANCHES, RTFSyn, RTFSynConfig
 from synthesis.physics import TISSUES
 from synthesis.condition import pair_features, prompt
 from synthesis.simulate import SPLIT_SEEDS, load_or_make_subject
@@ -405,11 +405,11 @@ def _freeze(model: RTFSyn, prefixes: tuple[str, ...]) -> None:
 
 def _param_groups(model: RTFSyn, cfg: TrainConfig) -> list[dict[str, Any]]:
     """The optimizer's parameter groups: every trainable parameter, and the second-source
-    branches (``stem_second``, ``late_second``) on their own with ``lr_scale =
-    second_source_lr_scale``: they start at zero in a fine-tuned model and have to grow to a
-    size the rest of the network reads."""
+    branches (``SECOND_SOURCE_BRANCHES``: ``stem_second``, ``late_second``, ``mix_second``) on
+    their own with ``lr_scale = second_source_lr_scale``: they start at zero in a fine-tuned
+    model and have to grow to a size the rest of the network reads."""
     def branch(name: str) -> bool:
-        return name.startswith(("stem_second.", "late_second."))
+        return name.startswith(SECOND_SOURCE_BRANCHES)
 
     second = [p for n, p in model.named_parameters() if branch(n) and p.requires_grad]
     rest = [p for n, p in model.named_parameters() if not branch(n) and p.requires_grad]

@@ -193,6 +193,8 @@ def test_training_the_late_branch_alone_keeps_the_one_source_output(paired_crops
         loss.backward()
         opt.step()
     assert model.late_second.out.weight.abs().sum() > 0 and model.mix_second.weight.abs().sum() > 0  # it learnt
+    groups = _param_groups(model, TrainConfig(train_only=cfg.train_only, second_source_lr_scale=5.0))
+    assert [len(g["params"]) for g in groups] == [0, len(trained)]  # mix_second learns at the branches' rate
     x, second, text, features = _inputs()
     model.eval()
     with torch.no_grad():

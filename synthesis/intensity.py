@@ -80,11 +80,25 @@ def head_core(volume: np.ndarray, spacing: Sequence[float] | None = None, *,
     stride = _stride(volume)
     values = np.asarray(volume[::stride, ::stride, ::stride], dtype=np.float32)
     threshold = _signal_threshold(values)
-    head = ndimage.binary_fill_holes(values > threshold)
+    head = _head_body(values > threshold)
     sampling = [stride * float(s) for s in (spacing if spacing is not None else (1.0, 1.0, 1.0))]
     depth = ndimage.distance_transform_edt(head, sampling=sampling)
     cut = min(float(core_depth_mm), float(np.median(depth[head])))
     return values, head & (depth >= cut) & (values > threshold)
+
+
+def _head_body(lit: np.ndarray) -> np.ndarray:
+    """The head in a thresholded subsample: its largest connected part after an opening (noise
+    voxels above the threshold, scattered in the air of a low-SNR image, are neither part of
+    it nor do they make its surface), holes filled. ``lit`` itself when the opening leaves
+    nothing (a tiny or very thin object)."""
+    solid = ndimage.binary_opening(lit)
+    labels, count = ndimage.label(solid)
+    if count == 0:
+        return ndimage.binary_fill_holes(lit)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return ndimage.binary_fill_holes(labels == int(np.argmax(sizes)))
 
 
 def tissue_peak(volume: np.ndarray, spacing: Sequence[float] | None = None, *,

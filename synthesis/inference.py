@@ -9,6 +9,8 @@ Steps of one call (see ``docs/ARCHITECTURE.md``):
 4. encode the prompt (cached) and the numeric protocol features;
 5. encode the volume whole, or in overlapping tiles blended smoothly in feature space;
 6. decode the output grid (``render_grid`` when it equals the working grid, else chunked ``query``);
+   a model with a lesion detector (``lesion_net``) composes its lesion map into the output
+   (:mod:`synthesis.nets.lesion`);
 7. clip to ``[0, OUTPUT_MAX]`` (brain-relative units) and return float32.
 """
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 import torch
 
 from synthesis import grid, intensity
+from synthesis.nets.lesion import compose
 from synthesis.nets.rtfsyn import Features, RTFSyn
 from synthesis.protocol import MRProtocol
 from synthesis.condition import pair_features, prompt
@@ -56,6 +59,31 @@ class SynthesisResult:
     spacing: tuple[float, float, float]
     origin_offset_mm: tuple[float, float, float]
     prompt: str
+
+
+def _output_axes(out_shape: Sequence[int], spacing: Sequence[float], work_spacing: Sequence[float],
+                 out_spacing: Sequence[float]) -> list[np.ndarray]:
+    """Per axis, the continuous working-grid coordinates (voxel indices) of the output centres."""
+    axes = []
+    for n, sp_in, sp_w, sp_o in zip(out_shape, spacing, work_spacing, out_spacing):
+        mm = grid.axis_coords(n, sp_in, sp_o) * sp_in           # mm from input centre 0
+        axes.append((mm - 0.5 * (sp_w - sp_in)) / sp_w)
+    return axes
+
+
+def _interpolate(volume: np.ndarray, axes: Sequence[np.ndarray]) -> np.ndarray:
+    """``volume`` at the outer product of per-axis coordinates ``axes`` (voxel indices),
+    separable linear interpolation, clamped at the borders as the decoder's queries are."""
+    out = volume.astype(np.float32, copy=False)
+    for axis, coords in enumerate(axes):
+        n = out.shape[axis]
+        c = np.clip(np.asarray(coords, dtype=np.float64), 0, n - 1)
+        low = np.minimum(np.floor(c).astype(np.int64), max(n - 2, 0))
+        high = np.minimum(low + 1, n - 1)
+        frac = (c - low).astype(np.float32).reshape([-1 if a == axis else 1 for a in range(out.ndim)])
+        a, b = np.take(out, low, axis=axis), np.take(out, high, axis=axis)
+        out = a + (b - a) * frac
+    return out
 
 
 def _resolve_device(device: str | torch.device) -> torch.device:
@@ -247,6 +275,9 @@ class Synthesizer:
             feats = self._encode(work, text, features, tick, work_second)           # 5
             out_spacing = tuple(float(s) for s in (output_spacing or grid.default_output_spacing(spacing)))
             out = self._decode(feats, volume.shape, spacing, work_spacing, out_spacing, tick)  # 6
+            if self.model.lesion is not None:
+                out = self._with_lesions(out, work, feats, features, volume.shape, spacing, work_spacing,
+                                         out_spacing)
             del feats, work, work_second
             np.clip(out, 0.0, OUTPUT_MAX, out=out)                                  # 7
             logger.info("Synthesized %s -> %s grid in %.1f s", volume.shape, out.shape, time.perf_counter() - start)
@@ -329,11 +360,7 @@ class Synthesizer:
                 out = self.model.render_grid(feats)
             tick("decode", 1, 1)
             return out[0, 0].float().cpu().numpy()
-        # continuous coordinates of the output centres in working-grid voxels
-        axes = []
-        for n, sp_in, sp_w, sp_o in zip(out_shape, spacing, work_spacing, out_spacing):
-            mm = grid.axis_coords(n, sp_in, sp_o) * sp_in           # mm from input centre 0
-            axes.append(torch.from_numpy((mm - 0.5 * (sp_w - sp_in)) / sp_w).float())
+        axes = [torch.from_numpy(a).float() for a in _output_axes(out_shape, spacing, work_spacing, out_spacing)]
         cell = torch.tensor([[o / w for o, w in zip(out_spacing, work_spacing)]], device=self.device)
         out = np.empty(out_shape, dtype=np.float32)
         planes = max(1, _QUERY_BUDGET // (out_shape[1] * out_shape[2]))
@@ -350,3 +377,16 @@ class Synthesizer:
             out[j0: j0 + len(zc)] = values.float().reshape(len(zc), out_shape[1], out_shape[2]).cpu().numpy()
             tick("decode", j0 // planes + 1, math.ceil(out_shape[0] / planes))
         return out
+
+    def _with_lesions(self, out: np.ndarray, work: np.ndarray, feats: Features, features: torch.Tensor,
+                      in_shape: Sequence[int], spacing: tuple[float, float, float],
+                      work_spacing: tuple[float, float, float], out_spacing: tuple[float, ...]) -> np.ndarray:
+        """``out`` with the lesion detector's map composed in (:func:`synthesis.nets.lesion.compose`):
+        the map is found on the working grid and brought to the output grid linearly."""
+        p = self.model.lesion.probability(torch.from_numpy(work)[None, None].to(self.device))[0, 0].cpu().numpy()
+        if p.shape != out.shape or not np.allclose(out_spacing, work_spacing):
+            p = _interpolate(p, _output_axes(out.shape, spacing, work_spacing, out_spacing))
+        signal = self.model.lesion_signal(feats, features)
+        logger.info("Lesion map: %.1f ml at p > 0.5 on the output grid; a lesion voxel gets %.3f",
+                    float((p > 0.5).sum() * np.prod(out_spacing)) / 1000.0, signal)
+        return compose(torch.from_numpy(out), torch.from_numpy(p), 1.0, signal).numpy()

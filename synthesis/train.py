@@ -387,7 +387,10 @@ def _initial_model(cfg: TrainConfig) -> RTFSyn:
 
 
 def _freeze(model: RTFSyn, prefixes: tuple[str, ...]) -> None:
-    """Train only the parameters whose names start with one of ``prefixes`` (all when empty)."""
+    """Train only the parameters whose names start with one of ``prefixes`` (all when empty);
+    a lesion detector is always frozen (it is trained apart, synthesis/lesion_train.py)."""
+    if model.lesion is not None:
+        model.lesion.requires_grad_(False)
     if not prefixes:
         return
     def named(name: str, prefix: str) -> bool:
@@ -398,7 +401,7 @@ def _freeze(model: RTFSyn, prefixes: tuple[str, ...]) -> None:
         if not any(named(n, prefix) for n in names):
             raise ValueError(f"train_only: the model has no parameters named {prefix!r}.")
     for name, p in model.named_parameters():
-        p.requires_grad_(any(named(name, q) for q in prefixes))
+        p.requires_grad_(any(named(name, q) for q in prefixes) and not named(name, "lesion"))
     log.info("Training %d of %d parameters (%s); the rest are frozen",
              model.num_parameters(), model.num_parameters(trainable_only=False), ", ".join(prefixes))
 

@@ -21,6 +21,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--snapshot", type=int, metavar="STEP",
                    help="with --export-only: export the snapshot of this step (<out_dir>/snapshots/) as "
                         "<out_dir>/exports/step-N.pt, to score it with rtfsyn evaluate --split validation")
+    p.add_argument("--lesion-net", action="store_true",
+                   help="train the white-matter lesion detector instead (synthesis/lesion_train.py; --config is "
+                        "not read; --out-dir, --steps, --max-minutes and --set KEY=JSON of its options apply) and "
+                        "write <out_dir>/model.pt: the init checkpoint with the detector added")
     p.set_defaults(func=run)
 
 
@@ -38,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
             overrides[key] = json.loads(value)
         except json.JSONDecodeError:
             overrides[key] = value
+    if args.lesion_net:
+        return _run_lesion_net(args, overrides)
     try:
         cfg = load_train_config(args.config, overrides)
     except (OSError, ValueError) as exc:
@@ -61,4 +67,29 @@ def run(args: argparse.Namespace) -> int:
     note = cache_note(cfg.cache_dir)
     if note:
         print(note, file=sys.stderr)
+    return 0
+
+
+def _run_lesion_net(args: argparse.Namespace, overrides: dict) -> int:
+    import dataclasses
+
+    from synthesis.lesion_train import LesionTrainConfig, train_lesion_net
+
+    if args.export_only or args.snapshot is not None or args.device not in (None, "auto", "cpu"):
+        print("rtfsyn train --lesion-net: --export-only, --snapshot and --device cuda do not apply.", file=sys.stderr)
+        return 2
+    known = {f.name for f in dataclasses.fields(LesionTrainConfig)}
+    given = {k: v for k, v in overrides.items() if v is not None and k != "device"}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        print(f"rtfsyn train --lesion-net: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}.",
+              file=sys.stderr)
+        return 2
+    try:
+        cfg = LesionTrainConfig(**given)
+        final = train_lesion_net(cfg, command="rtfsyn train " + " ".join(args.argv))
+    except (OSError, ValueError, TypeError) as exc:
+        print(f"rtfsyn train --lesion-net: {exc}", file=sys.stderr)
+        return 2
+    print(f"Model with the lesion detector: {final}")
     return 0

@@ -96,6 +96,10 @@ class RTFSynConfig:
     not dark on T1, from CSF, bright on T2w and dark on T1, which a linear branch cannot; with
     ``physics_mix`` also ``mix_second``, a shift of the bases' mixing weights when a second
     source is given).
+    lesion_net: a white-matter lesion detector on the source (:class:`synthesis.nets.lesion.LesionNet`,
+    trained apart with a detection loss, ``rtfsyn train --lesion-net``), whose probability
+    enters the output as the lesion basis would (:func:`synthesis.nets.lesion.compose`);
+    needs ``physics_mix``.
     upsample: decoder upsampling, ``trilinear`` (1x1x1 projection, then trilinear x2:
     no checkerboard) or ``transpose`` (2x2x2 stride-2 transposed convolution).
     query_chunk: queries per chunk; render_voxels: voxels per slab when rendering.
@@ -124,6 +128,7 @@ class RTFSynConfig:
     physics_mix: bool = True
     second_source: bool = False
     second_late: str = "linear"
+    lesion_net: bool = False
     query_chunk: int = 32768
     render_voxels: int = 1 << 20
     text_dim: int = TEXT_DIM
@@ -154,6 +159,11 @@ class RTFSynConfig:
             raise ValueError(f"second_source must be true or false. Found {self.second_source!r}.")
         if self.second_late not in ("linear", "mlp"):
             raise ValueError(f"second_late must be 'linear' or 'mlp'. Found {self.second_late!r}.")
+        if not isinstance(self.lesion_net, bool):
+            raise ValueError(f"lesion_net must be true or false. Found {self.lesion_net!r}.")
+        if self.lesion_net and not (self.physics_mix and self.decoder == "implicit" and self.fusion != "none"):
+            raise ValueError("lesion_net needs the physics mix (physics_mix, the implicit decoder and a fusion "
+                             "other than 'none'): its map enters the output through the white-matter weight.")
         for name, kind in (("refinement", Refinement), ("fusion", Fusion), ("decoder", Decoder),
                            ("upsample", Upsampler)):
             set_(self, name, _choice(name, getattr(self, name), kind))

@@ -25,6 +25,7 @@ from synthesis.blocks import (
     ResBlock3d,
 )
 from synthesis.nets.config import RTFSynConfig
+from synthesis.nets.lesion import WHITE_MATTER, LesionNet, lesion_ratio
 from synthesis.condition import PHYSICS_DIM
 from synthesis.text import TextCondition
 
@@ -169,6 +170,8 @@ class RTFSyn(nn.Module):
         # weights of a one-source model fit bases that never find a lesion
         self.mix_second = _zero_linear(cfg.cond_dim, cfg.head_bases) \
             if cfg.second_source and cfg.second_late == "mlp" and self.uses_physics_mix else None
+        # the lesion detector (trained apart; see synthesis/nets/lesion.py)
+        self.lesion = LesionNet() if cfg.lesion_net else None
 
     @property
     def uses_physics_mix(self) -> bool:
@@ -276,6 +279,17 @@ class RTFSyn(nn.Module):
             return block(h, text.tokens.to(device), text.mask.to(device), features.to(device), cond)
         return block(h, cond)
 
+    def lesion_signal(self, feats: Features, features: torch.Tensor) -> float:
+        """What a voxel that is all lesion gets in the output of ``feats`` (one sample): the
+        target's lesion/white-matter ratio from the signal equation (the physics features of
+        ``features``) times the model's own mixing weight of white matter (its output in pure
+        white matter). Models with a :attr:`lesion` detector only."""
+        if self.lesion is None or not isinstance(self.head, ImplicitDecoder) or self.head.mix is None:
+            raise ValueError("lesion_signal needs a model with a lesion detector (lesion_net).")
+        physics = features[:, -PHYSICS_DIM:-1].to(device=feats.cond.device, dtype=torch.float32)
+        w_wm = self.head.mix(feats.cond).float()[:, WHITE_MATTER] + feats.mix_prior.float()[:, WHITE_MATTER]
+        return float((lesion_ratio(physics) * w_wm)[0])
+
     def query(self, feats: Features, coords: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
         """Intensities at continuous voxel coordinates ``(z, y, x)`` of the input grid.
 
@@ -308,7 +322,7 @@ class RTFSyn(nn.Module):
         return {
             "channels": list(cfg.channels), "refinement": cfg.refinement, "fusion": cfg.fusion,
             "decoder": cfg.decoder, "fusion_scales": list(cfg.fusion_scales), "second_source": cfg.second_source,
-            "trainable_parameters": self.num_parameters(),
+            "lesion_net": cfg.lesion_net, "trainable_parameters": self.num_parameters(),
         }
 
 

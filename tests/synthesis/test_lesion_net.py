@@ -1,0 +1,235 @@
+"""The lesion detector: its network, how its map enters the output, its training and checkpoint."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from synthesis import checkpoint
+from synthesis.condition import physics_features
+from synthesis.inference import Synthesizer, _interpolate, _output_axes
+from synthesis.lesion_train import LesionTrainConfig, crop_tensors, lesion_loss, train_lesion_net
+from synthesis.nets.lesion import LesionNet, compose, lesion_ratio
+from synthesis.nets.rtfsyn import RTFSyn, RTFSynConfig
+from synthesis.physics import TISSUES
+from synthesis.protocol import preset
+from synthesis.stream import Crop
+
+SOURCE, TARGET = preset("T1", 3.0), preset("FLAIR", 3.0)
+
+
+def _phantom(shape: tuple[int, ...]) -> np.ndarray:
+    z, y, x = np.meshgrid(*(np.linspace(-1, 1, n) for n in shape), indexing="ij")
+    return (100.0 * (1.2 - np.sqrt(z**2 + y**2 + x**2)).clip(0.1, None)).astype(np.float32)
+
+
+def _with_detector(base: RTFSyn, logit_bias: float) -> RTFSyn:
+    """``base`` plus a detector whose output is the constant ``logit_bias`` (weights zero)."""
+    from synthesis.lesion_train import widen_with_lesion_net
+
+    net = LesionNet()
+    with torch.no_grad():
+        net.out.weight.zero_()
+        net.out.bias.fill_(logit_bias)
+    return widen_with_lesion_net(base, net)
+
+
+def test_probability_in_slabs_is_the_whole_volume_forward_for_any_shape() -> None:
+    torch.manual_seed(0)
+    net = LesionNet().eval()
+    x = torch.rand(1, 1, 21, 17, 19)
+    whole = net.probability(x, slab=1000)
+    assert whole.shape == x.shape and 0 <= float(whole.min()) and float(whole.max()) <= 1
+    # slabs of 8 planes, each with the whole volume as context: the same map
+    torch.testing.assert_close(net.probability(x, slab=8, halo=64), whole)
+    padded = torch.nn.functional.pad(x, (0, 5, 0, 7, 0, 3), mode="replicate")
+    with torch.no_grad():
+        torch.testing.assert_close(whole, torch.sigmoid(net(padded))[:, :, :21, :17, :19])
+    with pytest.raises(ValueError, match="shape"):
+        net.probability(torch.rand(1, 2, 8, 8, 8))
+
+
+def test_compose_leaves_the_output_where_p_is_0_and_writes_the_lesion_signal_where_it_is_1() -> None:
+    out = torch.rand(4, 5, 6)
+    p = torch.zeros_like(out)
+    p[1:3] = 1.0
+    p[3] = 0.25
+    got = compose(out, p, 1.6, 0.9)
+    torch.testing.assert_close(got[0], out[0])
+    torch.testing.assert_close(got[1:3], torch.full_like(out[1:3], 1.6 * 0.9))
+    torch.testing.assert_close(got[3], 0.75 * out[3] + 0.25 * 1.44)
+    with pytest.raises(ValueError, match="one shape"):
+        compose(out, p[:2], 1.0, 1.0)
+
+
+def test_lesion_ratio_is_the_signal_equations_lesion_over_white_matter() -> None:
+    for name, low, high in (("FLAIR", 1.4, 1.9), ("T2", 1.8, 2.8)):
+        physics = torch.from_numpy(physics_features(preset(name, 3.0), relative_to="brain"))[None]
+        ratio = float(lesion_ratio(physics)[0])
+        wm, lesion = physics[0, TISSUES.index("wm")], physics[0, TISSUES.index("lesion")]
+        assert ratio == pytest.approx(float(lesion / wm)) and low < ratio < high
+    assert float(lesion_ratio(torch.zeros(1, 8))[0]) == 1.0  # no computable physics: no contrast
+
+
+def test_the_config_refuses_a_detector_without_the_physics_mix() -> None:
+    with pytest.raises(ValueError, match="physics mix"):
+        RTFSynConfig.tiny(lesion_net=True, physics_mix=False)
+    with pytest.raises(ValueError, match="true or false"):
+        RTFSynConfig.tiny(lesion_net="yes")
+
+
+def test_a_detector_that_finds_nothing_changes_nothing_and_one_that_finds_everything_writes_the_lesion_signal(
+        tiny_checkpoint: Path) -> None:
+    base, _ = checkpoint.load(tiny_checkpoint)
+    vol = _phantom((18, 20, 16))
+    plain = Synthesizer.from_model(base)(vol, (1.0, 1.0, 1.0), SOURCE, TARGET).volume
+    none = Synthesizer.from_model(_with_detector(base, -60.0))(vol, (1.0, 1.0, 1.0), SOURCE, TARGET).volume
+    np.testing.assert_allclose(none, plain, atol=1e-6)
+    every = Synthesizer.from_model(_with_detector(base, 60.0))
+    out = every(vol, (1.0, 1.0, 1.0), SOURCE, TARGET).volume
+    # every voxel lesion: the target's lesion/WM ratio times the model's own white-matter weight
+    from synthesis.condition import prompt
+
+    model = every.model
+    text, features = every._condition(prompt(SOURCE, TARGET), SOURCE, TARGET)
+    with torch.no_grad():
+        feats = model.encode(torch.from_numpy(vol / vol.max())[None, None].float(), text, features)
+        signal = model.lesion_signal(feats, features)
+        w_wm = float(model.head.mix(feats.cond)[0, 2] + feats.mix_prior[0, 2])
+    physics = physics_features(TARGET, relative_to="brain")
+    assert signal == pytest.approx(w_wm * physics[3] / physics[2], rel=1e-5)
+    np.testing.assert_allclose(out, np.clip(signal, 0.0, None), rtol=1e-5)
+
+
+def test_the_map_follows_the_output_grid_when_it_is_not_the_working_grid(tiny_checkpoint: Path) -> None:
+    base, _ = checkpoint.load(tiny_checkpoint)
+    synth = Synthesizer.from_model(_with_detector(base, 60.0))
+    out = synth(_phantom((6, 20, 18)), (5.0, 1.0, 1.0), SOURCE, TARGET).volume  # 5 mm slices -> 1 mm
+    assert out.shape == (30, 20, 18) and np.ptp(out) < 1e-5  # p = 1 everywhere on the output grid too
+
+
+def test_interpolation_to_the_output_axes_is_linear_and_clamped() -> None:
+    volume = np.arange(4, dtype=np.float32)[:, None, None] * np.ones((1, 2, 3), np.float32)
+    axes = [np.array([-0.5, 0.0, 0.5, 2.25, 3.0, 4.0]), np.array([0.0, 1.0]), np.array([0.0, 1.0, 2.0])]
+    got = _interpolate(volume, axes)
+    np.testing.assert_allclose(got[:, 0, 0], [0.0, 0.0, 0.5, 2.25, 3.0, 3.0])
+    assert got.shape == (6, 2, 3)
+    # the output axes of a 2x finer grid fall between working voxels
+    axes = _output_axes((4,), (1.0,), (1.0,), (0.5,))
+    np.testing.assert_allclose(axes[0][1:] - axes[0][:-1], 0.5)
+
+
+def test_lesion_loss_rewards_finding_the_lesion_and_skips_dice_on_crops_without_one() -> None:
+    lesion = torch.zeros(2, 1, 8, 8, 8)
+    lesion[0, :, 2:5, 2:5, 2:5] = 1.0
+    head = torch.ones_like(lesion)
+    found = torch.where(lesion > 0, 8.0, -8.0)
+    missed = torch.full_like(lesion, -8.0)
+    loss_found, _, dice_found = lesion_loss(found, lesion, head, 30.0)
+    loss_missed, _, dice_missed = lesion_loss(missed, lesion, head, 30.0)
+    assert loss_found < 0.1 < loss_missed and dice_found < 0.01 < 0.9 < dice_missed
+    _, _, dice_none = lesion_loss(missed, torch.zeros_like(lesion), head, 30.0)
+    assert dice_none == 0.0  # no crop holds a lesion: no Dice
+
+
+def _crop(rng: np.random.Generator, size: int = 16) -> Crop:
+    fractions = np.zeros((len(TISSUES), size, size, size), np.float16)
+    fractions[TISSUES.index("wm")] = 1.0
+    lesion = np.zeros((size,) * 3, bool)
+    c = rng.integers(4, size - 4, 3)
+    lesion[c[0] - 2:c[0] + 2, c[1] - 2:c[1] + 2, c[2] - 2:c[2] + 2] = True
+    fractions[TISSUES.index("lesion")][lesion] = 1.0
+    fractions[TISSUES.index("wm")][lesion] = 0.0
+    source = np.where(lesion, 0.5, 0.9).astype(np.float32) + rng.normal(0, 0.02, (size,) * 3).astype(np.float32)
+    mr = preset("T1", 3.0)
+    return Crop(source=source, target=source, target_cell=source, cell=1.0, fractions=fractions,
+                mask=np.ones((size,) * 3, bool), source_protocol=mr, target_protocol=mr, brain_range=1.0)
+
+
+def test_a_short_run_trains_resumes_and_exports_the_model_with_its_detector(tiny_checkpoint: Path,
+                                                                            tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+
+    def batches():
+        while True:
+            yield [_crop(rng) for _ in range(2)]
+
+    cfg = LesionTrainConfig(out_dir=str(tmp_path / "run"), init_checkpoint=str(tiny_checkpoint), steps=3,
+                            max_minutes=None, batch=2, threads=1)
+    path = train_lesion_net(cfg, batches=batches(), command="test")
+    model, meta = checkpoint.load(path)
+    assert model.config.lesion_net and isinstance(model.lesion, LesionNet)
+    record = meta["extra"]["lesion_net"]
+    assert record["steps"] == 3 and record["init_checkpoint"]["sha256"] == checkpoint.sha256(tiny_checkpoint)
+    assert json.loads((tmp_path / "run" / "lesion_record.json").read_text())["lesion_net"]["steps"] == 3
+    base, _ = checkpoint.load(tiny_checkpoint)
+    for name, tensor in base.state_dict().items():  # the synthesis network is the init checkpoint's
+        torch.testing.assert_close(model.state_dict()[name], tensor)
+    from dataclasses import replace
+
+    resumed = train_lesion_net(replace(cfg, steps=5), batches=batches())
+    assert checkpoint.load(resumed)[1]["extra"]["lesion_net"]["steps"] == 5
+    with pytest.raises(ValueError, match="already has a lesion detector"):
+        train_lesion_net(replace(cfg, init_checkpoint=str(path), out_dir=str(tmp_path / "again")), batches=batches())
+
+
+def test_crop_tensors_stack_source_lesion_and_head() -> None:
+    rng = np.random.default_rng(1)
+    x, lesion, head = crop_tensors([_crop(rng), _crop(rng)])
+    assert x.shape == lesion.shape == head.shape == (2, 1, 16, 16, 16)
+    assert float(lesion.sum()) == 2 * 64 and bool((head == 1).all())
+
+
+def test_the_synthesis_training_never_moves_the_detector(tiny_checkpoint: Path) -> None:
+    from synthesis.train import _freeze, _param_groups, TrainConfig
+
+    model = _with_detector(checkpoint.load(tiny_checkpoint)[0], 0.0)
+    for prefixes in ((), ("head", "lesion")):
+        for p in model.parameters():
+            p.requires_grad_(True)
+        _freeze(model, prefixes)
+        assert not any(p.requires_grad for p in model.lesion.parameters())
+        trained = {id(p) for group in _param_groups(model, TrainConfig()) for p in group["params"]}
+        assert trained and not trained & {id(p) for p in model.lesion.parameters()}
+
+
+def test_a_checkpoint_with_a_detector_loads_as_saved(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    model = _with_detector(checkpoint.load(tiny_checkpoint)[0], 0.0)
+    loaded, _ = checkpoint.load(checkpoint.save(model, tmp_path / "with.pt"))
+    assert loaded.config.lesion_net and loaded.summary()["lesion_net"] is True
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], tensor)
+
+
+def test_the_train_command_refuses_what_does_not_apply_to_a_detector_run(
+        tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from dicom_node import cli
+
+    out_dir = str(tmp_path / "run")
+    assert cli.main(["train", "--lesion-net", "--out-dir", out_dir, "--set", "patchsize=32"]) == 2
+    assert "unknown option(s) patchsize" in capsys.readouterr().err
+    assert cli.main(["train", "--lesion-net", "--out-dir", out_dir, "--export-only"]) == 2
+    assert "do not apply" in capsys.readouterr().err
+    missing = str(tmp_path / "nowhere.pt")
+    assert cli.main(["train", "--lesion-net", "--out-dir", out_dir, "--set", f"init_checkpoint={missing}"]) == 2
+    assert "nowhere.pt" in capsys.readouterr().err
+
+
+def test_max_minutes_counts_the_whole_run_not_the_time_since_the_last_save(
+        tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import itertools
+
+    import synthesis.lesion_train as lesion_train
+
+    clock = itertools.count()  # one second per reading of the clock
+    monkeypatch.setattr(lesion_train.time, "monotonic", lambda: float(next(clock)))
+    rng = np.random.default_rng(2)
+    batches = ([_crop(rng) for _ in range(2)] for _ in range(400))  # ends the run if it never stops
+    cfg = LesionTrainConfig(out_dir=str(tmp_path / "run"), init_checkpoint=str(tiny_checkpoint), steps=None,
+                            max_minutes=2.0, batch=2, threads=1)
+    path = train_lesion_net(cfg, batches=batches)
+    steps = checkpoint.load(path)[1]["extra"]["lesion_net"]["steps"]
+    assert 100 < steps <= 120  # past a save (every 100 steps), and stopped at two minutes

@@ -31,6 +31,7 @@ from synthesis.nets.lesion import LesionNet
 from synthesis.nets.rtfsyn import RTFSyn
 from synthesis.physics import TISSUES
 from synthesis.stream import Crop, StreamConfig, stream_batches
+from synthesis.train import soft_dice_loss
 
 __all__ = ["LesionTrainConfig", "lesion_loss", "crop_tensors", "train_lesion_net", "widen_with_lesion_net"]
 
@@ -76,13 +77,9 @@ def lesion_loss(logit: torch.Tensor, lesion: torch.Tensor, head: torch.Tensor, p
                                              pos_weight=torch.tensor(float(pos_weight), device=logit.device))
     bce = (bce * head).sum() / head.sum().clamp_min(1.0)
     p = torch.sigmoid(logit) * head
-    dims = (1, 2, 3, 4)
-    volume = lesion.sum(dims)
-    has = volume >= min_voxels
-    dice = torch.zeros((), device=logit.device)
-    if bool(has.any()):
-        overlap = (p * lesion).sum(dims)
-        dice = (1.0 - (2 * overlap + 1.0) / (p.sum(dims) + volume + 1.0))[has].mean()
+    dice = soft_dice_loss(p, p, lesion, min_voxels)
+    if dice is None:
+        dice = torch.zeros((), device=logit.device)
     return bce + dice, bce.item(), dice.item()
 
 

@@ -262,14 +262,21 @@ def lesion_dice_loss(bases: torch.Tensor, fractions: torch.Tensor, min_voxels: f
     most 1: a negative basis outside lesions counts as a false positive (with the plain
     value, a model could hide what it marks elsewhere below zero)."""
     index = TISSUES.index("lesion")
-    truth = fractions[:, index].flatten(1)
+    raw = bases[:, index]
+    return soft_dice_loss(raw + (raw.clamp(0.0, 1.0) - raw).detach(), raw.abs().clamp(max=1.0),
+                          fractions[:, index], min_voxels, smooth)
+
+
+def soft_dice_loss(pred: torch.Tensor, volume: torch.Tensor, truth: torch.Tensor, min_voxels: float = 8.0,
+                   smooth: float = 1.0) -> torch.Tensor | None:
+    """``1 -`` soft Dice per crop (first axis), averaged over the crops whose ``truth`` holds at
+    least ``min_voxels``; None when none does. ``pred`` enters the overlap, ``volume`` the
+    predicted volume (the same map, or a form of it: see :func:`lesion_dice_loss`)."""
+    truth = truth.flatten(1)
     held = truth.sum(1) >= min_voxels
     if not bool(held.any()):
         return None
-    raw = bases[:, index].flatten(1)[held]
-    truth = truth[held]
-    pred = raw + (raw.clamp(0.0, 1.0) - raw).detach()
-    volume = raw.abs().clamp(max=1.0)
+    pred, volume, truth = pred.flatten(1)[held], volume.flatten(1)[held], truth[held]
     dice = (2.0 * (pred * truth).sum(1) + smooth) / (volume.sum(1) + truth.sum(1) + smooth)
     return (1.0 - dice).mean()
 

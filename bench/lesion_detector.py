@@ -46,17 +46,10 @@ def infer(net: LesionNet, volume: np.ndarray) -> np.ndarray:
 
 
 def _ap_auc(score: np.ndarray, label: np.ndarray) -> tuple[float, float]:
-    order = np.argsort(-score, kind="stable")
-    y = label[order].astype(np.float64)
-    tp = np.cumsum(y)
-    precision = tp / np.arange(1, len(y) + 1)
-    ap = float((precision * y).sum() / max(y.sum(), 1.0))
-    # ROC AUC by ranks (Mann-Whitney)
-    ranks = np.empty(len(score))
-    ranks[np.argsort(score, kind="stable")] = np.arange(1, len(score) + 1)
-    npos, nneg = y.sum(), len(y) - y.sum()
-    auc = float((ranks[label].sum() - npos * (npos + 1) / 2) / max(npos * nneg, 1.0))
-    return ap, auc
+    """Average precision and ROC AUC (scikit-learn's: tied scores count as ties)."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    return float(average_precision_score(label, score)), float(roc_auc_score(label, score))
 
 
 def eval_subject(prob: np.ndarray, subject) -> dict:

@@ -17,7 +17,7 @@ the optimizer step overlap.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -83,6 +83,11 @@ class StreamConfig:
     lesion_crop_share: float = 0.0  # share of crops centred on a lesion voxel (when the subject has one)
     max_cell: float = 2.0
     first_subject: int = 0
+    shuffle_draws: int = 1  # the shuffle buffer holds this many draws' crops before it yields
+    # subjects without label phantoms or masses: both are drawn with the lesion tissue, and
+    # a phantom's lesion regions (a tenth of its brain) and a mass (radius 6-20 mm) outweigh
+    # the white-matter lesions many times in voxels (the lesion detector trains on this)
+    wm_lesions_only: bool = False
 
 
 def subject_for_draw(cfg: StreamConfig, draw: int) -> int:
@@ -150,7 +155,7 @@ def draw_crops(cfg: StreamConfig, draw: int, seed: int, subject: Subject | None 
     """The crops of draw number ``draw`` (deterministic in ``seed`` and ``draw``)."""
     rng = np.random.default_rng([seed, draw, 77])
     if subject is None:
-        subject = make_randomized_subject(subject_for_draw(cfg, draw))
+        subject = make_randomized_subject(subject_for_draw(cfg, draw), wm_lesions_only=cfg.wm_lesions_only)
     field_t = float(rng.choice([1.5, 3.0]))
     src_c = Contrast(cfg.source_contrasts[int(rng.integers(len(cfg.source_contrasts)))])
     src_p = random_protocol(src_c, rng, field_t=field_t, split=cfg.split, preset_share=cfg.source_preset_share)
@@ -204,19 +209,23 @@ def _second_source(cfg: StreamConfig, draw: int, seed: int, subject: Subject,
     return volume, protocol.with_(slice_thickness_mm=acq.slice_mm, voxel_mm=(*acq.in_plane_mm, acq.slice_mm))
 
 
-def subject_edits(seed: int) -> AnatomyEdits:
-    """The anatomy edits of the randomized subject of ``seed``."""
-    return random_edits(np.random.default_rng([seed, 4242]))
+def subject_edits(seed: int, *, wm_lesions_only: bool = False) -> AnatomyEdits:
+    """The anatomy edits of the randomized subject of ``seed``. ``wm_lesions_only``: the same
+    edits without a label phantom or solid masses, so that the lesion label marks white-matter
+    lesions only (the lesion detector's task; see :class:`StreamConfig`)."""
+    edits = random_edits(np.random.default_rng([seed, 4242]))
+    return replace(edits, phantom=False, masses=0) if wm_lesions_only else edits
 
 
-def make_randomized_subject(seed: int) -> Subject:
+def make_randomized_subject(seed: int, *, wm_lesions_only: bool = False) -> Subject:
     """The randomized subject of ``seed`` (anatomy edits drawn from the seed)."""
-    return make_subject(seed, edits=subject_edits(seed))
+    return make_subject(seed, edits=subject_edits(seed, wm_lesions_only=wm_lesions_only))
 
 
 class CropStream(torch.utils.data.IterableDataset):
     """Batches (lists of ``batch`` :class:`Crop`) from consecutive draws, mixed through a
-    shuffle buffer of two draws' crops; starts at draw ``first_draw`` (resuming)."""
+    shuffle buffer that yields while it holds ``shuffle_draws`` draws' crops (with the default
+    1, each batch mixes at most two draws); starts at draw ``first_draw`` (resuming)."""
 
     def __init__(self, cfg: StreamConfig, *, seed: int, batch: int, first_draw: int = 0) -> None:
         super().__init__()
@@ -235,10 +244,11 @@ class CropStream(torch.utils.data.IterableDataset):
         while True:
             seed_now = subject_for_draw(self.cfg, draw)
             if seed_now != subject_seed:
-                subject, subject_seed = make_randomized_subject(seed_now), seed_now
+                subject = make_randomized_subject(seed_now, wm_lesions_only=self.cfg.wm_lesions_only)
+                subject_seed = seed_now
             buffer.extend(draw_crops(self.cfg, draw, self.seed, subject))
             draw += 1
-            while len(buffer) >= max(self.batch, self.crops_per_draw):
+            while len(buffer) >= max(self.batch, self.crops_per_draw * max(1, self.cfg.shuffle_draws)):
                 picks = sorted(rng.choice(len(buffer), size=self.batch, replace=False), reverse=True)
                 yield [buffer.pop(int(i)) for i in picks]
 

@@ -14,7 +14,10 @@ def test_ap_and_auc_of_a_perfect_a_reversed_and_a_tied_score() -> None:
     label = np.array([0, 0, 1, 0, 1, 0], bool)
     assert _ap_auc(label.astype(float), label) == (1.0, 1.0)
     ap, auc = _ap_auc(1.0 - label, label)
-    assert auc == 0.0 and ap == pytest.approx((1 / 5 + 2 / 6) / 2)
+    assert auc == 0.0 and ap == pytest.approx(2 / 6)  # two tied levels: the positives come last, together
+    # a map that is one value everywhere knows nothing, whatever the voxels' order
+    assert _ap_auc(np.zeros(6), label) == (pytest.approx(2 / 6), 0.5)
+    assert _ap_auc(np.zeros(6), label[::-1].copy()) == (pytest.approx(2 / 6), 0.5)
     rng = np.random.default_rng(0)
     label = rng.random(20000) < 0.05
     ap, auc = _ap_auc(rng.random(20000), label)  # a score that knows nothing

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from synthesis.nets.rtfsyn import RTFSyn, RTFSynConfig
-from synthesis.physics import TISSUES
+from synthesis.physics import TISSUES, jittered_params, tissue_signal
+from synthesis.protocol import Contrast, MRProtocol, SequenceKind
 from synthesis.simulate import make_subject
-from synthesis.simulate.acquisition import Acquisition, acquire, random_acquisition
+from synthesis.simulate.acquisition import Acquisition, acquire, random_acquisition, source_params
 from synthesis.simulate.anatomy import AnatomyEdits
 from synthesis.stream import StreamConfig, draw_crops, subject_for_draw
 from synthesis.train import TrainConfig, loss_on_batch, make_batch
@@ -59,6 +60,71 @@ def test_whole_head_acquisition_grid_and_noise() -> None:
     draws = [random_acquisition(rng) for _ in range(100)]
     assert any(a.slice_mm >= 3 for a in draws) and any(a.slice_mm < 1.5 for a in draws)
     assert all(a.snr == 0 or 10 <= a.snr <= 40 for a in draws)
+
+
+def test_source_jitter_keeps_a_lesion_darker_than_white_matter_on_mprage() -> None:
+    """The source's tissue jitter varies contrast widely, but a lesion stays white matter changed
+    by disease: drawn apart, its factor made the lesion/WM ratio of an MPRAGE source reach 1.09."""
+    rng = np.random.default_rng(3)
+    params = jittered_params(rng)[3.0]
+    wm, lesion, gm = (TISSUES.index(t) for t in ("wm", "lesion", "gm"))
+    mprage = MRProtocol(contrast=Contrast.T1w, sequence=SequenceKind.MPRAGE, tr_ms=2300.0, te_ms=2.9,
+                        ti_ms=900.0, flip_deg=9.0, field_t=3.0)
+    nominal = tissue_signal(params, mprage)
+    ratios, gm_ratios = [], []
+    for _ in range(300):
+        drawn = source_params(params, rng)
+        factor = drawn / params
+        assert np.all(np.abs(factor[lesion] / factor[wm] - 1) <= 0.025 + 1e-6)
+        signal = tissue_signal(drawn, mprage)
+        ratios.append(signal[lesion] / signal[wm])
+        gm_ratios.append(signal[gm] / signal[wm])
+    ratios = np.array(ratios)
+    assert np.all(np.abs(ratios / (nominal[lesion] / nominal[wm]) - 1) < 0.1)
+    assert ratios.max() < 0.85
+    assert np.ptp(gm_ratios) > 0.2  # the other tissues' contrast still varies widely
+
+
+def test_wm_lesions_only_drops_phantoms_and_masses_and_keeps_the_rest() -> None:
+    from dataclasses import replace
+
+    from synthesis.lesion_train import LesionTrainConfig
+    from synthesis.stream import subject_edits
+
+    changed = 0
+    for seed in range(200):
+        drawn, kept = subject_edits(seed), subject_edits(seed, wm_lesions_only=True)
+        assert not kept.phantom and kept.masses == 0
+        assert kept == replace(drawn, phantom=False, masses=0)
+        changed += drawn != kept
+    assert 40 < changed < 100  # about 15 % phantoms and 15 % masses
+    assert LesionTrainConfig().stream().wm_lesions_only  # the detector's crops
+
+
+def test_shuffle_buffer_mixes_the_crops_of_several_draws(monkeypatch) -> None:
+    import synthesis.stream as stream
+
+    made: list[int] = []
+
+    def fake_draw(cfg, draw, seed, subject):
+        made.append(draw)
+        return [(draw, i) for i in range(8)]
+
+    monkeypatch.setattr(stream, "make_randomized_subject", lambda seed, **kw: seed)
+    monkeypatch.setattr(stream, "draw_crops", fake_draw)
+    mixing = {}
+    for shuffle in (1, 6):
+        made.clear()
+        cfg = StreamConfig(target_contrasts=("T2w",), targets_per_draw=1, crops_per_target=8, shuffle_draws=shuffle)
+        batches = iter(stream.CropStream(cfg, seed=0, batch=4, first_draw=0))
+        first = next(batches)
+        assert len(made) == shuffle  # the buffer fills with `shuffle` draws before it yields
+        rest = [next(batches) for _ in range(60)]
+        assert sum(len(b) for b in [first, *rest]) == 4 * 61
+        mixing[shuffle] = np.mean([len({d for d, _ in b}) for b in rest])
+        seen = [c for b in [first, *rest] for c in b]
+        assert len(seen) == len(set(seen))  # no crop is given twice
+    assert mixing[1] < 2.2 and mixing[6] > 3.0
 
 
 def test_tissue_loss_supervises_the_output_bases(crops) -> None:

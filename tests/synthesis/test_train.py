@@ -181,7 +181,7 @@ def test_randomized_generator_trains_in_the_background_and_exports(sampler, tmp_
     region = tuple(slice(n // 2 - 28, n // 2 + 28) for n in subject.shape)
     small = dataclasses.replace(subject, fractions=subject.fractions[(slice(None), *region)].copy(),
                                 brain_mask=subject.brain_mask[region].copy())
-    monkeypatch.setattr("synthesis.stream.make_randomized_subject", lambda seed: small)
+    monkeypatch.setattr("synthesis.stream.make_randomized_subject", lambda seed, **kw: small)
 
     cfg = TrainConfig.from_dict(dict(
         generator="randomized", out_dir=str(tmp_path / "run"), patch=24, batch=2, queries=64, warmup=1,

@@ -84,9 +84,10 @@ class StreamConfig:
     max_cell: float = 2.0
     first_subject: int = 0
     shuffle_draws: int = 1  # the shuffle buffer holds this many draws' crops before it yields
-    # subjects without label phantoms or masses: both are drawn with the lesion tissue, and
-    # a phantom's lesion regions (a tenth of its brain) and a mass (radius 6-20 mm) outweigh
-    # the white-matter lesions many times in voxels (the lesion detector trains on this)
+    # subjects without label phantoms or masses (the lesion detector trains on this): both are
+    # drawn with the lesion tissue, a phantom's as arbitrary regions (a tenth of its labels),
+    # a mass as a blob of radius 6-20 mm; in the first 40 training subjects one phantom and
+    # three masses held 118 of the lesion tissue's 211 ml, the white-matter lesions the rest
     wm_lesions_only: bool = False
 
 

@@ -172,6 +172,12 @@ def test_a_short_run_trains_resumes_and_exports_the_model_with_its_detector(tiny
 
     resumed = train_lesion_net(replace(cfg, steps=5), batches=batches())
     assert checkpoint.load(resumed)[1]["extra"]["lesion_net"]["steps"] == 5
+    # a resumed run with a lower learning rate uses it, and the record says from which step
+    ended = train_lesion_net(replace(cfg, steps=7, lr=cfg.lr / 5), batches=batches())
+    assert checkpoint.load(ended)[1]["extra"]["lesion_net"]["lr_phases"] == [
+        {"from_step": 0, "lr": cfg.lr}, {"from_step": 5, "lr": cfg.lr / 5}]
+    saved = torch.load(tmp_path / "run" / "lesion_last.pt", weights_only=False)
+    assert [g["lr"] for g in saved["opt"]["param_groups"]] == [cfg.lr / 5]
     with pytest.raises(ValueError, match="already has a lesion detector"):
         train_lesion_net(replace(cfg, init_checkpoint=str(path), out_dir=str(tmp_path / "again")), batches=batches())
 

@@ -89,6 +89,7 @@ class StreamConfig:
     # a mass as a blob of radius 6-20 mm; in the first 40 training subjects one phantom and
     # three masses held 118 of the lesion tissue's 211 ml, the white-matter lesions the rest
     wm_lesions_only: bool = False
+    gm_crop_share: float = 0.0  # share of crops centred on grey matter (the detector's hard negatives)
 
 
 def subject_for_draw(cfg: StreamConfig, draw: int) -> int:
@@ -110,10 +111,13 @@ def _targets(cfg: StreamConfig, rng: np.random.Generator) -> list[Contrast]:
 
 def _crop_starts(mask: np.ndarray, head: np.ndarray, patch: int, n: int, brain_share: float,
                  rng: np.random.Generator, lesion_voxels: np.ndarray | None = None,
-                 lesion_share: float = 0.0) -> list[tuple[slice, slice, slice]]:
-    """``n`` crop regions: a share ``lesion_share`` centred near one of ``lesion_voxels`` (``(K, 3)``
-    indices; lesions are a small part of a brain, and a crop of random place rarely holds one),
-    then ``brain_share`` of the rest centred in the brain's bounding box, the others in the head's."""
+                 lesion_share: float = 0.0, gm_voxels: np.ndarray | None = None,
+                 gm_share: float = 0.0) -> list[tuple[slice, slice, slice]]:
+    """``n`` crop regions: a share ``gm_share`` centred on one of ``gm_voxels`` (grey matter,
+    where a lesion detector's false lesions lie), a share ``lesion_share`` of the rest centred
+    near one of ``lesion_voxels`` (``(K, 3)`` indices; lesions are a small part of a brain, and a
+    crop of random place rarely holds one), then ``brain_share`` of the rest centred in the
+    brain's bounding box, the others in the head's."""
     shape = np.array(mask.shape)
     boxes = []
     for region in (mask, head):
@@ -121,7 +125,9 @@ def _crop_starts(mask: np.ndarray, head: np.ndarray, patch: int, n: int, brain_s
         boxes.append((idx.min(0), idx.max(0)) if len(idx) else (np.zeros(3, int), shape - 1))
     out = []
     for _ in range(n):
-        if lesion_voxels is not None and len(lesion_voxels) and rng.random() < lesion_share:
+        if gm_voxels is not None and len(gm_voxels) and gm_share > 0 and rng.random() < gm_share:
+            centre = gm_voxels[rng.integers(len(gm_voxels))]
+        elif lesion_voxels is not None and len(lesion_voxels) and rng.random() < lesion_share:
             centre = lesion_voxels[rng.integers(len(lesion_voxels))] + rng.integers(-patch // 4, patch // 4 + 1, 3)
         else:
             lo, hi = boxes[0] if rng.random() < brain_share else boxes[1]
@@ -167,6 +173,8 @@ def draw_crops(cfg: StreamConfig, draw: int, seed: int, subject: Subject | None 
     head = subject.fractions.sum(0) > 0.5
     # found once per draw, used by every target's crops
     lesion = np.argwhere(subject.fractions[TISSUES.index("lesion")] > 0.5) if cfg.lesion_crop_share > 0 else None
+    grey = (np.argwhere(subject.fractions[TISSUES.index("gm")][::2, ::2, ::2] > 0.5) * 2
+            if cfg.gm_crop_share > 0 else None)
     second, second_p = _second_source(cfg, draw, seed, subject, field_t)
     crops = []
     for tgt_c in _targets(cfg, rng):
@@ -177,7 +185,7 @@ def draw_crops(cfg: StreamConfig, draw: int, seed: int, subject: Subject | None 
         target *= np.float32(1.0 / max(float(hi), 1e-12))
         brain_range = float(max((hi - lo) / max(hi, 1e-12), 1e-3))
         for region in _crop_starts(mask, head, cfg.patch, cfg.crops_per_target, cfg.brain_crop_share, rng,
-                                   lesion, cfg.lesion_crop_share):
+                                   lesion, cfg.lesion_crop_share, grey, cfg.gm_crop_share):
             cell = float(np.exp(rng.uniform(np.log(0.5), np.log(cfg.max_cell))))
             tgt = _pad(target[region], cfg.patch)
             blurred = ndimage.gaussian_filter(tgt, 0.5 * np.sqrt(cell**2 - 1)) if cell > 1 else tgt

@@ -101,6 +101,24 @@ def test_wm_lesions_only_drops_phantoms_and_masses_and_keeps_the_rest() -> None:
     assert LesionTrainConfig().stream().wm_lesions_only  # the detector's crops
 
 
+def test_grey_matter_crops_are_centred_on_grey_matter_and_off_by_default() -> None:
+    from synthesis.stream import _crop_starts
+
+    mask = np.zeros((80, 80, 80), bool)
+    mask[10:70, 10:70, 10:70] = True
+    grey = np.array([[20, 60, 30], [55, 25, 40]])
+    lesion = np.array([[40, 40, 40]])
+    picked = _crop_starts(mask, mask, 16, 200, 1.0, np.random.default_rng(0), lesion, 0.0, grey, 1.0)
+    centres = {tuple(r.start + 8 for r in region) for region in picked}
+    assert centres == {(20, 60, 30), (55, 25, 40)}
+    mixed = _crop_starts(mask, mask, 16, 400, 1.0, np.random.default_rng(1), lesion, 1.0, grey, 0.3)
+    on_grey = np.mean([tuple(r.start + 8 for r in region) in centres for region in mixed])
+    assert 0.22 < on_grey < 0.38  # the rest are centred near the lesion
+    # without grey-matter crops the draws are those of a stream that has none (same random numbers)
+    assert _crop_starts(mask, mask, 16, 50, 0.8, np.random.default_rng(2), lesion, 0.5, grey, 0.0) == \
+        _crop_starts(mask, mask, 16, 50, 0.8, np.random.default_rng(2), lesion, 0.5)
+
+
 def test_shuffle_buffer_mixes_the_crops_of_several_draws(monkeypatch) -> None:
     import synthesis.stream as stream
 

@@ -98,10 +98,9 @@ def source_params(params: np.ndarray, rng: np.random.Generator, spread: float = 
 
     A lesion is white matter changed by disease, so it takes white matter's per-tissue factor
     times one of its own within ±0.1·spread: its contrast to white matter stays the subject's.
-    Drawn apart (as before 2026-12-07), the two factors made the lesion/WM ratio of a T1 source
-    anything from 0.57 to 1.09 (40 draws of one subject; 18% above 0.9): the label said
-    lesion where the source showed white matter, and the lesion's order against grey matter was
-    random."""
+    Drawn apart (as before 2026-12-07), the two factors put the lesion/WM ratio of 13% of random
+    T1 sources above 0.9 (``python bench/source_jitter.py``): the label said lesion where the
+    source showed white matter."""
     common = rng.uniform(1 - 0.6 * spread, 1 + 0.6 * spread, size=(1, params.shape[1]))
     each = rng.uniform(1 - 0.45 * spread, 1 + 0.45 * spread, size=params.shape)
     own = rng.uniform(1 - 0.1 * spread, 1 + 0.1 * spread, size=params.shape[1])

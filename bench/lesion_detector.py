@@ -3,7 +3,9 @@
 The detector (:class:`synthesis.nets.lesion.LesionNet`, trained with ``rtfsyn train
 --lesion-net``) is scored on whole heads of validation-split subjects it never saw, acquired
 as the evaluation's in-distribution source (3 T T1 preset, 1 mm, SNR 30) and normalized as
-inference does:
+inference does, each twice: rendered with the subject's own tissue parameters, as the
+evaluation renders its sources (``"source": "nominal"``), and with a training-like contrast
+spread of them (``"jittered"``, :func:`synthesis.simulate.acquisition.source_params`):
 
 * ``lesions_30`` subjects: average precision and ROC AUC of the lesion probability for
   voxels with lesion fraction > 0.5 among brain voxels; Dice at p > 0.5; the mean
@@ -72,16 +74,22 @@ def _features(volume: np.ndarray) -> np.ndarray:
     return np.stack([volume, ndimage.uniform_filter(volume, 5)], -1)
 
 
-def eval_sets(seeds: list[int]) -> list[tuple[str, int, object, np.ndarray]]:
-    """(set, seed, subject, normalized T1) for the validation subjects (lesions_30, and no lesions)."""
+SOURCES = ("nominal", "jittered")
+
+
+def eval_sets(seeds: list[int]) -> list[tuple[str, int, str, object, np.ndarray]]:
+    """(set, seed, source kind, subject, normalized T1) for the validation subjects (lesions_30,
+    and no lesions), each source kind of :data:`SOURCES`."""
     acq = Acquisition(snr=30.0)
     protocol = preset("T1", 3.0)
     cases = []
     for seed in seeds:
         for name, edits in (("lesions_30", CASE_SETS["lesions_30"].edits), ("no_lesions", replace(BASE_EDITS, lesions=0))):
             subject = make_case_subject(seed, edits)
-            source = acquired_source(subject, protocol, acq, np.random.default_rng([seed, 5]))
-            cases.append((name, seed, subject, source))
+            for kind in SOURCES:
+                source = acquired_source(subject, protocol, acq, np.random.default_rng([seed, 5]),
+                                         jitter=kind == "jittered")
+                cases.append((name, seed, kind, subject, source))
     return cases
 
 
@@ -94,10 +102,10 @@ def logistic_baseline(train_seed: int, cases) -> list[dict]:
     x, y = _features(source)[brain], subject.fractions[LESION][brain] > 0.5
     clf = LogisticRegression(class_weight="balanced", max_iter=500).fit(x, y)
     rows = []
-    for name, seed, subj, src in cases:
+    for name, seed, kind, subj, src in cases:
         prob = np.zeros(src.shape, np.float32)
         prob[subj.brain_mask] = clf.predict_proba(_features(src)[subj.brain_mask])[:, 1]
-        rows.append({"set": name, "seed": seed, **eval_subject(prob, subj)})
+        rows.append({"set": name, "seed": seed, "source": kind, **eval_subject(prob, subj)})
     return rows
 
 
@@ -129,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     net.eval()
     seeds = list(SPLIT_SEEDS["validation"])[1:1 + args.eval_subjects]
     cases = eval_sets(seeds)
-    rows = [{"set": name, "seed": seed, **eval_subject(infer(net, src), subj)} for name, seed, subj, src in cases]
+    rows = [{"set": name, "seed": seed, "source": kind, **eval_subject(infer(net, src), subj)}
+            for name, seed, kind, subj, src in cases]
     base = logistic_baseline(list(SPLIT_SEEDS["train"])[0], cases)
     result = {**what, "training": record, "threads": args.threads, "probe": rows, "logistic_baseline": base}
     print(json.dumps({"probe": rows, "logistic_baseline": base}, indent=1))

@@ -113,6 +113,31 @@ def _init_path(cfg: LesionTrainConfig) -> Path:
     return ckpt.default_checkpoint_path() if cfg.init_checkpoint == "default" else Path(cfg.init_checkpoint)
 
 
+#: The settings a resumed run may change; :func:`_record_phase` lists each change in the record.
+PHASE_FIELDS = ("lr", "pos_weight", "gm_crop_share", "lesion_crop_share")
+
+
+def _record_phase(state: dict[str, Any], cfg: LesionTrainConfig) -> None:
+    """Append ``{"from_step", <changed settings>}`` to ``state["phases"]`` when ``cfg`` differs from
+    the settings in force (the first phase lists them all). A state saved before phases were kept
+    has only ``lr_phases`` (learning rates); its other settings count as unknown."""
+    phases = state.get("phases")
+    if phases is None:
+        phases = state["phases"] = [dict(p) for p in state.pop("lr_phases", [])]
+    in_force: dict[str, Any] = {}
+    for phase in phases:
+        in_force.update({k: v for k, v in phase.items() if k != "from_step"})
+    changed = {k: getattr(cfg, k) for k in PHASE_FIELDS if in_force.get(k, object()) != getattr(cfg, k)}
+    if not changed:
+        return
+    if phases and phases[-1]["from_step"] == state["step"]:
+        phases[-1].update(changed)
+    else:
+        phases.append({"from_step": state["step"], **changed})
+    if state["step"]:
+        log.info("From step %d: %s", state["step"], ", ".join(f"{k} {v:g}" for k, v in changed.items()))
+
+
 def train_lesion_net(cfg: LesionTrainConfig, *, batches: Iterator[Sequence[Crop]] | None = None,
                      command: str = "") -> Path:
     """Run (or resume) a detector run; returns ``<out_dir>/model.pt``. ``batches``: crops to
@@ -134,14 +159,11 @@ def train_lesion_net(cfg: LesionTrainConfig, *, batches: Iterator[Sequence[Crop]
         opt.load_state_dict(saved["opt"])
         state = saved["state"]
         log.info("Resuming the lesion detector at step %d (%.1f min trained)", state["step"], state["seconds"] / 60)
-    # the run's learning rate is the config's, on a resumed run too (the optimizer's saved
-    # state would keep the old one): a run may end with a lower rate; each change is recorded
-    phases = state.setdefault("lr_phases", [{"from_step": 0, "lr": opt.param_groups[0]["lr"]}])
+    # a resumed run trains with the config's settings (the optimizer's saved state would keep
+    # the old learning rate): a run may end with a lower rate or other crops; each change is recorded
     for group in opt.param_groups:
         group["lr"] = cfg.lr
-    if phases[-1]["lr"] != cfg.lr:
-        phases.append({"from_step": state["step"], "lr": cfg.lr})
-        log.info("Learning rate %g from step %d", cfg.lr, state["step"])
+    _record_phase(state, cfg)
 
     def save_state() -> None:
         tmp = state_path.with_name(state_path.name + ".tmp")
@@ -195,7 +217,7 @@ def export(cfg: LesionTrainConfig, net: LesionNet, state: dict[str, Any], base: 
         "lesion_net": {
             "steps": int(state["step"]), "train_minutes": round(float(state["seconds"]) / 60, 2),
             "device": f"cpu ({platform.machine()}), {cfg.threads} thread(s)", "seed": cfg.seed,
-            "config": asdict(cfg), "lr_phases": state.get("lr_phases", []), "command": command,
+            "config": asdict(cfg), "phases": state.get("phases", []), "command": command,
             "init_checkpoint": {"checkpoint": cfg.init_checkpoint, "sha256": base_meta["sha256"]},
         }}
     extra = {**base_meta.get("extra", {}), **record}

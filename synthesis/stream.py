@@ -144,11 +144,13 @@ def _pad(array: np.ndarray, patch: int) -> np.ndarray:
 
 
 def acquired_source(subject: Subject, protocol: MRProtocol, acq: Acquisition,
-                    rng: np.random.Generator) -> np.ndarray:
-    """The source as the network sees it: rendered with a contrast spread, acquired as a
-    whole head, normalized by its tissue peak, anti-aliased back to the 1 mm grid."""
+                    rng: np.random.Generator, *, jitter: bool = True) -> np.ndarray:
+    """The source as the network sees it: rendered with a contrast spread (``jitter=False``:
+    with the subject's own tissue parameters, as the evaluation renders its sources), acquired
+    as a whole head, normalized by its tissue peak, anti-aliased back to the 1 mm grid."""
     field_t = 1.5 if (protocol.field_t or 3.0) < 2.25 else 3.0
-    clean = render(subject, protocol, params=source_params(subject.params[field_t], rng))
+    params = source_params(subject.params[field_t], rng) if jitter else None
+    clean = render(subject, protocol, params=params)
     acquired, spacing = acquire(clean, acq, rng)
     normalized, _ = normalize_source(acquired, spacing)
     back = resample_antialiased(normalized, spacing, (1.0, 1.0, 1.0))

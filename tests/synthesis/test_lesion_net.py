@@ -172,10 +172,13 @@ def test_a_short_run_trains_resumes_and_exports_the_model_with_its_detector(tiny
 
     resumed = train_lesion_net(replace(cfg, steps=5), batches=batches())
     assert checkpoint.load(resumed)[1]["extra"]["lesion_net"]["steps"] == 5
-    # a resumed run with a lower learning rate uses it, and the record says from which step
-    ended = train_lesion_net(replace(cfg, steps=7, lr=cfg.lr / 5), batches=batches())
-    assert checkpoint.load(ended)[1]["extra"]["lesion_net"]["lr_phases"] == [
-        {"from_step": 0, "lr": cfg.lr}, {"from_step": 5, "lr": cfg.lr / 5}]
+    # a resumed run with a lower learning rate and other crops uses them, and the record says
+    # from which step; settings that did not change are not repeated
+    ended = train_lesion_net(replace(cfg, steps=7, lr=cfg.lr / 5, gm_crop_share=0.3), batches=batches())
+    assert checkpoint.load(ended)[1]["extra"]["lesion_net"]["phases"] == [
+        {"from_step": 0, "lr": cfg.lr, "pos_weight": cfg.pos_weight, "gm_crop_share": 0.0,
+         "lesion_crop_share": cfg.lesion_crop_share},
+        {"from_step": 5, "lr": cfg.lr / 5, "gm_crop_share": 0.3}]
     saved = torch.load(tmp_path / "run" / "lesion_last.pt", weights_only=False)
     assert [g["lr"] for g in saved["opt"]["param_groups"]] == [cfg.lr / 5]
     with pytest.raises(ValueError, match="already has a lesion detector"):
@@ -239,3 +242,16 @@ def test_max_minutes_counts_the_whole_run_not_the_time_since_the_last_save(
     path = train_lesion_net(cfg, batches=batches)
     steps = checkpoint.load(path)[1]["extra"]["lesion_net"]["steps"]
     assert 100 < steps <= 120  # past a save (every 100 steps), and stopped at two minutes
+
+
+def test_a_state_saved_with_learning_rates_only_keeps_them_and_lists_the_rest_when_resumed() -> None:
+    from synthesis.lesion_train import _record_phase
+
+    state = {"step": 40, "lr_phases": [{"from_step": 0, "lr": 5e-3}, {"from_step": 20, "lr": 1e-3}]}
+    _record_phase(state, LesionTrainConfig(lr=1e-3, gm_crop_share=0.5))
+    assert "lr_phases" not in state
+    assert state["phases"] == [  # lr unchanged; the settings that were not recorded are listed from here
+        {"from_step": 0, "lr": 5e-3}, {"from_step": 20, "lr": 1e-3},
+        {"from_step": 40, "pos_weight": 30.0, "gm_crop_share": 0.5, "lesion_crop_share": 0.7}]
+    _record_phase(state, LesionTrainConfig(lr=1e-3, gm_crop_share=0.5))  # same settings: no new phase
+    assert len(state["phases"]) == 3

@@ -206,3 +206,21 @@ def test_bf16_encoder_gradients_agree_with_fp32(crops) -> None:
     g32, g16 = grads(False), grads(True)
     cosine = float(torch.nn.functional.cosine_similarity(g32, g16, dim=0))
     assert cosine > 0.98, cosine
+
+
+def test_an_unjittered_source_is_the_evaluations_rendering_and_a_jittered_one_is_not(crops) -> None:
+    from synthesis.intensity import normalize_source
+    from synthesis.protocol import preset
+    from synthesis.simulate import render
+    from synthesis.stream import acquired_source
+
+    _, subject, _ = crops
+    protocol, acq = preset("T1", 3.0), Acquisition(snr=30.0)
+    # what synthesis.eval_sets does: the subject's own parameters, acquired, normalized by its tissue peak
+    acquired, _ = acquire(render(subject, protocol), acq, np.random.default_rng(3))
+    expected, _ = normalize_source(acquired)
+    nominal = acquired_source(subject, protocol, acq, np.random.default_rng(3), jitter=False)
+    np.testing.assert_allclose(nominal, expected, atol=1e-6)
+    jittered = acquired_source(subject, protocol, acq, np.random.default_rng(3))
+    brain = subject.brain_mask
+    assert np.abs(jittered[brain] - nominal[brain]).mean() > 0.01

@@ -90,6 +90,9 @@ class StreamConfig:
     # three masses held 118 of the lesion tissue's 211 ml, the white-matter lesions the rest
     wm_lesions_only: bool = False
     gm_crop_share: float = 0.0  # share of crops centred on grey matter (the detector's hard negatives)
+    # those centres only at least this deep inside the brain mask (mm): deep grey matter and the
+    # depths of sulci, where a lesion detector's false lesions lie on the evaluation's T1
+    gm_crop_depth_mm: float = 0.0
 
 
 def subject_for_draw(cfg: StreamConfig, draw: int) -> int:
@@ -137,6 +140,15 @@ def _crop_starts(mask: np.ndarray, head: np.ndarray, patch: int, n: int, brain_s
     return out
 
 
+def _grey_centres(gm: np.ndarray, brain: np.ndarray, min_depth_mm: float = 0.0) -> np.ndarray:
+    """``(K, 3)`` indices of grey-matter voxels (fraction > 0.5) on the 2x subgrid of a 1 mm
+    volume, those at least ``min_depth_mm`` inside ``brain`` (distance to its edge) when > 0."""
+    grey = gm[::2, ::2, ::2] > 0.5
+    if min_depth_mm > 0:
+        grey &= ndimage.distance_transform_edt(brain[::2, ::2, ::2], sampling=2.0) >= min_depth_mm
+    return np.argwhere(grey) * 2
+
+
 def _pad(array: np.ndarray, patch: int) -> np.ndarray:
     """Zero-pad the last three axes up to ``patch`` (a crop of a small volume)."""
     pads = [(0, 0)] * (array.ndim - 3) + [(0, max(0, patch - n)) for n in array.shape[-3:]]
@@ -175,8 +187,8 @@ def draw_crops(cfg: StreamConfig, draw: int, seed: int, subject: Subject | None 
     head = subject.fractions.sum(0) > 0.5
     # found once per draw, used by every target's crops
     lesion = np.argwhere(subject.fractions[TISSUES.index("lesion")] > 0.5) if cfg.lesion_crop_share > 0 else None
-    grey = (np.argwhere(subject.fractions[TISSUES.index("gm")][::2, ::2, ::2] > 0.5) * 2
-            if cfg.gm_crop_share > 0 else None)
+    grey = _grey_centres(subject.fractions[TISSUES.index("gm")], mask, cfg.gm_crop_depth_mm) \
+        if cfg.gm_crop_share > 0 else None
     second, second_p = _second_source(cfg, draw, seed, subject, field_t)
     crops = []
     for tgt_c in _targets(cfg, rng):

@@ -177,7 +177,7 @@ def test_a_short_run_trains_resumes_and_exports_the_model_with_its_detector(tiny
     ended = train_lesion_net(replace(cfg, steps=7, lr=cfg.lr / 5, gm_crop_share=0.3), batches=batches())
     assert checkpoint.load(ended)[1]["extra"]["lesion_net"]["phases"] == [
         {"from_step": 0, "lr": cfg.lr, "pos_weight": cfg.pos_weight, "gm_crop_share": 0.0,
-         "lesion_crop_share": cfg.lesion_crop_share},
+         "gm_crop_depth_mm": 0.0, "lesion_crop_share": cfg.lesion_crop_share},
         {"from_step": 5, "lr": cfg.lr / 5, "gm_crop_share": 0.3}]
     saved = torch.load(tmp_path / "run" / "lesion_last.pt", weights_only=False)
     assert [g["lr"] for g in saved["opt"]["param_groups"]] == [cfg.lr / 5]
@@ -252,6 +252,7 @@ def test_a_state_saved_with_learning_rates_only_keeps_them_and_lists_the_rest_wh
     assert "lr_phases" not in state
     assert state["phases"] == [  # lr unchanged; the settings that were not recorded are listed from here
         {"from_step": 0, "lr": 5e-3}, {"from_step": 20, "lr": 1e-3},
-        {"from_step": 40, "pos_weight": 30.0, "gm_crop_share": 0.5, "lesion_crop_share": 0.7}]
+        {"from_step": 40, "pos_weight": 30.0, "gm_crop_share": 0.5, "gm_crop_depth_mm": 0.0,
+         "lesion_crop_share": 0.7}]
     _record_phase(state, LesionTrainConfig(lr=1e-3, gm_crop_share=0.5))  # same settings: no new phase
     assert len(state["phases"]) == 3

@@ -119,6 +119,25 @@ def test_grey_matter_crops_are_centred_on_grey_matter_and_off_by_default() -> No
         _crop_starts(mask, mask, 16, 50, 0.8, np.random.default_rng(2), lesion, 0.5)
 
 
+def test_deep_grey_matter_centres_lie_at_least_the_depth_inside_the_brain() -> None:
+    from scipy import ndimage
+
+    from synthesis.stream import _grey_centres
+
+    brain = np.zeros((60, 60, 60), bool)
+    brain[5:55, 5:55, 5:55] = True
+    gm = np.zeros((60, 60, 60), np.float32)
+    gm[5:9, 5:55, 5:55] = 1.0     # a grey-matter rim at the brain's edge
+    gm[28:34, 28:34, 28:34] = 1.0  # and a deep nucleus
+    everywhere = _grey_centres(gm, brain)
+    assert {tuple(c) for c in everywhere} >= {(6, 30, 30), (28, 30, 30)}
+    assert np.all(everywhere % 2 == 0) and np.all(gm[tuple(everywhere.T)] > 0.5)
+    deep = _grey_centres(gm, brain, 10.0)
+    assert len(deep) == 27 and deep.min() >= 28 and deep.max() <= 32  # the nucleus, on the 2x subgrid
+    depth = ndimage.distance_transform_edt(brain)
+    assert depth[tuple(deep.T)].min() >= 10.0
+
+
 def test_shuffle_buffer_mixes_the_crops_of_several_draws(monkeypatch) -> None:
     import synthesis.stream as stream
 

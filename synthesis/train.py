@@ -107,6 +107,7 @@ class TrainConfig:
     lesion_crop_share: float = 0.0  # share of crops centred on a lesion (randomized generator)
     lesion_weight: float = 0.0     # a voxel's loss weight is times 1 + lesion_weight * its lesion fraction
     lesion_dice_weight: float = 0.0  # weight of a soft Dice loss of the lesion basis (crops holding a lesion)
+    basis_sum_weight: float = 0.0  # weight of the L1 of the bases' sum to the fractions' sum (voxel-weighted)
     second_source_share: float = 0.0  # share of draws with a second source (models with second_source)
     second_source_contrasts: tuple[str, ...] = ("T2w",)
     second_source_lr_scale: float = 1.0  # learning rate of the second-source branch, times the rest's
@@ -249,6 +250,18 @@ def _lesion_emphasis(batch: dict[str, Any], cfg: TrainConfig) -> torch.Tensor | 
     return 1.0 + cfg.lesion_weight * batch["fractions"][:, TISSUES.index("lesion")].unsqueeze(1)
 
 
+def basis_sum_loss(bases: torch.Tensor, fractions: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Weighted mean L1 of the bases' sum to the tissue fractions' sum, per voxel: what a
+    voxel holds adds up to the head's share of it (1 inside the head, 0 in air).
+
+    bases, fractions: (B, T, ...); weight: (B, 1, ...) (:func:`voxel_weights`). The L1 per
+    basis spreads a deficit over eight bases and over every voxel of the crop; a voxel whose
+    bases add up to too little is rendered too dark whatever it holds (at the edge of the
+    ventricles the shipped model's bases add up to 0.5-0.9, a dark rim on PDw)."""
+    error = (bases.sum(1, keepdim=True) - fractions.sum(1, keepdim=True)).abs()
+    return (error * weight).mean()
+
+
 def lesion_dice_loss(bases: torch.Tensor, fractions: torch.Tensor, min_voxels: float = 8.0,
                      smooth: float = 1.0) -> torch.Tensor | None:
     """``1 -`` soft Dice of the lesion basis against the lesion fraction, averaged over the
@@ -293,7 +306,7 @@ def loss_on_batch(model: RTFSyn, batch: dict[str, Any], cfg: TrainConfig, step: 
     ``query_weight``, at ``queries`` random continuous positions per patch (with the
     batch's cell sizes when it has them); plus ``tissue_weight`` times the L1 of the
     output bases to the tissue fractions (when the batch has fractions and the model
-    mixes physics-prior bases)."""
+    mixes physics-prior bases), and ``basis_sum_weight`` times :func:`basis_sum_loss`."""
     source, second = batch["source"], batch.get("second")
     if second is not None and not model.config.second_source:
         second = None  # a one-source model trains on the first source alone
@@ -316,6 +329,8 @@ def loss_on_batch(model: RTFSyn, batch: dict[str, Any], cfg: TrainConfig, step: 
     if supervise_bases:
         basis_error = (bases - batch["fractions"]).abs()
         loss = loss + cfg.tissue_weight * (basis_error * lesion if lesion is not None else basis_error).mean()
+        if cfg.basis_sum_weight > 0:
+            loss = loss + cfg.basis_sum_weight * basis_sum_loss(bases, batch["fractions"], weight)
         if cfg.lesion_dice_weight > 0:
             dice = lesion_dice_loss(bases, batch["fractions"])
             if dice is not None:

@@ -287,6 +287,49 @@ def test_lesion_dice_weight_enters_the_loss(sampler):
     assert with_dice > plain + 1.0    # an untrained lesion basis misses the lesion: Dice near 1, times 2
 
 
+def test_basis_sum_loss_counts_what_a_voxel_lacks_not_how_it_is_split():
+    from synthesis.physics import TISSUES
+    from synthesis.train import basis_sum_loss
+
+    fractions = torch.zeros((1, len(TISSUES), 4, 4, 4))
+    fractions[:, TISSUES.index("csf"), :2] = 1.0       # half the crop CSF, the other half air
+    weight = torch.ones((1, 1, 4, 4, 4))
+    assert float(basis_sum_loss(fractions.clone(), fractions, weight)) == 0.0
+    swapped = torch.zeros_like(fractions)               # the right sum, the wrong tissue: not its business
+    swapped[:, TISSUES.index("gm"), :2] = 1.0
+    assert float(basis_sum_loss(swapped, fractions, weight)) == 0.0
+    rim = fractions.clone()
+    rim[:, TISSUES.index("csf"), 0] = 0.5                # a quarter of the voxels hold half of what they should
+    assert float(basis_sum_loss(rim, fractions, weight)) == pytest.approx(0.5 * 16 / 64)
+    heavy = weight.clone()
+    heavy[:, :, 0] = 2.0                                 # the voxel weights scale it
+    assert float(basis_sum_loss(rim, fractions, heavy)) == pytest.approx(2 * 0.5 * 16 / 64)
+    in_air = fractions.clone()
+    in_air[:, TISSUES.index("bone"), 3] = 0.4           # tissue invented in the air counts as well
+    assert float(basis_sum_loss(in_air, fractions, weight)) == pytest.approx(0.4 * 16 / 64)
+
+
+def test_basis_sum_weight_enters_the_loss(sampler):
+    pair_sampler, _ = sampler
+    from synthesis.physics import TISSUES
+
+    rng = np.random.default_rng(3)
+    batch = make_batch([pair_sampler.sample(rng) for _ in range(2)], torch.device("cpu"))
+    fractions = torch.zeros((2, len(TISSUES), *batch["target"].shape[2:]))
+    fractions[:, TISSUES.index("wm")] = 1.0
+    batch["fractions"] = fractions
+    torch.manual_seed(0)
+    model = RTFSyn(RTFSynConfig.tiny())
+    cfg = dict(queries=0, tissue_weight=1.0, bf16=False)
+    plain = float(loss_on_batch(model, batch, TrainConfig(**cfg), 0).detach())
+    with_sum = float(loss_on_batch(model, batch, TrainConfig(**cfg, basis_sum_weight=2.0), 0).detach())
+    with torch.no_grad():
+        _, bases = model.render_grid(model.encode(batch["source"], batch["text"], batch["features"]),
+                                     with_bases=True)
+    assert float((bases.sum(1) - 1.0).abs().mean()) > 0.01  # an untrained head: its bases do not add up to 1
+    assert with_sum > plain + 0.01
+
+
 def test_train_cli_export_options_are_checked(tmp_path, capsys):
     from dicom_node.cli import main
 

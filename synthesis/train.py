@@ -257,7 +257,7 @@ def basis_sum_loss(bases: torch.Tensor, fractions: torch.Tensor, weight: torch.T
     bases, fractions: (B, T, ...); weight: (B, 1, ...) (:func:`voxel_weights`). The L1 per
     basis spreads a deficit over eight bases and over every voxel of the crop; a voxel whose
     bases add up to too little is rendered too dark whatever it holds (at the edge of the
-    ventricles the shipped model's bases add up to 0.5-0.9, a dark rim on PDw)."""
+    ventricles the shipped model's bases add up to as little as 0.5, a dark rim on PDw)."""
     error = (bases.sum(1, keepdim=True) - fractions.sum(1, keepdim=True)).abs()
     return (error * weight).mean()
 

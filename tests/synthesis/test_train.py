@@ -268,16 +268,23 @@ def test_lesion_dice_pushes_a_negative_basis_in_a_lesion_up():
     assert float(bases.grad[1].abs().sum()) == 0.0       # the crop without a lesion is not counted
 
 
-def test_lesion_dice_weight_enters_the_loss(sampler):
-    pair_sampler, _ = sampler
+def _white_matter_batch(sampler, lesion: bool) -> dict:
+    """Two sampled pairs whose fractions say all white matter (with a 4^3 lesion when ``lesion``)."""
     from synthesis.physics import TISSUES
 
+    pair_sampler, _ = sampler
     rng = np.random.default_rng(3)
     batch = make_batch([pair_sampler.sample(rng) for _ in range(2)], torch.device("cpu"))
     fractions = torch.zeros((2, len(TISSUES), *batch["target"].shape[2:]))
     fractions[:, TISSUES.index("wm")] = 1.0
-    fractions[:, TISSUES.index("lesion"), 2:6, 2:6, 2:6] = 1.0
+    if lesion:
+        fractions[:, TISSUES.index("lesion"), 2:6, 2:6, 2:6] = 1.0
     batch["fractions"] = fractions
+    return batch
+
+
+def test_lesion_dice_weight_enters_the_loss(sampler):
+    batch = _white_matter_batch(sampler, lesion=True)
     torch.manual_seed(0)
     model = RTFSyn(RTFSynConfig.tiny())
     assert model.uses_physics_mix
@@ -310,14 +317,7 @@ def test_basis_sum_loss_counts_what_a_voxel_lacks_not_how_it_is_split():
 
 
 def test_basis_sum_weight_enters_the_loss(sampler):
-    pair_sampler, _ = sampler
-    from synthesis.physics import TISSUES
-
-    rng = np.random.default_rng(3)
-    batch = make_batch([pair_sampler.sample(rng) for _ in range(2)], torch.device("cpu"))
-    fractions = torch.zeros((2, len(TISSUES), *batch["target"].shape[2:]))
-    fractions[:, TISSUES.index("wm")] = 1.0
-    batch["fractions"] = fractions
+    batch = _white_matter_batch(sampler, lesion=False)
     torch.manual_seed(0)
     model = RTFSyn(RTFSynConfig.tiny())
     cfg = dict(queries=0, tissue_weight=1.0, bf16=False)

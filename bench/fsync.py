@@ -2,12 +2,16 @@
 
 Each variant writes ``--count`` files of ``--size`` bytes into a fresh folder
 under ``--dir`` (default: the node's ``var/``, the file system the spool uses),
-renames each into place and makes it durable:
+renames each from a temporary folder into place (as the receiver does) and makes it durable:
 
 * ``sequential``: fsync the file, then fsync the folder (the spool before);
 * ``parallel``: fsync the file and the folder at the same time (the spool now);
 * ``file_only``: fsync the file only (not enough by POSIX: the rename may be lost);
 * ``none``: no fsync (what dcmtk storescp does by default).
+
+It also reports the median time of creating each temporary file (``O_CREAT | O_EXCL``):
+the receiver creates one per instance, and what that costs depends on the folder (the
+inode allocation of its block group): ``--dir /tmp`` against the default shows it.
 
 Usage: ``python bench/fsync.py [--count 150] [--size 131072] [--rounds 2]``
 """
@@ -17,6 +21,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -46,10 +51,15 @@ def _variants(pool: ThreadPoolExecutor) -> dict[str, Callable[[Path, Path], None
             "none": lambda _path, _folder: None}
 
 
-def measure(base: Path, count: int, size: int, rounds: int) -> dict[str, list[float]]:
-    """Milliseconds per instance of each variant, one value per round."""
+def measure(base: Path, count: int, size: int, rounds: int
+            ) -> tuple[dict[str, list[float]], list[float]]:
+    """Milliseconds per instance of each variant, one value per round; and the seconds each
+    temporary file took to create."""
     data = os.urandom(size)
     out: dict[str, list[float]] = {}
+    creates: list[float] = []
+    temp = base / "tmp"  # as the receiver does: a folder of its own, renamed from there
+    temp.mkdir()
     with ThreadPoolExecutor(max_workers=2) as pool:
         for round_ in range(rounds):
             for name, durable in _variants(pool).items():
@@ -57,13 +67,17 @@ def measure(base: Path, count: int, size: int, rounds: int) -> dict[str, list[fl
                 folder.mkdir()
                 start = time.perf_counter()
                 for i in range(count):
-                    tmp, final = folder / f".part{i}", folder / f"{i}.dcm"
-                    tmp.write_bytes(data)
+                    tmp, final = temp / f"{name}-{round_}-{i}.part", folder / f"{i}.dcm"
+                    started = time.perf_counter()
+                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                    creates.append(time.perf_counter() - started)
+                    with open(fd, "wb") as fh:
+                        fh.write(data)
                     os.replace(tmp, final)
                     durable(final, folder)
                 out.setdefault(name, []).append(
                     round(1e3 * (time.perf_counter() - start) / count, 3))
-    return out
+    return out, creates
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -76,10 +90,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.dir.mkdir(parents=True, exist_ok=True)
     base = Path(tempfile.mkdtemp(prefix="bench-fsync-", dir=args.dir))
     try:
-        result = measure(base, args.count, args.size, args.rounds)
+        result, creates = measure(base, args.count, args.size, args.rounds)
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    print(json.dumps({"ms_per_instance": result, "load_average": os.getloadavg(),
+    print(json.dumps({"ms_per_instance": result,
+                      "create_us_median": round(1e6 * statistics.median(creates), 1),
+                      "load_average": os.getloadavg(),
                       "dir": str(args.dir)}, indent=1))
     return 0
 

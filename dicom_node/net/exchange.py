@@ -8,6 +8,11 @@ size; :mod:`dicom_node.net.incoming`), then handed to the handler, whose status
 is sent back. Requests of other services get "unrecognized operation" (0x0211),
 once their data set, if any, has been read and dropped.
 
+After each C-STORE response the next data set's temporary file is created
+(:meth:`MessageReceiver.prepare_spare`) while the peer reads the response and sends its next
+request, so an SCU that waits for every response (dcmtk ``storescu``, most PACS) does not also
+wait for the file system's inode allocation. The spare is deleted when the association ends.
+
 The request's Affected SOP Class must be the presentation context's abstract syntax
 (PS3.7 9.1.1.1, 9.1.5.1); otherwise the data set is dropped and the answer is "SOP class
 not supported" (0x0122). A data set over ``max_dataset_bytes``, or one the disk has no
@@ -46,12 +51,26 @@ class MessageReceiver:
         self._command = bytearray()
         self._command_context: int | None = None
         self._incoming: Incoming | None = None
+        self._spare: Incoming | None = None  # the next data set's temporary file, empty
         self._chunk = memoryview(bytearray(CHUNK))
 
     def discard(self) -> None:
-        """Drop the data set being received, if any (the association ended)."""
-        if self._incoming is not None:
-            self._incoming.discard()
+        """Drop the data set being received and the spare file, if any (the association
+        ended)."""
+        for incoming in (self._incoming, self._spare):
+            if incoming is not None:
+                incoming.discard()
+        self._incoming = self._spare = None
+
+    def prepare_spare(self) -> None:
+        """Create the next C-STORE's temporary file now, if there is none; a failure is left
+        for that C-STORE to meet and answer."""
+        if self._spare is None:
+            try:
+                out, path = self.temp_files.create()
+            except OSError:
+                return
+            self._spare = Incoming(0, {}, 0, out, path)
 
     @property
     def in_progress(self) -> str:
@@ -139,8 +158,12 @@ class MessageReceiver:
         meta = dimse.file_meta(sop_class, sop_instance, transfer_syntax,
                                settings.implementation_class_uid,
                                settings.implementation_version_name)
+        spare, self._spare = self._spare, None
         try:
-            incoming.out, incoming.path = self.temp_files.create()
+            if spare is not None:
+                incoming.out, incoming.path = spare.out, spare.path
+            else:
+                incoming.out, incoming.path = self.temp_files.create()
             incoming.out.write(meta)
             incoming.meta_size = len(meta)
         except OSError as exc:
@@ -171,6 +194,7 @@ class MessageReceiver:
                 head_complete=len(incoming.head) == incoming.size,
                 data_offset=incoming.meta_size))
         self._respond(incoming.context_id, dimse.response(command, dimse.C_STORE_RSP, status))
+        self.prepare_spare()
 
     def _answer(self, context_id: int, command: dict[int, bytes], field: int) -> None:
         """C-ECHO-RSP, or "unrecognized operation" for another service's request."""

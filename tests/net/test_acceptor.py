@@ -471,6 +471,34 @@ def test_c_store_is_spooled_byte_identical_with_small_pdus(tmp_path: Path) -> No
         node.scp.stop(grace_seconds=1)
 
 
+def test_the_next_temporary_file_waits_empty_and_goes_with_the_association(tmp_path: Path) -> None:
+    """After a C-STORE is answered, the next one's temporary file is made while the peer sends;
+    it is used by that C-STORE and deleted when the association ends without one."""
+    node = ScpNode(tmp_path)
+    temp = tmp_path / "var" / "tmp"
+    try:
+        files = make_series(tmp_path / "src", np.random.default_rng(4).uniform(0, 900, (3, 16, 16)))
+        ae = _pynetdicom_ae((MRImageStorage, [ExplicitVRLittleEndian]))
+        assoc = ae.associate("127.0.0.1", node.port, ae_title="RTFSYN")
+        assert assoc.is_established
+        assert list(temp.iterdir()) == []  # none before the first C-STORE
+        spares = []
+        for path in files:
+            assert assoc.send_c_store(path).Status == 0
+            waiting = wait_for(lambda: list(temp.iterdir()), what="the spare file")
+            assert len(waiting) == 1 and waiting[0].stat().st_size == 0
+            spares.append(waiting[0].name)
+        assert len(set(spares)) == len(files)  # each C-STORE took the one made before it
+        stored = {Path(r.path).name for r in node.instances()}
+        assert len(stored) == len(files)
+        assoc.abort()
+        assert wait_for(lambda: [a for a in node.associations() if a.state == "aborted"],
+                        what="the abort")
+        assert wait_for(lambda: not list(temp.iterdir()), what="the spare's removal")
+    finally:
+        node.scp.stop(grace_seconds=1)
+
+
 @pytest.mark.skipif(not (STORESCU.exists() and ECHOSCU.exists()), reason="dcmtk not installed")
 def test_dcmtk_echoscu_and_storescu(tmp_path: Path) -> None:
     node = ScpNode(tmp_path)

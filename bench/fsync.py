@@ -9,9 +9,9 @@ renames each from a temporary folder into place (as the receiver does) and makes
 * ``file_only``: fsync the file only (not enough by POSIX: the rename may be lost);
 * ``none``: no fsync (what dcmtk storescp does by default).
 
-It also reports the median time of creating each temporary file (``O_CREAT | O_EXCL``):
-the receiver creates one per instance, and what that costs depends on the folder (the
-inode allocation of its block group): ``--dir /tmp`` against the default shows it.
+It also reports the median time of creating each temporary file (``O_CREAT | O_EXCL``,
+``create_us_median``): the receiver creates one per instance, in a folder of its own
+(115-350 us here, in ``var/`` and in ``/tmp`` alike; docs/NETWORK.md).
 
 Usage: ``python bench/fsync.py [--count 150] [--size 131072] [--rounds 2]``
 """

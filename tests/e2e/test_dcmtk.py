@@ -5,7 +5,6 @@ Every derived instance must also pass dicom3tools' ``dciodvfy`` without an
 """
 from __future__ import annotations
 
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,8 +13,8 @@ import pydicom
 import pytest
 
 from tests.e2e.data import dciodvfy_errors, write_t1_series
-from tests.helpers.harness import (DCIODVFY_BIN, ECHOSCU_BIN, LOOPBACK, STORESCU_BIN, DcmtkStoreSCP,
-                                   NodeProcess, dcmtk_env, require, run_storescu, wait_for_jobs)
+from tests.helpers.harness import (DCIODVFY_BIN, ECHOSCU_BIN, STORESCU_BIN, DcmtkStoreSCP,
+                                   NodeProcess, require, run_echoscu, run_storescu, wait_for_jobs)
 
 pytestmark = [pytest.mark.external, pytest.mark.timeout(300)]
 
@@ -50,23 +49,33 @@ def sent(tmp_path_factory: pytest.TempPathFactory, node: NodeProcess,
     return Sent(node, storescp, files, storescp.received())
 
 
-def _echoscu(port: int, calling_ae: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(ECHOSCU_BIN), "--aetitle", calling_ae, "--call", "RTFSYN",
-                           LOOPBACK, str(port)], env=dcmtk_env(), capture_output=True,
-                          text=True, timeout=60, check=False)
-
-
 def test_echoscu_gets_an_answer_from_the_node(node: NodeProcess) -> None:
     require(ECHOSCU_BIN)
-    done = _echoscu(node.port, "ECHOSCU")
+    done = run_echoscu(node.port, "RTFSYN", "ECHOSCU")
     assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_echoscu_from_an_unknown_calling_ae_is_refused(node: NodeProcess) -> None:
     require(ECHOSCU_BIN)
-    done = _echoscu(node.port, "INTRUDER")
+    done = run_echoscu(node.port, "RTFSYN", "INTRUDER")
     assert done.returncode != 0
     assert "reject" in (done.stdout + done.stderr).lower()
+
+
+def test_run_storescu_raises_when_a_store_is_not_answered_success(tmp_path: Path) -> None:
+    """storescu exits 0 when every store is answered with a warning; the helper the tests
+    send with raises."""
+    require(STORESCU_BIN)
+    from tests.helpers.dicom_factory import make_series
+    from tests.helpers.node import TestStorageSCP
+
+    files = make_series(tmp_path / "src")
+    scp = TestStorageSCP(status_for=lambda ds: 0xB007).start()
+    try:
+        with pytest.raises(RuntimeError, match=f"{len(files)} Success response.*Found exit 0 and 0"):
+            run_storescu(files, scp.port, scp.ae_title)
+    finally:
+        scp.stop()
 
 
 def test_derived_series_arrives_at_storescp(sent: Sent) -> None:

@@ -19,8 +19,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from tests.helpers.peers import (DCIODVFY_BIN, ECHOSCU_BIN, LOOPBACK, ORTHANC_BIN,  # noqa: F401
                                  STORESCP_BIN, STORESCU_BIN, DcmtkStoreSCP, ManagedProcess,
-                                 OrthancServer, dcmtk_env, dicom_echo, free_port, run_storescu,
-                                 wait_until)
+                                 OrthancServer, dcmtk_env, dicom_echo, free_port, run_echoscu,
+                                 run_storescu, wait_until)
 
 LOGGER = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from dicom_node.tools.loopback import LOOPBACK, free_port
 
 __all__ = ["ORTHANC_BIN", "STORESCP_BIN", "STORESCU_BIN", "ECHOSCU_BIN", "DCIODVFY_BIN",
            "LOOPBACK", "free_port", "wait_until", "dicom_echo", "dcmtk_env", "ManagedProcess",
-           "DcmtkStoreSCP", "OrthancServer", "storescu_args", "run_storescu"]
+           "DcmtkStoreSCP", "OrthancServer", "storescu_args", "run_storescu", "run_echoscu"]
 
 logger = logging.getLogger(__name__)
 
@@ -278,9 +278,22 @@ def storescu_args(files: Sequence[Path], port: int, called_ae: str,
 
 def run_storescu(files: Sequence[Path], port: int, called_ae: str,
                  calling_ae: str = "WORKSTATION", timeout_s: float = 120.0) -> None:
-    """Send ``files`` with ``/usr/bin/storescu`` in one association; raise on failure."""
-    done = subprocess.run(storescu_args(files, port, called_ae, calling_ae), env=dcmtk_env(),
-                          capture_output=True, text=True, timeout=timeout_s, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"storescu must exit 0. Found {done.returncode}; "
-                           f"output:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    """Send ``files`` with ``/usr/bin/storescu`` in one association; raise on failure: a
+    non-zero exit, or fewer Success responses than files (storescu 3.6.7 exits 0 when its
+    stores are answered with a warning status, so its verbose log is counted)."""
+    done = subprocess.run([*storescu_args(files, port, called_ae, calling_ae), "--verbose"],
+                          env=dcmtk_env(), capture_output=True, text=True, timeout=timeout_s,
+                          check=False)
+    output = done.stdout + done.stderr
+    successes = output.count("Received Store Response (Success)")
+    if done.returncode != 0 or successes != len(files):
+        raise RuntimeError(f"storescu must exit 0 with {len(files)} Success response(s). Found "
+                           f"exit {done.returncode} and {successes}; output:\n{output[-4000:]}")
+
+
+def run_echoscu(port: int, called_ae: str, calling_ae: str = "ECHOSCU",
+                timeout_s: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """One C-ECHO with ``/usr/bin/echoscu`` to loopback ``port`` (exit 0: answered Success)."""
+    return subprocess.run([str(ECHOSCU_BIN), "--aetitle", calling_ae, "--call", called_ae,
+                           LOOPBACK, str(port)], env=dcmtk_env(), capture_output=True,
+                          text=True, timeout=timeout_s, check=False)

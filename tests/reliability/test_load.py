@@ -1,14 +1,21 @@
 """Load: eight senders at once, each sending several series, interleaved with C-ECHOs, to
 an ``rtfsyn serve`` process: every instance is accounted for in the job log, every series is
-synthesized and delivered, and the node's memory stays bounded (peak RSS measured)."""
+synthesized and delivered, and the node's memory stays bounded (peak RSS measured).
+
+The senders are dcmtk's ``storescu`` and ``echoscu``, one process per association as from
+separate modalities. Not pynetdicom in threads: with several associations in one process its
+requestor now and then loses a C-STORE response to its own reactor thread ("Received
+unexpected C-STORE service message", then a 30 s DIMSE timeout and an A-ABORT: pynetdicom
+issues 435 and 842), which a CI run of this test met once."""
 from __future__ import annotations
 
 import threading
 from pathlib import Path
 
-from tests.helpers.node import TestStorageSCP, send_files
+from tests.helpers.harness import ECHOSCU_BIN, STORESCU_BIN, require, run_echoscu, run_storescu
+from tests.helpers.node import NODE_AET, TestStorageSCP
 from tests.reliability.figures import delivered, fault_survived, instances, measure
-from tests.reliability.helpers import echo_ok, received_by, series_uid_of, small_series
+from tests.reliability.helpers import received_by, series_uid_of, small_series
 from tests.reliability.process import ProcNode, peak_rss_mb
 
 SENDERS = 8
@@ -18,6 +25,7 @@ PEAK_RSS_LIMIT_MB = 2500.0  # torch + the tiny model + 8 associations; far below
 
 def test_eight_senders_at_once(tmp_path: Path, tiny_checkpoint: Path,
                                pacs: TestStorageSCP) -> None:
+    require(STORESCU_BIN, ECHOSCU_BIN)
     node = ProcNode(tmp_path / "node", tiny_checkpoint, dest_port=pacs.port,
                     node={"max_associations": 20, "stable_seconds": 1.0})
     node.start()
@@ -28,11 +36,12 @@ def test_eight_senders_at_once(tmp_path: Path, tiny_checkpoint: Path,
         echoes: list[bool] = []
 
         def sender(i: int) -> None:
-            for files in batches[i]:
-                echoes.append(echo_ok(node.port, calling=f"LOAD{i}"))
-                statuses = send_files(files, node.port, calling="SCU")
-                if set(statuses) != {0}:
-                    errors.append(f"sender {i}: statuses {sorted(set(statuses))}")
+            try:
+                for files in batches[i]:
+                    echoes.append(run_echoscu(node.port, NODE_AET, f"LOAD{i}").returncode == 0)
+                    run_storescu(files, node.port, NODE_AET, calling_ae="SCU")
+            except Exception as exc:  # reported below, not lost with the thread
+                errors.append(f"sender {i}: {exc}")
         threads = [threading.Thread(target=sender, args=(i,)) for i in range(SENDERS)]
         for t in threads:
             t.start()

@@ -95,11 +95,13 @@ def run_ingest(files: Sequence[Path], *, receivers: Sequence[str] = ("node", "dc
                associations: Sequence[int] = (1, 4), repeats: int = 1,
                progress: Any = None) -> list[dict[str, Any]]:
     """Every (receiver, associations) pair ``repeats`` times, interleaved so that a change
-    of background load hits every receiver alike; all runs (see :func:`summarize`)."""
+    of background load hits every receiver alike (the receivers' order reverses every other
+    repeat, so none always goes first); all runs (see :func:`summarize`,
+    :func:`paired_ratios`)."""
     runs = []
     for repeat in range(repeats):
         for n_assoc in associations:
-            for kind in receivers:
+            for kind in (receivers if repeat % 2 == 0 else list(receivers)[::-1]):
                 with tempfile.TemporaryDirectory(prefix=f"bench-{kind}-") as tmp:
                     result = measure_once(kind, files, n_assoc, Path(tmp))
                 result["repeat"] = repeat
@@ -124,6 +126,26 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, f
         out.setdefault(kind, {})[str(n_assoc)] = {
             "median_instances_per_s": float(np.median(rates)), "best_instances_per_s": max(rates),
             "median_mb_per_s": float(np.median(mbs)), "n": len(rates)}
+    return out
+
+
+def paired_ratios(runs: Sequence[dict[str, Any]], numerator: str,
+                  denominator: str) -> dict[str, dict[str, float]]:
+    """``numerator`` / ``denominator`` instances/s within each repeat (the two measured minutes
+    apart, under the same background load), per association count: ``{associations: {median,
+    q1, q3, min, max, n}}`` of those per-repeat ratios. Drift between repeats cancels here,
+    where it does not in a ratio of medians."""
+    rates: dict[tuple[str, int, int], float] = {
+        (r["receiver"], r["associations"], r.get("repeat", 0)): r["instances_per_s"] for r in runs}
+    out: dict[str, dict[str, float]] = {}
+    for n_assoc in sorted({a for _, a, _ in rates}):
+        ratios = [rates[(numerator, n_assoc, k)] / rates[(denominator, n_assoc, k)]
+                  for (kind, a, k) in sorted(rates)
+                  if kind == numerator and a == n_assoc and (denominator, a, k) in rates]
+        if ratios:
+            q1, median, q3 = np.percentile(ratios, [25, 50, 75])
+            out[str(n_assoc)] = {"median": float(median), "q1": float(q1), "q3": float(q3),
+                                 "min": min(ratios), "max": max(ratios), "n": len(ratios)}
     return out
 
 

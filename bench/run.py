@@ -89,6 +89,9 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
                 files, receivers=receivers, repeats=repeats, progress=bar))
             results["ingest_summary"] = ingest.summarize(results["ingest"])
             results["ratio_table"] = ingest.ratio_table(results["ingest_summary"])
+            results["paired_ratios"] = {
+                f"{a}/{b}": ingest.paired_ratios(results["ingest"], a, b)
+                for a, b in [("node", "dcmtk"), ("node", "node_baseline")] if b in receivers}
         if "send" in args.parts:
             _part("send", results, lambda: send.run_send(files, repeats=repeats, progress=bar))
             results["send_summary"] = send.summarize_send(results["send"])
@@ -117,6 +120,11 @@ def print_summary(results: dict[str, Any]) -> None:
     if "ratio_table" in results:
         print("\nIngest, 500 MR 256x256 instances sent by dcmtk storescu (median instances/s):")
         print(ingest.format_ratio_table(results["ratio_table"]))
+        for pair, per_assoc in results.get("paired_ratios", {}).items():
+            for n_assoc, r in per_assoc.items():
+                print(f"{pair} within each repeat, {n_assoc} association(s): median "
+                      f"{r['median']:.2f}x (quartiles {r['q1']:.2f}-{r['q3']:.2f}, "
+                      f"range {r['min']:.2f}-{r['max']:.2f}, n {r['n']})")
         before = results["ingest_summary"].get("node_baseline")
         for n_assoc, row in sorted((before or {}).items()):
             now = results["ingest_summary"]["node"][n_assoc]["median_instances_per_s"]

@@ -27,13 +27,19 @@ def run_dir(root: Path | str, name: str, seed: int) -> Path:
 
 
 def train_argv(name: str, seed: int, *, steps: int, root: Path | str = "runs/ablations",
-               config: str = "config/train.toml", extra: Sequence[str] = ()) -> list[str]:
-    """The ``rtfsyn train`` arguments of one variant and seed (from scratch, not the shipped weights)."""
+               config: str = "config/train.toml", extra: Sequence[str] = (),
+               init: str | None = None) -> list[str]:
+    """The ``rtfsyn train`` arguments of one variant and seed: from scratch, or with ``init``
+    (``"default"`` or a checkpoint path) from those weights with the variant's switch applied
+    (the weights that still fit are carried over, :func:`synthesis.checkpoint.with_architecture`).
+    From weights, every variant, ``full`` included, leaves out the lesion detector: it needs the
+    text fusion (``no-text`` cannot keep it), and the variants must differ only in their switch."""
     if name not in VARIANTS:
         raise ValueError(f"Unknown ablation variant {name!r}. Known: {', '.join(VARIANTS)}.")
-    argv = ["train", "--config", config, "--set", f"model={json.dumps(VARIANTS[name], sort_keys=True)}",
-            "--set", f"seed={int(seed)}", "--set", "init_checkpoint=null", "--steps", str(int(steps)),
-            "--out-dir", str(run_dir(root, name, seed))]
+    model = {**VARIANTS[name], "lesion_net": False} if init else VARIANTS[name]
+    argv = ["train", "--config", config, "--set", f"model={json.dumps(model, sort_keys=True)}",
+            "--set", f"seed={int(seed)}", "--set", f"init_checkpoint={json.dumps(init)}",
+            "--steps", str(int(steps)), "--out-dir", str(run_dir(root, name, seed))]
     for item in extra:
         argv += ["--set", item]
     return argv

@@ -22,7 +22,8 @@ from synthesis.version import __version__
 from synthesis.nets.config import LEGACY_FIELDS
 from synthesis.nets.rtfsyn import RTFSyn, RTFSynConfig
 
-__all__ = ["FORMAT", "VERSION", "save", "load", "sha256", "default_checkpoint_path", "state_digest"]
+__all__ = ["FORMAT", "VERSION", "save", "load", "sha256", "default_checkpoint_path", "state_digest",
+           "with_architecture"]
 
 logger = logging.getLogger(__name__)
 
@@ -158,3 +159,19 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[RT
         "path": str(path),
     }
     return model, meta
+
+
+def with_architecture(model: RTFSyn, changes: dict[str, Any]) -> tuple[RTFSyn, dict[str, Any]]:
+    """``model``'s network with the config fields in ``changes`` changed (an ablation switch,
+    e.g. ``{"fusion": "none"}``), carrying over every weight whose name and shape still match;
+    the rest start as a fresh network would. Returns ``(new model, what was carried)``:
+    ``{"changes", "carried", "dropped", "new"}`` (numbers of tensors; ``dropped``: in ``model``
+    only, ``new``: in the new network only or of another shape)."""
+    config = RTFSynConfig.from_dict({**model.config.to_dict(), **changes})
+    variant = RTFSyn(config)
+    old, fresh = model.state_dict(), variant.state_dict()
+    carried = {k: v for k, v in old.items() if k in fresh and fresh[k].shape == v.shape}
+    variant.load_state_dict(carried, strict=False)
+    return variant, {"changes": dict(changes), "carried": len(carried),
+                     "dropped": len([k for k in old if k not in fresh]),
+                     "new": len([k for k in fresh if k not in carried])}

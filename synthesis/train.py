@@ -381,8 +381,21 @@ def _init_record(cfg: TrainConfig) -> dict[str, Any] | None:
         return None
     path = ckpt.default_checkpoint_path() if cfg.init_checkpoint == "default" else Path(cfg.init_checkpoint)
     _, meta = ckpt.load(path)
-    return {"checkpoint": cfg.init_checkpoint, "sha256": meta["sha256"],
-            "training": (meta.get("extra") or {}).get("training")}
+    record = {"checkpoint": cfg.init_checkpoint, "sha256": meta["sha256"],
+              "training": (meta.get("extra") or {}).get("training")}
+    changes = _architecture_changes(cfg, meta["config"])
+    if changes:
+        record["architecture_changes"] = changes
+    return record
+
+
+def _architecture_changes(cfg: TrainConfig, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``[model]`` fields that differ from the starting checkpoint's ``config`` (its
+    ``to_dict()``): an ablation switch trained from those weights. The second-source fields are
+    handled apart (:func:`synthesis.nets.rtfsyn.with_second_source`)."""
+    return {k: v for k, v in cfg.model.items()
+            if k not in ("second_source", "second_late")
+            and config.get(k) != (list(v) if isinstance(v, tuple) else v)}
 
 
 def _resumed_model(cfg: TrainConfig, state: Mapping[str, Any]) -> RTFSyn:
@@ -405,6 +418,12 @@ def _initial_model(cfg: TrainConfig) -> RTFSyn:
 
         log.info("Adding a second-source input (starting at zero) to the weights of %s", path)
         model = with_second_source(model, late=cfg.model.get("second_late", "linear"))
+    changes = _architecture_changes(cfg, model.config.to_dict())
+    if changes:  # e.g. an ablation switch: the weights that still fit are carried over
+        model, carried = ckpt.with_architecture(model, changes)
+        log.info("Changed the architecture of %s by %s: %d weight tensors carried over, %d "
+                 "dropped, %d new", path, changes, carried["carried"], carried["dropped"],
+                 carried["new"])
     return model
 
 

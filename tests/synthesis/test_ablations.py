@@ -69,6 +69,10 @@ def test_commands_train_every_variant_from_scratch_and_evaluate_the_seeds() -> N
     assert evaluate[evaluate.index("--ablation-reference") + 1] == "full"
     with pytest.raises(ValueError, match="Unknown ablation variant 'nope'"):
         ablations.train_argv("nope", 0, steps=1)
+    tuned = ablations.train_argv("no-text", 2, steps=80, init="default")
+    assert "init_checkpoint=\"default\"" in tuned and "init_checkpoint=null" not in tuned
+    assert json.loads(tuned[tuned.index("--set") + 1].partition("=")[2]) == {"fusion": "none",
+                                                                            "lesion_net": False}
 
 
 def test_every_variant_config_is_a_valid_architecture() -> None:

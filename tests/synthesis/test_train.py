@@ -122,6 +122,32 @@ def test_train_runs_resumes_and_writes_a_loadable_checkpoint(sampler, tmp_path):
     assert origin["sha256"] == digest and origin["training"]["steps_done"] == 5
 
 
+def test_an_ablation_switch_trains_from_the_weights_that_still_fit(sampler, tiny_checkpoint, tmp_path):
+    """``[model] fusion = "none"`` with a starting checkpoint trains that variant (it was
+    silently the starting architecture before), carrying the weights that still fit."""
+    from synthesis.checkpoint import with_architecture
+
+    start, _ = ckpt.load(tiny_checkpoint)
+    variant, carried = with_architecture(start, {"kernel_bank": 0})
+    assert variant.config.kernel_bank == 0 and start.config.kernel_bank == 2
+    assert carried["carried"] > 0 and carried["dropped"] > 0 and carried["new"] == 0
+    old = start.state_dict()
+    same = [k for k, v in variant.state_dict().items() if k in old and torch.equal(v, old[k])]
+    assert len(same) == carried["carried"] == len(variant.state_dict())
+
+    _, cache = sampler
+    cfg = TrainConfig.from_dict(dict(
+        generator="template", out_dir=str(tmp_path / "run"), cache_dir=str(cache), train_subjects=1,
+        validation_subjects=1, patch=16, batch=1, queries=64, warmup=1, steps=1, checkpoint_every=1,
+        validate_every=1, validation_patches=1, model={"fusion": "none"}, threads=1,
+        init_checkpoint=str(tiny_checkpoint)))
+    model, meta = ckpt.load(train(cfg, progress=False))
+    assert model.config.fusion == "none" and model.config.channels == start.config.channels
+    origin = meta["extra"]["training"]["initialized_from"]
+    assert origin["architecture_changes"] == {"fusion": "none"}
+    assert origin["sha256"] == ckpt.sha256(tiny_checkpoint)
+
+
 def test_snapshots_are_kept_and_the_export_averages_the_last_weights(sampler, tmp_path):
     from synthesis.train import export_checkpoint, snapshot_path
 

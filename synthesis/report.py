@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from synthesis.ablations import DEFAULT_STEPS
 from synthesis.evaluate import group_summary, seed_groups
 from synthesis.report_targets import check_targets, shift_sets
 
@@ -208,11 +209,13 @@ def _ablations(result: dict, summary: dict, targets: list[str]) -> list[str]:
         lines += _table(["variant", "seeds"] + [f"{t} in distribution" for t in targets] +
                         [f"{t} shift sets (mean)" for t in targets], rows)
         lines += ["", "PSNR in dB, mean ± sample standard deviation over seeds; each seed's shift value is its mean "
-                  "over the shift sets it ran on."]
+                  "over the shift sets it ran on. How each checkpoint was trained (from scratch or from "
+                  "which weights, steps, seed): *Notes* below."]
     else:
         lines.append("No ablation checkpoints were given to this run, so there are no ablation rows.")
     if result.get("ablation_commands"):
-        lines += ["", "Train and evaluate them (not run in this report unless rows appear above):", "", "```"]
+        lines += ["", f"The plan from scratch, {DEFAULT_STEPS} steps a run (the rows above ran it only where the Notes say "
+                  "\"from scratch\"):", "", "```"]
         lines += result["ablation_commands"] + ["```"]
     return lines
 

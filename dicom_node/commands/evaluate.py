@@ -82,7 +82,10 @@ def _training_summary(path: str) -> str:
     _, meta = ckpt.load(Path(path))
     record = meta.get("extra", {}).get("training") or {}
     config = record.get("config") or {}
-    return (f"architecture overrides {config.get('model') or '{} (the full model)'}; "
+    origin = record.get("initialized_from")
+    start = (f"from the weights {origin['sha256'][:12]} ({origin.get('checkpoint')}), lr "
+             f"{config.get('lr', '?')} → {config.get('min_lr', '?')}" if origin else "from scratch")
+    return (f"architecture overrides {config.get('model') or '{} (the full model)'}; {start}; "
             f"{record.get('steps_done', '?')} steps ({record.get('train_minutes', '?')} min on "
             f"{record.get('device', '?')}), seed {record.get('seed', '?')}")
 

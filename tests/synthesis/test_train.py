@@ -141,11 +141,16 @@ def test_an_ablation_switch_trains_from_the_weights_that_still_fit(sampler, tiny
         validation_subjects=1, patch=16, batch=1, queries=64, warmup=1, steps=1, checkpoint_every=1,
         validate_every=1, validation_patches=1, model={"fusion": "none"}, threads=1,
         init_checkpoint=str(tiny_checkpoint)))
-    model, meta = ckpt.load(train(cfg, progress=False))
+    final = train(cfg, progress=False)
+    model, meta = ckpt.load(final)
     assert model.config.fusion == "none" and model.config.channels == start.config.channels
     origin = meta["extra"]["training"]["initialized_from"]
     assert origin["architecture_changes"] == {"fusion": "none"}
     assert origin["sha256"] == ckpt.sha256(tiny_checkpoint)
+    from dicom_node.commands.evaluate import _training_summary  # the report's note on it
+
+    note = _training_summary(str(final))
+    assert f"from the weights {origin['sha256'][:12]}" in note and "1 steps" in note
 
 
 def test_snapshots_are_kept_and_the_export_averages_the_last_weights(sampler, tmp_path):

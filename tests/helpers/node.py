@@ -154,7 +154,12 @@ def send_files(files: list[Path], port: int, *, calling: str = "SCU", called: st
     assoc = ae.associate("127.0.0.1", port, ae_title=called, tls_args=tls_args)
     if not assoc.is_established:
         raise ConnectionRefusedError(f"association refused (rejected={assoc.is_rejected})")
-    statuses = [int(assoc.send_c_store(f).Status) for f in files]
+    statuses = []
+    for f in files:
+        response = assoc.send_c_store(f)
+        if "Status" not in response:  # pynetdicom aborted: no response within its DIMSE timeout
+            raise RuntimeError(f"no C-STORE response for {Path(f).name} (association aborted)")
+        statuses.append(int(response.Status))
     if abort:
         assoc.abort()
     else:

@@ -8,7 +8,7 @@ reference the others are compared with). Then one ``rtfsyn evaluate`` groups the
 
     python -m bench.ablations --dry-run                # print the commands
     python -m bench.ablations --steps 3600 --seeds 0,1,2   # train what is missing, then evaluate
-    python -m bench.ablations --init default --steps 80 --root runs/ablations-ft ...
+    python -m bench.ablations --init default --steps 60 --root runs/abl-ft --train-only ...
                           # each variant from the shipped weights (switch applied), a short fine-tune
 
 Training is resumable: a run whose ``model.pt`` exists is skipped, one with ``last.pt``

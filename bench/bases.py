@@ -15,7 +15,11 @@ tissue fractions on lesion-centred 64^3 crops of validation-split subjects (seed
 * ``source_lesion_position``: where the lesions' mean source (T1) signal lies between
   grey matter's (0) and white matter's (1) in the same crop: how far the source shows them;
 * ``lesion_wm``: lesion/white-matter intensity ratio of the output and of the truth per
-  target contrast (lesion fraction > 0.5 against white-matter fraction > 0.9).
+  target contrast (lesion fraction > 0.5 against white-matter fraction > 0.9);
+* ``pure_bases``: in voxels that are > 0.9 CSF, grey or white matter, the mean of each
+  brain basis and of the eight bases' sum (a faithful model reads 1 for the tissue's own
+  basis and 0 for the others): where a model hedges, marking part of the grey matter as
+  lesion because the two look alike on a T1, it shows here.
 
 Usage::
 
@@ -41,6 +45,7 @@ from synthesis.stream import StreamConfig, draw_crops, subject_edits
 from synthesis.train import make_batch
 
 BRAIN_TISSUES = ("csf", "gm", "wm", "lesion")
+PURE_TISSUES = ("csf", "gm", "wm")
 LESION, WM, GM = TISSUES.index("lesion"), TISSUES.index("wm"), TISSUES.index("gm")
 MIN_VOXELS = 20  # voxels a region needs to be measured in a crop
 
@@ -100,7 +105,20 @@ def crop_metrics(model, crop) -> dict[str, Any] | None:
                                            lesion, gm, wm),
         "lesion_wm_model": float(out[lesion].mean() / out[wm].mean()),
         "lesion_wm_truth": float(crop.target[lesion].mean() / crop.target[wm].mean()),
+        "pure_bases": _pure_bases(bases, fractions, brain),
     }
+
+
+def _pure_bases(bases: np.ndarray, fractions: np.ndarray, brain: np.ndarray) -> dict[str, dict[str, float]]:
+    """Per tissue of CSF, GM and WM with at least ``MIN_VOXELS`` voxels > 0.9 of it in the
+    brain: the mean of each brain basis there, and of the sum of all bases (``"sum"``)."""
+    out = {}
+    for name in PURE_TISSUES:
+        pure = brain & (fractions[TISSUES.index(name)] > 0.9)
+        if pure.sum() >= MIN_VOXELS:
+            means = {basis: float(bases[TISSUES.index(basis)][pure].mean()) for basis in BRAIN_TISSUES}
+            out[name] = {**means, "sum": float(bases.sum(0)[pure].mean())}
+    return out
 
 
 def _between(source: np.ndarray, lesion: np.ndarray, gm: np.ndarray, wm: np.ndarray) -> float | None:
@@ -137,6 +155,10 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
                                "truth": round(float(np.mean([r["lesion_wm_truth"] for r in group])), 3),
                                "crops": len(group)}
                       for target, group in sorted(per_target.items())},
+        "pure_bases": {name: {key: round(float(np.mean([r["pure_bases"][name][key] for r in held])), 4)
+                              for key in (*BRAIN_TISSUES, "sum")} | {"crops": len(held)}
+                       for name in PURE_TISSUES
+                       if (held := [r for r in rows if name in r.get("pure_bases", {})])},
     }
 
 

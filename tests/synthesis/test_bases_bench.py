@@ -61,6 +61,10 @@ def test_a_model_whose_bases_are_the_fractions_scores_perfectly() -> None:
     assert row["lesion_wm_model"] == pytest.approx(2.0) == row["lesion_wm_truth"]
     assert row["lesion_basis_in_wm"] == pytest.approx(0.0) and row["lesion_basis_in_gm"] == pytest.approx(0.0)
     assert row["source_lesion_position"] == pytest.approx(0.25)    # (0.65 - 0.6) / (0.8 - 0.6)
+    for name in ("csf", "gm", "wm"):
+        pure = row["pure_bases"][name]
+        assert pure[name] == pytest.approx(1.0) and pure["sum"] == pytest.approx(1.0)
+        assert all(pure[other] == pytest.approx(0.0) for other in BRAIN_TISSUES if other != name)
 
 
 def test_a_model_that_marks_grey_matter_as_lesion_is_caught() -> None:
@@ -70,6 +74,21 @@ def test_a_model_that_marks_grey_matter_as_lesion_is_caught() -> None:
     row = crop_metrics(_Model(bases), crop)
     assert row["lesion_basis_in_lesions"] == pytest.approx(1.0)
     assert row["lesion_basis_in_gm"] == pytest.approx(0.4) and row["lesion_basis_in_wm"] == pytest.approx(0.0)
+    assert row["pure_bases"]["gm"]["lesion"] == pytest.approx(0.4)
+    assert row["pure_bases"]["gm"]["sum"] == pytest.approx(1.4)
+    assert row["pure_bases"]["wm"]["lesion"] == pytest.approx(0.0)
+
+
+def test_a_model_whose_grey_matter_basis_falls_short_is_caught() -> None:
+    crop = _crop()
+    bases = crop.fractions.astype(np.float32).copy()
+    bases[TISSUES.index("gm")] *= 0.65
+    row = crop_metrics(_Model(bases), crop)
+    assert row["pure_bases"]["gm"]["gm"] == pytest.approx(0.65)
+    assert row["pure_bases"]["gm"]["sum"] == pytest.approx(0.65)
+    assert row["pure_bases"]["csf"]["csf"] == pytest.approx(1.0)
+    assert summarize([row])["pure_bases"]["gm"] == {"csf": 0.0, "gm": 0.65, "wm": 0.0, "lesion": 0.0,
+                                                   "sum": 0.65, "crops": 1}
 
 
 def test_a_crop_without_grey_matter_reports_none_for_it() -> None:
@@ -110,7 +129,8 @@ def test_summary_means_over_crops_and_groups_by_target() -> None:
         return {"target": target, "basis_mae": dict.fromkeys(BRAIN_TISSUES, basis),
                 "lesion_basis_in_lesions": basis, "lesion_basis_in_wm": 0.0,
                 "lesion_basis_in_gm": None if target == "T2w" else basis / 2,
-                "source_lesion_position": 0.5, "lesion_wm_model": model, "lesion_wm_truth": 2.0}
+                "source_lesion_position": 0.5, "lesion_wm_model": model, "lesion_wm_truth": 2.0,
+                "pure_bases": {"gm": {"csf": 0.0, "gm": basis, "wm": 0.0, "lesion": 0.0, "sum": basis}}}
 
     out = summarize([row("FLAIR", 0.2, 1.0), row("FLAIR", 0.4, 1.5), row("T2w", 0.6, 3.0)])
     assert out["crops"] == 3
@@ -118,6 +138,8 @@ def test_summary_means_over_crops_and_groups_by_target() -> None:
     assert out["lesion_wm"]["FLAIR"] == {"model": 1.25, "truth": 2.0, "crops": 2}
     assert out["lesion_wm"]["T2w"]["model"] == 3.0
     assert out["lesion_basis_in_gm"] == pytest.approx(0.15) and out["crops_with_gm"] == 2   # T2w crop has none
+    assert out["pure_bases"]["gm"]["gm"] == pytest.approx(0.4) and out["pure_bases"]["gm"]["crops"] == 3
+    assert "wm" not in out["pure_bases"]
 
 
 def test_held_out_subjects_have_lesions_and_are_not_phantoms() -> None:

@@ -19,7 +19,12 @@ tissue fractions on lesion-centred 64^3 crops of validation-split subjects (seed
 * ``pure_bases``: in voxels that are > 0.9 CSF, grey or white matter, the mean of each
   brain basis and of the eight bases' sum (a faithful model reads 1 for the tissue's own
   basis and 0 for the others): where a model hedges, marking part of the grey matter as
-  lesion because the two look alike on a T1, it shows here.
+  lesion because the two look alike on a T1, it shows here;
+* ``fractions_psnr``: the PSNR (as ``rtfsyn evaluate`` scores it, in the crop's brain) of the true
+  tissue fractions mixed by the model's own mixing weights (``model_mix``) and by the physics prior
+  alone (``prior``, the oracle's render), beside the model's output (``output``): when the bases and
+  the learned mix drift together away from fractions and physics, ``model_mix`` falls far below
+  ``prior`` while the output stays where it was.
 
 Usage::
 
@@ -39,6 +44,7 @@ import numpy as np
 import torch
 
 from synthesis import checkpoint as ckpt
+from synthesis.metrics import score
 from synthesis.physics import TISSUES
 from synthesis.simulate import SPLIT_SEEDS
 from synthesis.stream import StreamConfig, draw_crops, subject_edits
@@ -106,7 +112,23 @@ def crop_metrics(model, crop) -> dict[str, Any] | None:
         "lesion_wm_model": float(out[lesion].mean() / out[wm].mean()),
         "lesion_wm_truth": float(crop.target[lesion].mean() / crop.target[wm].mean()),
         "pure_bases": _pure_bases(bases, fractions, brain),
+        "fractions_psnr": _fractions_psnr(model, feats, out, fractions, crop.target, brain),
     }
+
+
+def _fractions_psnr(model, feats, out: np.ndarray, fractions: np.ndarray, target: np.ndarray,
+                    brain: np.ndarray) -> dict[str, float] | None:
+    """PSNR of the true fractions mixed by the model's weights and by the prior's, and of the
+    output; None for a model without a learned mix over a physics prior."""
+    mix = getattr(getattr(model, "head", None), "mix", None)
+    if mix is None or getattr(feats, "mix_prior", None) is None:
+        return None
+    prior = feats.mix_prior.float()[0]
+    weights = {"model_mix": (mix(feats.cond).float()[0] + prior).numpy(), "prior": prior.numpy()}
+    target = np.asarray(target, np.float32)
+    scores = {name: score(np.tensordot(w, fractions, axes=1).astype(np.float32), target, brain).psnr
+              for name, w in weights.items()}
+    return {**scores, "output": score(out, target, brain).psnr}
 
 
 def _pure_bases(bases: np.ndarray, fractions: np.ndarray, brain: np.ndarray) -> dict[str, dict[str, float]]:
@@ -159,6 +181,9 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
                               for key in (*BRAIN_TISSUES, "sum")} | {"crops": len(held)}
                        for name in PURE_TISSUES
                        if (held := [r for r in rows if name in r.get("pure_bases", {})])},
+        "fractions_psnr": {key: round(float(np.mean([r["fractions_psnr"][key] for r in mixed])), 2)
+                           for key in ("model_mix", "prior", "output")}
+                          if (mixed := [r for r in rows if r.get("fractions_psnr")]) else None,
     }
 
 

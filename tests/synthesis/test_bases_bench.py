@@ -37,18 +37,22 @@ def _crop() -> Crop:
 
 
 class _Model:
-    """Returns the given bases; the output is their mix by SIGNAL."""
+    """Returns the given bases; the output is their mix by SIGNAL, the prior plus a learned
+    correction ``drift`` (zero: the mix is the prior's)."""
 
     config = SimpleNamespace(feature_dim=None)
 
-    def __init__(self, bases: np.ndarray) -> None:
+    def __init__(self, bases: np.ndarray, drift: np.ndarray | None = None) -> None:
         self.bases = torch.from_numpy(bases.astype(np.float32))[None]
+        correction = torch.from_numpy(np.zeros_like(SIGNAL) if drift is None else drift.astype(np.float32))
+        self.head = SimpleNamespace(mix=lambda cond: correction[None])
+        self.signal = torch.from_numpy(SIGNAL) + correction
 
     def encode(self, source, text, features):
-        return None
+        return SimpleNamespace(cond=None, mix_prior=torch.from_numpy(SIGNAL)[None])
 
     def render_grid(self, feats, with_bases=False):
-        out = (self.bases * torch.from_numpy(SIGNAL)[None, :, None, None, None]).sum(1, keepdim=True)
+        out = (self.bases * self.signal[None, :, None, None, None]).sum(1, keepdim=True)
         return out, self.bases
 
 
@@ -61,6 +65,8 @@ def test_a_model_whose_bases_are_the_fractions_scores_perfectly() -> None:
     assert row["lesion_wm_model"] == pytest.approx(2.0) == row["lesion_wm_truth"]
     assert row["lesion_basis_in_wm"] == pytest.approx(0.0) and row["lesion_basis_in_gm"] == pytest.approx(0.0)
     assert row["source_lesion_position"] == pytest.approx(0.25)    # (0.65 - 0.6) / (0.8 - 0.6)
+    assert row["fractions_psnr"]["model_mix"] == row["fractions_psnr"]["prior"] == row["fractions_psnr"]["output"]
+    assert row["fractions_psnr"]["prior"] > 60
     for name in ("csf", "gm", "wm"):
         pure = row["pure_bases"][name]
         assert pure[name] == pytest.approx(1.0) and pure["sum"] == pytest.approx(1.0)
@@ -89,6 +95,22 @@ def test_a_model_whose_grey_matter_basis_falls_short_is_caught() -> None:
     assert row["pure_bases"]["csf"]["csf"] == pytest.approx(1.0)
     assert summarize([row])["pure_bases"]["gm"] == {"csf": 0.0, "gm": 0.65, "wm": 0.0, "lesion": 0.0,
                                                    "sum": 0.65, "crops": 1}
+
+
+def test_bases_and_mix_that_drift_together_are_caught() -> None:
+    crop = _crop()
+    fractions = crop.fractions.astype(np.float32)
+    gm = TISSUES.index("gm")
+    drift = np.zeros_like(SIGNAL)
+    drift[gm] = 0.35                             # the grey-matter weight raised by half ...
+    bases = fractions.copy()
+    bases[gm] *= SIGNAL[gm] / (SIGNAL[gm] + drift[gm])  # ... its basis lowered to match: same output
+    row = crop_metrics(_Model(bases, drift), crop)
+    psnr = row["fractions_psnr"]
+    assert psnr["output"] > 60 and psnr["prior"] > 60
+    assert psnr["model_mix"] < psnr["prior"] - 20
+    assert row["pure_bases"]["gm"]["gm"] == pytest.approx(SIGNAL[gm] / (SIGNAL[gm] + drift[gm]))
+    assert summarize([row])["fractions_psnr"]["model_mix"] == pytest.approx(psnr["model_mix"], abs=0.01)
 
 
 def test_a_crop_without_grey_matter_reports_none_for_it() -> None:

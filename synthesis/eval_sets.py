@@ -133,14 +133,17 @@ def select_sets(text: str) -> list[CaseSet]:
     return [CASE_SETS[n] for n in names]
 
 
-def held_out_seeds(n: int, split: str = "test") -> list[int]:
-    """The first ``n`` subject seeds of the test split; ``split="validation"``: of the
-    validation split, skipping its first seed (training's own validation subject), for
-    choosing among checkpoints without looking at the test subjects."""
+def held_out_seeds(n: int, split: str = "test", first: int = 0) -> list[int]:
+    """``n`` subject seeds of the test split from its ``first``-th on; ``split="validation"``: of
+    the validation split, skipping its first seed (training's own validation subject), for
+    choosing among checkpoints without looking at the test subjects. ``first`` > 0 passes over
+    subjects a model was already chosen on, which would favour that model."""
+    if isinstance(first, bool) or int(first) < 0:
+        raise ValueError(f"first must be an integer >= 0. Found {first!r}.")
     if split == "test":
-        return list(SPLIT_SEEDS["test"])[:n]
+        return list(SPLIT_SEEDS["test"])[first:first + n]
     if split == "validation":
-        return list(SPLIT_SEEDS["validation"])[1:n + 1]
+        return list(SPLIT_SEEDS["validation"])[1 + first:1 + first + n]
     raise ValueError(f"split must be 'test' or 'validation'. Found {split!r}.")
 
 

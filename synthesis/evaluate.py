@@ -22,7 +22,7 @@ import numpy as np
 
 from synthesis.eval_sets import BASE_ACQ, BASE_EDITS, FIELD_T, TARGETS, EvalCase, brain_relative, from_box, make_case_subject
 from synthesis.intensity import SOURCE_MAX, normalize_source, scale_source
-from synthesis.metrics import brain_relative_rmse, contrast_ratios, score
+from synthesis.metrics import brain_relative_rmse, contrast_ratios, error_split, score
 from synthesis.protocol import preset
 from synthesis.simulate import SPLIT_SEEDS, Subject, render
 from synthesis.simulate.acquisition import acquire
@@ -68,6 +68,7 @@ class Evaluation:
             "rmse_pct": round(brain_relative_rmse(pred, case.truth, case.mask), 3),
             "ratios": _rounded(contrast_ratios(pred, case.tissues, case.mask)),
             "truth_ratios": _rounded(contrast_ratios(case.truth, case.tissues, case.mask)),
+            "error_split": _rounded(error_split(pred, case.truth, case.tissues, case.mask) or {}),
             "seconds": round(seconds, 2)})
 
     def summary(self) -> dict[str, dict[str, dict[str, dict]]]:
@@ -80,8 +81,9 @@ class Evaluation:
             for name, targets in sets.items():
                 for target, rows in targets.items():
                     entry = {k: round(float(np.mean([r[k] for r in rows])), 4) for k in METRICS}
-                    for key in ("ratios", "truth_ratios"):
-                        entry[key] = {r: _mean([row[key][r] for row in rows]) for r in rows[0][key]}
+                    for key in ("ratios", "truth_ratios", "error_split"):
+                        if key in rows[0]:  # results written before error_split have none
+                            entry[key] = {r: _mean([row[key].get(r) for row in rows]) for r in rows[0][key]}
                     entry["n"] = len(rows)
                     out.setdefault(model, {}).setdefault(name, {})[target] = entry
         return out

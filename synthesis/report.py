@@ -117,8 +117,26 @@ def _in_distribution(result: dict, summary: dict, targets: list[str]) -> list[st
             for name, truth in m["truth_ratios"].items():
                 ratio_rows.append([t, name, _fmt_ratio(truth), _fmt_ratio(m["ratios"].get(name)),
                                    _fmt_ratio(o["ratios"].get(name) if o else None)])
-    return lines + ["", "Contrast ratios (tissue means, voxels > 90% one tissue):", ""] + \
+    lines += ["", "Contrast ratios (tissue means, voxels > 90% one tissue):", ""] + \
         _table(["target", "ratio", "truth", "rtfsyn", "oracle"], ratio_rows)
+    return lines + _error_split(summary, targets)
+
+
+def _error_split(summary: dict, targets: list[str]) -> list[str]:
+    """Where rtfsyn's squared error lies in distribution: pure voxels or partial ones."""
+    rows = []
+    for t in targets:
+        split = (_get(summary, "rtfsyn", BASE, t) or {}).get("error_split") or {}
+        if split.get("partial_voxels") is None:
+            continue
+        rows.append([t, f"{100 * split['partial_voxels']:.0f}%", f"{100 * split['partial_error']:.0f}%",
+                     f"{split['pure_rmse']:.3f}" if split.get("pure_rmse") is not None else "—",
+                     f"{split['partial_rmse']:.3f}" if split.get("partial_rmse") is not None else "—"])
+    if not rows:
+        return []
+    return ["", "Where the error lies (rtfsyn; *pure*: voxels more than 90% one brain tissue, *partial*: the "
+            "rest, tissue boundaries and mixtures; RMSE on the scale PSNR uses):", ""] + \
+        _table(["target", "partial voxels", "their share of the squared error", "RMSE pure", "RMSE partial"], rows)
 
 
 def _shift_table(result: dict, summary: dict, targets: list[str], group: str) -> list[str]:

@@ -20,6 +20,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="a checkpoint on held-out simulated sets, a real T1 and ablations")
     p.add_argument("--checkpoint", default="default", help="checkpoint path, or 'default' (the shipped model)")
     p.add_argument("--subjects", type=int, default=2, help="number of test subjects (default: %(default)s)")
+    p.add_argument("--first-subject", type=int, default=0,
+                   help="pass over the split's first N subjects (default: %(default)s): with --split validation, "
+                        "to compare with a model that was chosen on the first ones")
     p.add_argument("--split", choices=["test", "validation"], default="test",
                    help="subjects from the test split (the report) or the validation split (to choose among "
                         "checkpoints without tuning on the test subjects; no --report or --write-checks)")
@@ -101,6 +104,11 @@ def _options(args: argparse.Namespace) -> dict:
         raise ValueError(f"--targets must name some of {', '.join(TARGETS)}. Found {args.targets!r}.")
     if args.subjects < 1:
         raise ValueError(f"--subjects must be at least 1. Found {args.subjects}.")
+    if args.first_subject < 0:
+        raise ValueError(f"--first-subject must be at least 0. Found {args.first_subject}.")
+    if args.first_subject and (args.report or args.write_checks):
+        raise ValueError("--report and --write-checks score the first test subjects: leave --first-subject at 0. "
+                         f"Found --first-subject {args.first_subject}.")
     if args.split != "test" and (args.report or args.write_checks):
         raise ValueError("--report and --write-checks score the test subjects: leave --split at 'test'. "
                          f"Found --split {args.split!r}.")
@@ -204,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
                          focus=None if focus is None else case.tissues[focus].astype(np.float32) > 0.5)
         pictures[key] = rel
 
-    seeds = held_out_seeds(args.subjects, args.split)
+    seeds = held_out_seeds(args.subjects, args.split, args.first_subject)
     cases = build_cases(opts["sets"], seeds, crop=opts["crop"], cache_dir=cache, targets=opts["targets"],
                         second_source=second)
     evaluation = ev.evaluate(predictors, cases, on_case=on_case, progress=not args.no_progress, sets_of=sets_of)

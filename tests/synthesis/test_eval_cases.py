@@ -72,3 +72,7 @@ def test_validation_subjects_are_neither_test_subjects_nor_trainings_validation_
     assert validation == [1_000_001, 1_000_002, 1_000_003]  # 1_000_000 is validated on while training
     with pytest.raises(ValueError, match="split must be"):
         held_out_seeds(1, "train")
+    assert held_out_seeds(2, "validation", first=2) == [1_000_003, 1_000_004]   # past the ones a model was chosen on
+    assert held_out_seeds(2, first=1) == [2_000_001, 2_000_002]
+    with pytest.raises(ValueError, match="first must be"):
+        held_out_seeds(1, first=-1)

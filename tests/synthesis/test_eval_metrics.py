@@ -6,7 +6,7 @@ import pytest
 
 from synthesis.eval_sets import CASE_SETS, aligned_box, from_box, scoring_region, select_sets
 from synthesis.grid import resample
-from synthesis.metrics import brain_relative_rmse, contrast_ratios, tissue_means
+from synthesis.metrics import brain_relative_rmse, contrast_ratios, error_split, normalize_in_mask, tissue_means
 from synthesis.real_t1 import kmeans3, physics_order
 from synthesis.protocol import preset
 
@@ -45,6 +45,32 @@ def test_contrast_ratios_use_voxels_that_are_mostly_one_tissue() -> None:
     tissues["lesion"][:] = 0
     assert contrast_ratios(volume, tissues, mask)["lesion/WM"] is None
     assert tissue_means(volume, tissues, mask, min_voxels=1000)["wm"] is None
+
+
+def test_error_split_says_whether_the_error_lies_in_pure_or_partial_voxels() -> None:
+    shape = (4, 10, 10)
+    tissues = {name: np.zeros(shape, np.float16) for name in ("csf", "gm", "wm", "lesion")}
+    tissues["wm"][:2] = 1.0                               # two pure slabs ...
+    tissues["gm"][2:] = 0.6                               # ... and two partial ones
+    tissues["wm"][2:] = 0.4
+    mask = np.ones(shape, bool)
+    rng = np.random.default_rng(1)
+    truth = rng.uniform(0.2, 1.0, shape).astype(np.float32)
+    pred = truth.copy()
+    pred[3, 5, 5] += 0.3                                  # the one error, in a partial voxel
+    split = error_split(pred, truth, tissues, mask)
+    assert split["partial_voxels"] == pytest.approx(0.5)
+    assert split["partial_error"] > 0.9 and split["pure_rmse"] < split["partial_rmse"]
+    err = (normalize_in_mask(pred, mask) - normalize_in_mask(truth, mask)) ** 2   # the scale PSNR uses
+    assert split["partial_rmse"] == pytest.approx(float(np.sqrt(err[2:].mean())), rel=1e-5)
+    pred = truth.copy()
+    pred[0, 5, 5] += 0.3                                  # now in a pure voxel
+    assert error_split(pred, truth, tissues, mask)["partial_error"] < 0.1
+    assert error_split(truth, truth, tissues, mask) is None   # no error, no split
+    tissues["gm"][:] = 0
+    tissues["wm"][:] = 1.0                                # every voxel pure
+    split = error_split(pred, truth, tissues, mask)
+    assert split["partial_voxels"] == 0.0 and split["partial_error"] == 0.0 and split["partial_rmse"] is None
 
 
 def test_sets_select_by_name_and_group_and_always_hold_in_distribution() -> None:

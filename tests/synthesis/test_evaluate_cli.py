@@ -36,6 +36,9 @@ def test_evaluate_json_matches_its_report(tiny_checkpoint: Path, tmp_path: Path,
         assert m["n"] == 1 and -1.0 <= m["ssim"] <= 1.0 and m["mae"] >= 0.0 and m["rmse_pct"] >= 0.0
         assert f"{m['psnr']:.2f} / {m['ssim']:.4f} / {m['mae']:.4f} / {m['rmse_pct']:.2f}%" in text, target
         assert set(m["truth_ratios"]) == {"GM/WM", "CSF/GM", "lesion/WM"}
+        split = m["error_split"]
+        assert 0.0 <= split["partial_voxels"] <= 1.0 and 0.0 <= split["partial_error"] <= 1.0
+        assert f"| {target} | {100 * split['partial_voxels']:.0f}% | {100 * split['partial_error']:.0f}% |" in text
     # the same checkpoint twice: one group of two seeds with no spread
     psnr = summary["tiny/seed0"]["in_distribution"]["T2w"]["psnr"]
     assert f"| tiny | 2 | {psnr:.2f} ± 0.00 |" in text
@@ -55,7 +58,9 @@ def test_bad_options_are_named(tiny_checkpoint: Path, capsys: pytest.CaptureFixt
                            (["--ablation", "rtfsyn=x.pt"], "--ablation needs NAME=PATH"),
                            (["--ablation-reference", "full"], "must name an --ablation group"),
                            (["--split", "validation", "--report", "x.md"], "leave --split at 'test'"),
-                           (["--split", "validation", "--write-checks"], "leave --split at 'test'")):
+                           (["--split", "validation", "--write-checks"], "leave --split at 'test'"),
+                           (["--first-subject", "-1"], "--first-subject must be at least 0"),
+                           (["--first-subject", "1", "--report", "x.md"], "leave --first-subject at 0")):
         assert main(["evaluate", "--checkpoint", str(tiny_checkpoint), *extra]) == 2
         assert message in capsys.readouterr().err
 

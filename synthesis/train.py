@@ -108,6 +108,7 @@ class TrainConfig:
     lesion_weight: float = 0.0     # a voxel's loss weight is times 1 + lesion_weight * its lesion fraction
     lesion_dice_weight: float = 0.0  # weight of a soft Dice loss of the lesion basis (crops holding a lesion)
     basis_sum_weight: float = 0.0  # weight of the L1 of the bases' sum to the fractions' sum (voxel-weighted)
+    mix_shape_weight: float = 0.0  # weight of the L1 of the brain mixing weights to a multiple of the prior's
     second_source_share: float = 0.0  # share of draws with a second source (models with second_source)
     second_source_contrasts: tuple[str, ...] = ("T2w",)
     second_source_lr_scale: float = 1.0  # learning rate of the second-source branch, times the rest's
@@ -262,6 +263,20 @@ def basis_sum_loss(bases: torch.Tensor, fractions: torch.Tensor, weight: torch.T
     return (error * weight).mean()
 
 
+def mix_shape_loss(mix: torch.Tensor, prior: torch.Tensor, tissues: int = 4) -> torch.Tensor:
+    """Mean L1 of the first ``tissues`` mixing weights (the brain's: CSF, GM, WM, lesion) to the
+    nearest multiple of the prior's (least squares per sample): the weights may take any scale,
+    the brain-relative target's unit, but not contrasts of their own.
+
+    mix, prior: (B, bases), ``mix`` the prior plus the learned correction. The image loss is met
+    as well by bases that fall short in a tissue and a weight raised to match as by true
+    fractions and the prior's weight; the tissue loss alone moves out of that valley slowly,
+    and the bases and weights then drift apart (docs/TRAINING.md, *The bases and the mix*)."""
+    w, p = mix[:, :tissues].float(), prior[:, :tissues].float()
+    scale = (w * p).sum(1, keepdim=True) / (p * p).sum(1, keepdim=True).clamp(min=1e-8)
+    return (w - scale * p).abs().mean()
+
+
 def lesion_dice_loss(bases: torch.Tensor, fractions: torch.Tensor, min_voxels: float = 8.0,
                      smooth: float = 1.0) -> torch.Tensor | None:
     """``1 -`` soft Dice of the lesion basis against the lesion fraction, averaged over the
@@ -306,7 +321,8 @@ def loss_on_batch(model: RTFSyn, batch: dict[str, Any], cfg: TrainConfig, step: 
     ``query_weight``, at ``queries`` random continuous positions per patch (with the
     batch's cell sizes when it has them); plus ``tissue_weight`` times the L1 of the
     output bases to the tissue fractions (when the batch has fractions and the model
-    mixes physics-prior bases), and ``basis_sum_weight`` times :func:`basis_sum_loss`."""
+    mixes physics-prior bases), ``basis_sum_weight`` times :func:`basis_sum_loss`, and
+    ``mix_shape_weight`` times :func:`mix_shape_loss` of the model's mixing weights."""
     source, second = batch["source"], batch.get("second")
     if second is not None and not model.config.second_source:
         second = None  # a one-source model trains on the first source alone
@@ -335,6 +351,9 @@ def loss_on_batch(model: RTFSyn, batch: dict[str, Any], cfg: TrainConfig, step: 
             dice = lesion_dice_loss(bases, batch["fractions"])
             if dice is not None:
                 loss = loss + cfg.lesion_dice_weight * dice
+    if cfg.mix_shape_weight > 0 and model.uses_physics_mix and feats.mix_prior is not None:
+        mix = model.head.mix(feats.cond).float() + feats.mix_prior.float()
+        loss = loss + cfg.mix_shape_weight * mix_shape_loss(mix, feats.mix_prior)
     if cfg.queries > 0 and cfg.query_weight > 0:
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         truth = batch.get("target_cell", batch["target"])

@@ -347,6 +347,40 @@ def test_basis_sum_loss_counts_what_a_voxel_lacks_not_how_it_is_split():
     assert float(basis_sum_loss(in_air, fractions, weight)) == pytest.approx(0.4 * 16 / 64)
 
 
+def test_mix_shape_loss_allows_a_scale_but_not_a_contrast_of_its_own():
+    from synthesis.train import mix_shape_loss
+
+    prior = torch.tensor([[1.0, 0.5, 0.35, 0.8, 0.46, 0.13, 0.17, 0.0]])
+    assert float(mix_shape_loss(prior, prior)) == pytest.approx(0.0, abs=1e-7)
+    assert float(mix_shape_loss(1.4 * prior, prior)) == pytest.approx(0.0, abs=1e-6)   # any unit
+    outside = prior.clone()
+    outside[0, 4:] = torch.tensor([2.0, -1.0, 0.3, 0.9])                                # non-brain: free
+    assert float(mix_shape_loss(outside, prior)) == pytest.approx(0.0, abs=1e-7)
+    grey = prior.clone()
+    grey[0, 1] += 0.2                                   # grey matter brighter than the physics says
+    loss = float(mix_shape_loss(grey, prior))
+    assert loss > 0.02
+    w, p = grey[0, :4], prior[0, :4]                    # the least-squares multiple, by hand
+    scale = float((w * p).sum() / (p * p).sum())
+    assert loss == pytest.approx(float((w - scale * p).abs().mean()), rel=1e-6)
+
+
+def test_mix_shape_weight_enters_the_loss_and_pulls_the_correction_back(sampler):
+    batch = _white_matter_batch(sampler, lesion=False)
+    torch.manual_seed(0)
+    model = RTFSyn(RTFSynConfig.tiny())
+    with torch.no_grad():
+        model.head.mix.bias.zero_()
+        model.head.mix.bias[1] = 0.3                    # a learned grey-matter correction
+    cfg = dict(queries=0, tissue_weight=1.0, bf16=False)
+    plain = loss_on_batch(model, batch, TrainConfig(**cfg), 0)
+    shaped = loss_on_batch(model, batch, TrainConfig(**cfg, mix_shape_weight=1.0), 0)
+    assert float(shaped.detach()) > float(plain.detach()) + 0.01
+    model.zero_grad()
+    (shaped - plain).backward()                          # the new term's own gradient
+    assert float(model.head.mix.bias.grad[1]) > 0       # descending it lowers the grey-matter weight
+
+
 def test_basis_sum_weight_enters_the_loss(sampler):
     batch = _white_matter_batch(sampler, lesion=False)
     torch.manual_seed(0)

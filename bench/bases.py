@@ -120,11 +120,11 @@ def _fractions_psnr(model, feats, out: np.ndarray, fractions: np.ndarray, target
                     brain: np.ndarray) -> dict[str, float] | None:
     """PSNR of the true fractions mixed by the model's weights and by the prior's, and of the
     output; None for a model without a learned mix over a physics prior."""
-    mix = getattr(getattr(model, "head", None), "mix", None)
-    if mix is None or getattr(feats, "mix_prior", None) is None:
+    try:
+        model_mix = model.mixing_weights(feats)[0]
+    except (AttributeError, ValueError):  # a model without a learned mix over a physics prior
         return None
-    prior = feats.mix_prior.float()[0]
-    weights = {"model_mix": (mix(feats.cond).float()[0] + prior).numpy(), "prior": prior.numpy()}
+    weights = {"model_mix": model_mix.numpy(), "prior": feats.mix_prior.float()[0].numpy()}
     target = np.asarray(target, np.float32)
     scores = {name: score(np.tensordot(w, fractions, axes=1).astype(np.float32), target, brain).psnr
               for name, w in weights.items()}

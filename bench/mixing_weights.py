@@ -37,11 +37,11 @@ def mixing_weights(synthesizer: Any) -> dict[str, dict[str, list[float]]]:
     out = {}
     for target_name in ("T2w", "PDw", "FLAIR"):
         target = preset(TARGETS[target_name], FIELD_T)
-        text, features = synthesizer._condition(prompt(source, target), source, target)
+        text, features = synthesizer.condition(prompt(source, target), source, target)
         with torch.inference_mode():
             feats = model.encode(torch.zeros(1, 1, *(model.config.size_multiple,) * 3), text, features)
-            correction = model.head.mix(feats.cond).float()[0, :len(BRAIN)].numpy()
             prior = feats.mix_prior.float()[0, :len(BRAIN)].numpy()
+            correction = model.mixing_weights(feats)[0, :len(BRAIN)].numpy() - prior
         ratio = np.divide(correction + prior, prior, out=np.full_like(prior, np.nan), where=prior > 1e-6)
         out[target_name] = {name: [round(float(v), 3) for v in values]
                             for name, values in (("correction", correction), ("prior", prior), ("ratio", ratio))}

@@ -62,7 +62,7 @@ def bases_on_case(syn: Synthesizer, case: EvalCase) -> np.ndarray | None:
     if not np.allclose(case.source_spacing, 1.0):
         return None
     work = intensity.scale_source(case.source, case.source_peak)
-    text, features = syn._condition(prompt(case.source_protocol, case.target_protocol), case.source_protocol,
+    text, features = syn.condition(prompt(case.source_protocol, case.target_protocol), case.source_protocol,
                                     case.target_protocol)
     feats = syn._encode(work, text, features, lambda *_: None)
     _, bases = syn.model.render_grid(feats, with_bases=True)

@@ -68,7 +68,7 @@ def mixing(model) -> dict[str, Any]:
         text = get_text_encoder().encode([prompt(source, target)])
         cond = model.condition(text.pooled, features)
         prior = features[:, -PHYSICS_DIM:-1].float()
-        learnt = model.head.mix(cond) + prior
+        learnt = model.head.mixing_weights(cond, prior)
         row = {"prior": prior[0], "alone": learnt[0]}
         if getattr(model, "mix_second", None) is not None:
             row["with_second"] = learnt[0] + model.mix_second(cond)[0]

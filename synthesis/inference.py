@@ -270,7 +270,7 @@ class Synthesizer:
                 work_second = grid.resample_antialiased(intensity.scale_source(second, peak2), spacing,
                                                         work_spacing)
             text_prompt = prompt(source, target)                                    # 4
-            text, features = self._condition(text_prompt, source, target)
+            text, features = self.condition(text_prompt, source, target)
             tick = progress or (lambda _phase, _done, _total: None)
             feats = self._encode(work, text, features, tick, work_second)           # 5
             out_spacing = tuple(float(s) for s in (output_spacing or grid.default_output_spacing(spacing)))
@@ -293,8 +293,11 @@ class Synthesizer:
         _check_values(second, "the second source")
         return second
 
-    def _condition(self, text_prompt: str, source: MRProtocol,
-                   target: MRProtocol) -> tuple[TextCondition | None, torch.Tensor]:
+    def condition(self, text_prompt: str, source: MRProtocol,
+                  target: MRProtocol) -> tuple[TextCondition | None, torch.Tensor]:
+        """The model's condition inputs for ``text_prompt`` and the protocol pair: the encoded
+        prompt (None for a model without text; the last prompts are cached) and the numeric
+        protocol features, ``(1, feature_dim)``, on the synthesizer's device."""
         numeric = pair_features(source, target)[: self.model.config.feature_dim]  # older models: a prefix
         features = torch.from_numpy(numeric)[None].to(self.device)
         if not self.model.uses_text:

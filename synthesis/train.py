@@ -352,8 +352,7 @@ def loss_on_batch(model: RTFSyn, batch: dict[str, Any], cfg: TrainConfig, step: 
             if dice is not None:
                 loss = loss + cfg.lesion_dice_weight * dice
     if cfg.mix_shape_weight > 0 and model.uses_physics_mix and feats.mix_prior is not None:
-        mix = model.head.mix(feats.cond).float() + feats.mix_prior.float()
-        loss = loss + cfg.mix_shape_weight * mix_shape_loss(mix, feats.mix_prior)
+        loss = loss + cfg.mix_shape_weight * mix_shape_loss(model.mixing_weights(feats), feats.mix_prior)
     if cfg.queries > 0 and cfg.query_weight > 0:
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         truth = batch.get("target_cell", batch["target"])

@@ -127,10 +127,15 @@ class ImplicitDecoder(nn.Module):
         if self.film is None or feats.cond is None:
             return bias, torch.ones_like(bias), torch.zeros_like(bias), None
         gamma, beta = self.film(feats.cond).chunk(2, dim=-1)
-        mix = self.mix(feats.cond) if self.mix is not None else None
-        if mix is not None and feats.mix_prior is not None:
-            mix = mix + feats.mix_prior.to(mix.dtype)
-        return bias, 1.0 + gamma, beta, mix
+        return bias, 1.0 + gamma, beta, self.mixing_weights(feats.cond, feats.mix_prior)
+
+    def mixing_weights(self, cond: torch.Tensor | None, prior: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The output mixing weights ``(B, bases)``: the learned ones from ``cond``, plus
+        ``prior`` when given; None for a single output or without a condition."""
+        if self.mix is None or cond is None:
+            return None
+        mix = self.mix(cond)
+        return mix if prior is None else mix + prior.to(mix.dtype)
 
     def _tail(self, z: torch.Tensor, mix: torch.Tensor | None, linear: bool) -> torch.Tensor:
         """Hidden layers, output and mixing: ``(B, n, 8, hidden) -> (B, n, 8)`` (linear) or

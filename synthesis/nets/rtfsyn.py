@@ -287,8 +287,19 @@ class RTFSyn(nn.Module):
         if self.lesion is None or not isinstance(self.head, ImplicitDecoder) or self.head.mix is None:
             raise ValueError("lesion_signal needs a model with a lesion detector (lesion_net).")
         physics = features[:, -PHYSICS_DIM:-1].to(device=feats.cond.device, dtype=torch.float32)
-        w_wm = self.head.mix(feats.cond).float()[:, WHITE_MATTER] + feats.mix_prior.float()[:, WHITE_MATTER]
-        return float((lesion_ratio(physics) * w_wm)[0])
+        return float((lesion_ratio(physics) * self.mixing_weights(feats)[:, WHITE_MATTER])[0])
+
+    def mixing_weights(self, feats: Features) -> torch.Tensor:
+        """The weights that mix the output bases of ``feats``, ``(B, bases)`` in float32: the
+        physics prior (the target's nominal tissue signals) plus the learned correction.
+        Models with the physics mix (``physics_mix``, implicit decoder) only."""
+        weights = None
+        if self.uses_physics_mix and isinstance(self.head, ImplicitDecoder) and feats.mix_prior is not None:
+            weights = self.head.mixing_weights(feats.cond, feats.mix_prior)
+        if weights is None:
+            raise ValueError("mixing_weights needs a model that mixes its bases over the physics prior "
+                             "(physics_mix with the implicit decoder).")
+        return weights.float()
 
     def query(self, feats: Features, coords: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
         """Intensities at continuous voxel coordinates ``(z, y, x)`` of the input grid.

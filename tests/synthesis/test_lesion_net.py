@@ -94,7 +94,7 @@ def test_a_detector_that_finds_nothing_changes_nothing_and_one_that_finds_everyt
     from synthesis.condition import prompt
 
     model = every.model
-    text, features = every._condition(prompt(SOURCE, TARGET), SOURCE, TARGET)
+    text, features = every.condition(prompt(SOURCE, TARGET), SOURCE, TARGET)
     with torch.no_grad():
         feats = model.encode(torch.from_numpy(vol / vol.max())[None, None].float(), text, features)
         signal = model.lesion_signal(feats, features)

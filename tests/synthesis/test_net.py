@@ -132,6 +132,29 @@ def test_query_at_voxel_centres_equals_render_grid() -> None:
         torch.testing.assert_close(queried.reshape(1, 1, *shape), model.render_grid(feats), atol=1e-5, rtol=1e-5)
 
 
+def test_mixing_weights_are_what_mixes_the_output_bases() -> None:
+    torch.manual_seed(0)
+    model = RTFSyn(RTFSynConfig.tiny()).eval()
+    assert model.uses_physics_mix
+    with torch.no_grad():
+        feats = model.encode(torch.rand(1, 1, 16, 16, 16), fake_text(1), features(1))
+        torch.testing.assert_close(model.mixing_weights(feats), feats.mix_prior)  # the correction starts at 0
+        torch.nn.init.normal_(model.head.mix.weight, std=0.5)
+        weights = model.mixing_weights(feats)
+        grid, bases = model.render_grid(feats, with_bases=True)
+    assert (weights - feats.mix_prior).abs().max() > 1e-3
+    torch.testing.assert_close(grid, (bases * weights[:, :, None, None, None]).sum(1, keepdim=True),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_mixing_weights_refused_without_the_physics_mix() -> None:
+    model = RTFSyn(RTFSynConfig.tiny(decoder="conv")).eval()
+    with torch.no_grad():
+        feats = model.encode(torch.rand(1, 1, 16, 16, 16), fake_text(1), features(1))
+    with pytest.raises(ValueError, match="physics_mix"):
+        model.mixing_weights(feats)
+
+
 def test_features_move_between_devices_and_dtypes() -> None:
     feats = Features(torch.zeros(1, 2, 3, 3, 3), torch.zeros(1, 4))
     moved = feats.to("cpu", torch.float64)

@@ -19,6 +19,9 @@ For each case it reports:
   the dark voxels and on pure CSF, GM and WM (fraction > 0.95), and ``dark_bases``: the mean
   of each basis on the dark voxels (which tissue the model puts there), on 1 mm sources, where
   the working grid is the source grid;
+* ``pure_ratio``: per tissue (CSF, GM, WM; fraction > 0.95), the output's mean over the
+  truth's, the output first scaled to the truth by least squares in the brain (the metric's
+  normalization removes a common scale, not a tissue's own error);
 * ``psnr``: the case's PSNR as ``rtfsyn evaluate`` scores it.
 
 Usage::
@@ -26,6 +29,7 @@ Usage::
     python bench/rim.py                                    # the shipped model
     python bench/rim.py --checkpoint runs/x/model.pt --sets in_distribution,ventricles_6mm \\
         --subjects 1 --output bench/results/rim.json
+    python bench/rim.py --checkpoint runs/x/model.pt --sets in_distribution --first-subject 2 --subjects 2
 """
 from __future__ import annotations
 
@@ -84,6 +88,7 @@ def rim_metrics(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray, tissues: 
         "dark_voxels": int(dark.sum()), "dark_share": round(float(dark.sum() / mask.sum()), 5),
         "dark_csf_fraction": round(float(csf[dark].mean()), 3) if dark.any() else None,
         "dark_depth_in_csf_mm": round(float(np.median(depth[dark])), 2) if dark.any() else None,
+        "pure_ratio": _pure_ratio(pred, truth, mask, tissues),
     }
     if bases is not None:
         total = bases.sum(0)
@@ -92,6 +97,20 @@ def rim_metrics(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray, tissues: 
             out["bases_sum"][tissue] = _percentiles(total[mask & (tissues[tissue] > PURE)])
         out["dark_bases"] = {t: round(float(bases[i][dark].mean()), 3) if dark.any() else None
                              for i, t in enumerate(TISSUES)}
+    return out
+
+
+def _pure_ratio(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray,
+                tissues: dict[str, np.ndarray]) -> dict[str, float | None]:
+    """Per tissue of CSF, GM and WM: the mean of ``pred`` (scaled to ``truth`` by least squares
+    in ``mask``) over the mean of ``truth`` where the tissue's fraction exceeds ``PURE``; None
+    where no voxel does."""
+    p, t = pred[mask].astype(np.float64), truth[mask].astype(np.float64)
+    scale = float((p * t).sum() / max(float((p * p).sum()), 1e-12))
+    out: dict[str, float | None] = {}
+    for tissue in ("csf", "gm", "wm"):
+        pure = mask & (tissues[tissue] > PURE)
+        out[tissue] = round(scale * float(pred[pure].mean()) / float(truth[pure].mean()), 4) if pure.any() else None
     return out
 
 
@@ -111,6 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "edge, so a voxel below the truth's dark end is an undershoot; on FLAIR and T2w "
                              "the count also takes in CSF or white matter rendered a little too dark)")
     parser.add_argument("--subjects", type=int, default=1, help="validation-split subjects")
+    parser.add_argument("--first-subject", type=int, default=0,
+                        help="skip this many validation subjects first (as rtfsyn evaluate --first-subject)")
     parser.add_argument("--crop", default="80,96,80", help="scoring region D,H,W (as rtfsyn evaluate)")
     parser.add_argument("--margin", type=float, default=0.02, help="brain-relative units below the truth's p0.5")
     parser.add_argument("--threads", type=int, default=2)
@@ -119,11 +140,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     syn = Synthesizer(args.checkpoint, "cpu")
     crop = tuple(int(v) for v in args.crop.split(","))
-    cases = build_cases(select_sets(args.sets), held_out_seeds(args.subjects, "validation"), crop=crop,
+    cases = build_cases(select_sets(args.sets), held_out_seeds(args.subjects, "validation", args.first_subject), crop=crop,
                         cache_dir=None, targets=args.targets.split(","))
     rows = [case_metrics(syn, case, args.margin) for case in cases]
     result = {"checkpoint": args.checkpoint, "model_sha256": syn.info["checkpoint_sha256"],
-              "split": "validation", "margin": args.margin, "crop": list(crop), "rows": rows}
+              "split": "validation", "first_subject": args.first_subject, "margin": args.margin, "crop": list(crop), "rows": rows}
     text = json.dumps(result, indent=2)
     print(text)
     if args.output:

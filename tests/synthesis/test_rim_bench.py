@@ -57,3 +57,13 @@ def test_csf_a_little_darker_than_the_truth_but_within_the_margin_is_not_counted
     pred = truth - 0.01 * tissues["csf"]
     assert rim_metrics(pred, truth, mask, tissues, None, margin=0.02)["dark_voxels"] == 0
     assert "bases_sum" not in rim_metrics(pred, truth, mask, tissues, None, margin=0.02)
+
+
+def test_pure_ratio_shows_a_tissue_too_dark_but_not_a_common_scale() -> None:
+    truth, tissues, mask = _brain()
+    assert rim_metrics(1.3 * truth, truth, mask, tissues, None, margin=0.02)["pure_ratio"] == \
+        {"csf": pytest.approx(1.0), "gm": None, "wm": pytest.approx(1.0)}
+    darker = truth * np.where(tissues["csf"] > 0.5, 0.9, 1.0)   # CSF 10 % too dark
+    ratio = rim_metrics(darker, truth, mask, tissues, None, margin=0.02)["pure_ratio"]
+    assert ratio["csf"] / ratio["wm"] == pytest.approx(0.9, abs=1e-3)
+    assert ratio["csf"] < 0.95 and ratio["wm"] > 1.0             # the scale shares the error out

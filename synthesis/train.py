@@ -35,7 +35,7 @@ import logging
 import math
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -591,7 +591,8 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
         tmp = state_path.with_suffix(".tmp")
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
                     "elapsed": elapsed, "history": json.dumps(history), "init": json.dumps(init),
-                    "model_config": json.dumps(model.config.to_dict())}, tmp)
+                    "model_config": json.dumps(model.config.to_dict()), "train_config": json.dumps(asdict(cfg))},
+                   tmp)
         tmp.replace(state_path)
 
     if cfg.channels_last:
@@ -727,6 +728,7 @@ def export_checkpoint(cfg: TrainConfig, snapshot: int | None = None) -> Path:
     if not state_path.is_file():
         raise FileNotFoundError(f"No training state to export at {state_path}.")
     state = torch.load(state_path, map_location="cpu", weights_only=True)
+    cfg = _run_config(cfg, state)
     model = _resumed_model(cfg, state)
     init = json.loads(state["init"]) if "init" in state else _init_record(cfg)
     history = json.loads(state["history"])
@@ -742,6 +744,25 @@ def export_checkpoint(cfg: TrainConfig, snapshot: int | None = None) -> Path:
     return _write_final(cfg, model, snapshot, _elapsed_at(Path(cfg.out_dir) / "train_log.jsonl", snapshot),
                         [h for h in history if h.get("step", 0) <= snapshot], resolve_device(cfg.device), init,
                         snapshot=path)
+
+
+def _run_config(cfg: TrainConfig, state: Mapping[str, Any]) -> TrainConfig:
+    """The configuration the run was trained with (its state's ``train_config``), for an
+    export's record, with ``cfg``'s ``out_dir`` and export options; an export command need not
+    repeat the run's ``--set`` options. A state written before it was stored: ``cfg``, with a
+    warning that the record shows the command's configuration."""
+    if "train_config" not in state:
+        log.warning("%s does not store the run's configuration; the export's record shows this command's",
+                    Path(cfg.out_dir) / "last.pt")
+        return cfg
+    stored = json.loads(state["train_config"])
+    known = {f.name for f in fields(TrainConfig)}
+    run = TrainConfig.from_dict({k: v for k, v in stored.items() if k in known})
+    differ = sorted(k for k in known - {"out_dir", "average_snapshots", "max_minutes", "steps"}
+                    if getattr(run, k) != getattr(cfg, k))
+    if differ:
+        log.info("Exporting with the run's own configuration; this command differs in: %s", ", ".join(differ))
+    return replace(run, out_dir=cfg.out_dir, average_snapshots=cfg.average_snapshots)
 
 
 def _elapsed_at(log_path: Path, step: int) -> float:

@@ -196,6 +196,26 @@ def test_snapshots_are_kept_and_the_export_averages_the_last_weights(sampler, tm
     assert "weights_averaged" not in ckpt.load(again)[1]["extra"]["training"]
 
 
+def test_an_export_records_the_runs_own_configuration(sampler, tmp_path, caplog):
+    """An export command that does not repeat the run's --set options still records them."""
+    from synthesis.train import export_checkpoint
+
+    _, cache = sampler
+    options = dict(generator="template", out_dir=str(tmp_path / "run"), cache_dir=str(cache), train_subjects=1,
+                   validation_subjects=1, patch=16, batch=1, queries=64, warmup=1, steps=2, checkpoint_every=1,
+                   validate_every=2, validation_patches=1, model=RTFSynConfig.tiny().to_dict(), threads=1,
+                   snapshot_every=1)
+    train(TrainConfig.from_dict({**options, "seed": 7, "lesion_weight": 5.0, "brain_weight_cap": 8.0}),
+          progress=False)
+    command = TrainConfig.from_dict(options)          # the command without the run's overrides
+    with caplog.at_level("INFO", logger="synthesis.train"):
+        exported = export_checkpoint(command, snapshot=1)
+    config = ckpt.load(exported)[1]["extra"]["training"]["config"]
+    assert (config["seed"], config["lesion_weight"], config["brain_weight_cap"]) == (7, 5.0, 8.0)
+    assert ckpt.load(exported)[1]["extra"]["training"]["seed"] == 7
+    assert "brain_weight_cap, lesion_weight, seed" in caplog.text
+
+
 def test_negative_snapshot_options_are_refused():
     with pytest.raises(ValueError, match="average_snapshots must be 0"):
         TrainConfig.from_dict({"average_snapshots": -1})

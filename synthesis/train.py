@@ -399,8 +399,10 @@ def _init_record(cfg: TrainConfig) -> dict[str, Any] | None:
         return None
     path = ckpt.default_checkpoint_path() if cfg.init_checkpoint == "default" else Path(cfg.init_checkpoint)
     _, meta = ckpt.load(path)
-    record = {"checkpoint": cfg.init_checkpoint, "sha256": meta["sha256"],
-              "training": (meta.get("extra") or {}).get("training")}
+    extra = meta.get("extra") or {}
+    record = {"checkpoint": cfg.init_checkpoint, "sha256": meta["sha256"], "training": extra.get("training")}
+    if extra.get("lesion_net") is not None:  # the detector's own record, kept with its weights
+        record["lesion_net"] = extra["lesion_net"]
     changes = _architecture_changes(cfg, meta["config"])
     if changes:
         record["architecture_changes"] = changes
@@ -713,7 +715,10 @@ def _write_final(cfg: TrainConfig, model: RTFSyn, step: int, elapsed: float, his
         final = out / "exports" / f"step-{step:06d}.pt"
         record_path = final.with_suffix(".json")
         final.parent.mkdir(exist_ok=True)
-    ckpt.save(model.cpu().to(memory_format=torch.contiguous_format), final, extra={"training": record})
+    extra: dict[str, Any] = {"training": record}
+    if init is not None and init.get("lesion_net") is not None and getattr(model, "lesion", None) is not None:
+        extra["lesion_net"] = init["lesion_net"]  # the detector came with the starting weights
+    ckpt.save(model.cpu().to(memory_format=torch.contiguous_format), final, extra=extra)
     record_path.write_text(json.dumps(record, indent=2))
     return final
 

@@ -422,3 +422,24 @@ def test_train_cli_export_options_are_checked(tmp_path, capsys):
     assert "--snapshot needs --export-only" in capsys.readouterr().err
     assert main(["train", "--export-only", "--out-dir", str(tmp_path / "none")]) == 2
     assert "No training state to export" in capsys.readouterr().err
+
+
+def test_a_fine_tune_keeps_the_lesion_detectors_record_and_weights(sampler, tmp_path):
+    """The detector is trained apart: a fine-tune of a model that has one keeps its weights and its record."""
+    from synthesis.lesion_train import widen_with_lesion_net
+    from synthesis.nets.lesion import LesionNet
+
+    _, cache = sampler
+    torch.manual_seed(0)
+    base = widen_with_lesion_net(RTFSyn(RTFSynConfig.tiny()), LesionNet().eval())
+    start = ckpt.save(base, tmp_path / "start.pt", extra={"lesion_net": {"steps": 3, "seed": 9}})
+    cfg = TrainConfig.from_dict(dict(
+        generator="template", out_dir=str(tmp_path / "run"), cache_dir=str(cache), train_subjects=1,
+        validation_subjects=1, patch=16, batch=1, queries=64, warmup=1, lr=1e-2, steps=2, checkpoint_every=1,
+        validate_every=2, validation_patches=1, threads=1, init_checkpoint=str(start)))
+    model, meta = ckpt.load(train(cfg, progress=False))
+    assert meta["extra"]["lesion_net"] == {"steps": 3, "seed": 9}
+    assert meta["extra"]["training"]["initialized_from"]["lesion_net"] == {"steps": 3, "seed": 9}
+    before, after = base.state_dict(), model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("lesion."))
+    assert any(not torch.equal(before[k], after[k]) for k in before if not k.startswith("lesion."))

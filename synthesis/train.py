@@ -586,6 +586,10 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
         history = json.loads(state["history"])
         init = json.loads(state["init"]) if "init" in state else _init_record(cfg)
         log.info("Resuming from step %d (%.1f min trained)", start, elapsed / 60)
+        changed = _changed_options(cfg, state)
+        if changed:
+            log.warning("Resuming with options that differ from the run's so far: %s (the rest of the run uses "
+                        "this command's; repeat the run's --set options to keep them)", ", ".join(changed))
     else:
         init = _init_record(cfg)
 
@@ -760,14 +764,28 @@ def _run_config(cfg: TrainConfig, state: Mapping[str, Any]) -> TrainConfig:
         log.warning("%s does not store the run's configuration; the export's record shows this command's",
                     Path(cfg.out_dir) / "last.pt")
         return cfg
-    stored = json.loads(state["train_config"])
-    known = {f.name for f in fields(TrainConfig)}
-    run = TrainConfig.from_dict({k: v for k, v in stored.items() if k in known})
-    differ = sorted(k for k in known - {"out_dir", "average_snapshots", "max_minutes", "steps"}
-                    if getattr(run, k) != getattr(cfg, k))
+    run = _stored_config(state)
+    differ = _changed_options(cfg, state)
     if differ:
         log.info("Exporting with the run's own configuration; this command differs in: %s", ", ".join(differ))
     return replace(run, out_dir=cfg.out_dir, average_snapshots=cfg.average_snapshots)
+
+
+def _stored_config(state: Mapping[str, Any]) -> TrainConfig:
+    known = {f.name for f in fields(TrainConfig)}
+    return TrainConfig.from_dict({k: v for k, v in json.loads(state["train_config"]).items() if k in known})
+
+
+def _changed_options(cfg: TrainConfig, state: Mapping[str, Any]) -> list[str]:
+    """The options of ``cfg`` that differ from those the run's state was last trained with
+    (none for a state that does not store them), leaving out where it writes, how long it runs
+    and the export's averaging."""
+    if "train_config" not in state:
+        return []
+    run = _stored_config(state)
+    return sorted(f.name for f in fields(TrainConfig)
+                  if f.name not in ("out_dir", "average_snapshots", "max_minutes", "steps")
+                  and getattr(run, f.name) != getattr(cfg, f.name))
 
 
 def _elapsed_at(log_path: Path, step: int) -> float:

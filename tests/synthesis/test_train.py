@@ -214,6 +214,14 @@ def test_an_export_records_the_runs_own_configuration(sampler, tmp_path, caplog)
     assert (config["seed"], config["lesion_weight"], config["brain_weight_cap"]) == (7, 5.0, 8.0)
     assert ckpt.load(exported)[1]["extra"]["training"]["seed"] == 7
     assert "brain_weight_cap, lesion_weight, seed" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="synthesis.train"):   # resumed without the run's options
+        train(TrainConfig.from_dict({**options, "steps": 3}), progress=False)
+    assert "differ from the run's so far: brain_weight_cap, lesion_weight, seed" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="synthesis.train"):   # the state now holds the options last used
+        train(TrainConfig.from_dict({**options, "steps": 4}), progress=False)
+    assert "differ from the run's so far" not in caplog.text
 
 
 def test_negative_snapshot_options_are_refused():

@@ -31,8 +31,6 @@ def mixing_weights(synthesizer: Any) -> dict[str, dict[str, list[float]]]:
     from synthesis.protocol import preset
 
     model = synthesizer.model
-    if getattr(getattr(model, "head", None), "mix", None) is None or not model.uses_physics_mix:
-        raise ValueError("this model has no learned mix over a physics prior.")
     source = preset("T1", FIELD_T)
     out = {}
     for target_name in ("T2w", "PDw", "FLAIR"):
@@ -40,8 +38,9 @@ def mixing_weights(synthesizer: Any) -> dict[str, dict[str, list[float]]]:
         text, features = synthesizer.condition(prompt(source, target), source, target)
         with torch.inference_mode():
             feats = model.encode(torch.zeros(1, 1, *(model.config.size_multiple,) * 3), text, features)
+            weights = model.mixing_weights(feats)[0, :len(BRAIN)].numpy()  # ValueError without a physics mix
             prior = feats.mix_prior.float()[0, :len(BRAIN)].numpy()
-            correction = model.mixing_weights(feats)[0, :len(BRAIN)].numpy() - prior
+            correction = weights - prior
         ratio = np.divide(correction + prior, prior, out=np.full_like(prior, np.nan), where=prior > 1e-6)
         out[target_name] = {name: [round(float(v), 3) for v in values]
                             for name, values in (("correction", correction), ("prior", prior), ("ratio", ratio))}

@@ -586,7 +586,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
         history = json.loads(state["history"])
         init = json.loads(state["init"]) if "init" in state else _init_record(cfg)
         log.info("Resuming from step %d (%.1f min trained)", start, elapsed / 60)
-        changed = _changed_options(cfg, state)
+        changed = _changed_options(cfg, _stored_config(state)) if "train_config" in state else []
         if changed:
             log.warning("Resuming with options that differ from the run's so far: %s (the rest of the run uses "
                         "this command's; repeat the run's --set options to keep them)", ", ".join(changed))
@@ -765,7 +765,7 @@ def _run_config(cfg: TrainConfig, state: Mapping[str, Any]) -> TrainConfig:
                     Path(cfg.out_dir) / "last.pt")
         return cfg
     run = _stored_config(state)
-    differ = _changed_options(cfg, state)
+    differ = _changed_options(cfg, run)
     if differ:
         log.info("Exporting with the run's own configuration; this command differs in: %s", ", ".join(differ))
     return replace(run, out_dir=cfg.out_dir, average_snapshots=cfg.average_snapshots)
@@ -776,13 +776,9 @@ def _stored_config(state: Mapping[str, Any]) -> TrainConfig:
     return TrainConfig.from_dict({k: v for k, v in json.loads(state["train_config"]).items() if k in known})
 
 
-def _changed_options(cfg: TrainConfig, state: Mapping[str, Any]) -> list[str]:
-    """The options of ``cfg`` that differ from those the run's state was last trained with
-    (none for a state that does not store them), leaving out where it writes, how long it runs
-    and the export's averaging."""
-    if "train_config" not in state:
-        return []
-    run = _stored_config(state)
+def _changed_options(cfg: TrainConfig, run: TrainConfig) -> list[str]:
+    """The options of ``cfg`` that differ from ``run`` (those a run's state was last trained
+    with), leaving out where it writes, how long it runs and the export's averaging."""
     return sorted(f.name for f in fields(TrainConfig)
                   if f.name not in ("out_dir", "average_snapshots", "max_minutes", "steps")
                   and getattr(run, f.name) != getattr(cfg, f.name))

@@ -97,14 +97,22 @@ def compare(base: dict[str, Any], cand: dict[str, Any], name: str, limits: Thres
     """Judge ``cand`` against ``base`` by the criteria in the module docstring."""
     if _cases(base) != _cases(cand):
         raise ValueError(f"{name}: the two evaluations hold different cases (sets, targets or subjects)")
-    groups = {s["name"]: s["group"] for s in base["sets"]}
     b, c = base["summary"][MODEL], cand["summary"][MODEL]
     verdict = Verdict(name)
     pairs = [(s, t) for s in b for t in b[s]]
     verdict.mean_base = sum(b[s][t]["psnr"] for s, t in pairs) / len(pairs)
     verdict.mean = sum(c[s][t]["psnr"] for s, t in pairs) / len(pairs)
 
-    # 1. in distribution
+    _in_distribution(b, c, limits, verdict)                                      # criteria 1-4
+    _shift_groups(b, c, {s["name"]: s["group"] for s in base["sets"]}, limits, verdict)
+    _lesion_contrast(b, c, limits, verdict)
+    gain = verdict.mean - verdict.mean_base                                      # criterion 5
+    if gain < limits.min_mean_gain:
+        verdict.failures.append(f"mean of the {len(pairs)} pairs: {gain:+.2f} dB (needs {limits.min_mean_gain:+.2f})")
+    return verdict
+
+
+def _in_distribution(b: dict, c: dict, limits: Thresholds, verdict: Verdict) -> None:
     if "in_distribution" not in b:
         verdict.unjudged.append("in distribution: not scored")
     for target, entry in b.get("in_distribution", {}).items():
@@ -117,7 +125,8 @@ def compare(base: dict[str, Any], cand: dict[str, Any], name: str, limits: Thres
         if d_rmse > limits.max_rmse_rise:
             verdict.failures.append(f"in distribution {target}: RMSE {d_rmse:+.2f} points")
 
-    # 2. and 3. the shift groups
+
+def _shift_groups(b: dict, c: dict, groups: dict[str, str], limits: Thresholds, verdict: Verdict) -> None:
     for group in ("anatomy", "acquisition"):
         names = [s for s in b if groups.get(s) == group]
         if not names:
@@ -127,17 +136,17 @@ def compare(base: dict[str, Any], cand: dict[str, Any], name: str, limits: Thres
         deltas = {t: [c[s][t]["psnr"] - b[s][t]["psnr"] for s in names if t in b[s]] for t in targets}
         verdict.group_deltas[group] = {t: round(sum(v) / len(v), 3) for t, v in deltas.items()}
         if group == "anatomy":
-            for t, mean in verdict.group_deltas[group].items():
-                if mean < -limits.max_anatomy_loss:
-                    verdict.failures.append(f"anatomy mean {t}: {mean:+.2f} dB")
-        else:
-            for s in names:
-                for t in b[s]:
-                    d = c[s][t]["psnr"] - b[s][t]["psnr"]
-                    if d < -limits.max_acquisition_loss:
-                        verdict.failures.append(f"{s} {t}: {d:+.2f} dB")
+            verdict.failures += [f"anatomy mean {t}: {mean:+.2f} dB"
+                                 for t, mean in verdict.group_deltas[group].items() if mean < -limits.max_anatomy_loss]
+            continue
+        for s in names:
+            for t in b[s]:
+                d = c[s][t]["psnr"] - b[s][t]["psnr"]
+                if d < -limits.max_acquisition_loss:
+                    verdict.failures.append(f"{s} {t}: {d:+.2f} dB")
 
-    # 4. lesion contrast
+
+def _lesion_contrast(b: dict, c: dict, limits: Thresholds, verdict: Verdict) -> None:
     for t in LESION_TARGETS:
         if t not in b.get(LESION_SET, {}):
             verdict.unjudged.append(f"lesion/WM {t}: {LESION_SET} not scored")
@@ -148,15 +157,10 @@ def compare(base: dict[str, Any], cand: dict[str, Any], name: str, limits: Thres
         if err_c is None or err_b is None:
             verdict.unjudged.append(f"lesion/WM {t}: no lesion contrast in the evaluation")
         elif limits.lesion_closer and abs(err_c) >= abs(err_b):
-            verdict.failures.append(f"lesion/WM {t}: {err_c:+.1%} of the truth, not closer than the base's {err_b:+.1%}")
+            verdict.failures.append(f"lesion/WM {t}: {err_c:+.1%} of the truth, "
+                                    f"not closer than the base's {err_b:+.1%}")
         elif not limits.lesion_closer and abs(err_c) > limits.lesion_tolerance:
             verdict.failures.append(f"lesion/WM {t}: {err_c:+.1%} of the truth")
-
-    # 5. the mean of every pair
-    gain = verdict.mean - verdict.mean_base
-    if gain < limits.min_mean_gain:
-        verdict.failures.append(f"mean of the {len(pairs)} pairs: {gain:+.2f} dB (needs {limits.min_mean_gain:+.2f})")
-    return verdict
 
 
 def _line(v: Verdict) -> str:

@@ -120,10 +120,9 @@ def _fractions_psnr(model, feats, out: np.ndarray, fractions: np.ndarray, target
                     brain: np.ndarray) -> dict[str, float] | None:
     """PSNR of the true fractions mixed by the model's weights and by the prior's, and of the
     output; None for a model without a learned mix over a physics prior."""
-    try:
-        model_mix = model.mixing_weights(feats)[0]
-    except (AttributeError, ValueError):  # a model without a learned mix over a physics prior
+    if not model.uses_physics_mix or feats.mix_prior is None:
         return None
+    model_mix = model.mixing_weights(feats)[0]
     weights = {"model_mix": model_mix.numpy(), "prior": feats.mix_prior.float()[0].numpy()}
     target = np.asarray(target, np.float32)
     scores = {name: score(np.tensordot(w, fractions, axes=1).astype(np.float32), target, brain).psnr

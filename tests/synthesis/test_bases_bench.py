@@ -41,6 +41,7 @@ class _Model:
     correction ``drift`` (zero: the mix is the prior's)."""
 
     config = SimpleNamespace(feature_dim=None)
+    uses_physics_mix = True
 
     def __init__(self, bases: np.ndarray, drift: np.ndarray | None = None) -> None:
         self.bases = torch.from_numpy(bases.astype(np.float32))[None]
@@ -74,6 +75,14 @@ def test_a_model_whose_bases_are_the_fractions_scores_perfectly() -> None:
         assert pure[name] == pytest.approx(1.0) and pure["sum"] == pytest.approx(1.0)
         assert all(pure[other] == pytest.approx(0.0) for other in BRAIN_TISSUES if other != name)
 
+
+
+def test_a_model_without_the_physics_mix_has_no_fractions_score() -> None:
+    crop = _crop()
+    model = _Model(crop.fractions.astype(np.float32))
+    model.uses_physics_mix = False
+    row = crop_metrics(model, crop)
+    assert row["fractions_psnr"] is None and row["basis_mae"]["wm"] == pytest.approx(0.0, abs=1e-6)
 
 def test_a_model_that_marks_grey_matter_as_lesion_is_caught() -> None:
     crop = _crop()

@@ -45,12 +45,24 @@ def sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+#: Config fields that calibrate a trained network's output without a weight of their own:
+#: part of the model's identity (:func:`state_digest`) whenever they differ from the default.
+CALIBRATION_FIELDS = ("lesion_gain",)
+
+
 def state_digest(model: torch.nn.Module) -> str:
-    """Hex SHA-256 over the parameter and buffer names and values (model identity)."""
+    """Hex SHA-256 over the parameter and buffer names and values, and the calibration fields
+    (:data:`CALIBRATION_FIELDS`) that differ from their defaults (model identity: two models
+    whose output differs never share it; the digest of uncalibrated weights is unchanged)."""
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    config, defaults = getattr(model, "config", None), RTFSynConfig()
+    for name in CALIBRATION_FIELDS:
+        value = getattr(config, name, None)
+        if value is not None and value != getattr(defaults, name):
+            digest.update(f"{name}={value!r}".encode())
     return digest.hexdigest()
 
 

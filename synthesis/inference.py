@@ -385,11 +385,14 @@ class Synthesizer:
                       in_shape: Sequence[int], spacing: tuple[float, float, float],
                       work_spacing: tuple[float, float, float], out_spacing: tuple[float, ...]) -> np.ndarray:
         """``out`` with the lesion detector's map composed in (:func:`synthesis.nets.lesion.compose`):
-        the map is found on the working grid and brought to the output grid linearly."""
+        the map is found on the working grid and brought to the output grid linearly, then
+        calibrated to a lesion fraction, ``min(1, lesion_gain * p)`` (``RTFSynConfig.lesion_gain``)."""
         p = self.model.lesion.probability(torch.from_numpy(work)[None, None].to(self.device))[0, 0].cpu().numpy()
         if p.shape != out.shape or not np.allclose(out_spacing, work_spacing):
             p = _interpolate(p, _output_axes(out.shape, spacing, work_spacing, out_spacing))
+        fraction = np.minimum(np.float32(1.0), np.float32(self.model.config.lesion_gain) * p)
         signal = self.model.lesion_signal(feats, features)
-        logger.info("Lesion map: %.1f ml at p > 0.5 on the output grid; a lesion voxel gets %.3f",
-                    float((p > 0.5).sum() * np.prod(out_spacing)) / 1000.0, signal)
-        return compose(torch.from_numpy(out), torch.from_numpy(p), 1.0, signal).numpy()
+        logger.info("Lesion map: %.1f ml at a lesion fraction > 0.5 on the output grid (gain %.2f); a lesion "
+                    "voxel gets %.3f", float((fraction > 0.5).sum() * np.prod(out_spacing)) / 1000.0,
+                    self.model.config.lesion_gain, signal)
+        return compose(torch.from_numpy(out), torch.from_numpy(fraction), 1.0, signal).numpy()

@@ -100,6 +100,10 @@ class RTFSynConfig:
     trained apart with a detection loss, ``rtfsyn train --lesion-net``), whose probability
     enters the output as the lesion basis would (:func:`synthesis.nets.lesion.compose`);
     needs ``physics_mix``.
+    lesion_gain: the detector's calibration: ``min(1, lesion_gain * p)`` is the lesion fraction
+    composed into the output (the detector's ``p`` is a probability, on average 0.7-0.9 inside
+    lesions of validation subjects, so taken as a fraction it dims them). Fitted on validation
+    subjects (docs/TRAINING.md); 1.0 composes ``p`` itself. Used at inference only.
     upsample: decoder upsampling, ``trilinear`` (1x1x1 projection, then trilinear x2:
     no checkerboard) or ``transpose`` (2x2x2 stride-2 transposed convolution).
     query_chunk: queries per chunk; render_voxels: voxels per slab when rendering.
@@ -129,6 +133,7 @@ class RTFSynConfig:
     second_source: bool = False
     second_late: str = "linear"
     lesion_net: bool = False
+    lesion_gain: float = 1.0
     query_chunk: int = 32768
     render_voxels: int = 1 << 20
     text_dim: int = TEXT_DIM
@@ -161,6 +166,10 @@ class RTFSynConfig:
             raise ValueError(f"second_late must be 'linear' or 'mlp'. Found {self.second_late!r}.")
         if not isinstance(self.lesion_net, bool):
             raise ValueError(f"lesion_net must be true or false. Found {self.lesion_net!r}.")
+        if isinstance(self.lesion_gain, bool) or not isinstance(self.lesion_gain, (int, float)) \
+                or not 0.0 < float(self.lesion_gain) <= 10.0:
+            raise ValueError(f"lesion_gain must be a number in (0, 10]. Found {self.lesion_gain!r}.")
+        set_(self, "lesion_gain", float(self.lesion_gain))
         if self.lesion_net and not (self.physics_mix and self.decoder == "implicit" and self.fusion != "none"):
             raise ValueError("lesion_net needs the physics mix (physics_mix, the implicit decoder and a fusion "
                              "other than 'none'): its map enters the output through the white-matter weight.")

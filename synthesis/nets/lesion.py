@@ -14,7 +14,9 @@ bases would, had the lesion basis been ``p``::
 with ``w_wm`` the model's own mixing weight of white matter for this target (its output in
 pure white matter) and ``rho`` the target protocol's lesion/white-matter signal ratio from
 the signal equation with nominal relaxation times (``physics_features``). Where ``p`` is 0
-the output is the network's, unchanged.
+the output is the network's, unchanged. Inference composes ``min(1, g * p)`` rather than
+``p`` itself, with ``g`` the model's ``lesion_gain``: a probability is not a lesion fraction,
+and inside lesions the detector's is on average below 1.
 """
 from __future__ import annotations
 

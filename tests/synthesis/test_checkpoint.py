@@ -54,6 +54,17 @@ def test_different_weights_get_different_versions() -> None:
     assert checkpoint.state_digest(a) != checkpoint.state_digest(b)
 
 
+def test_a_calibration_is_part_of_the_identity_and_its_default_leaves_the_digest_alone() -> None:
+    torch.manual_seed(0)
+    model = RTFSyn(RTFSynConfig.tiny(lesion_net=True))
+    same, _ = checkpoint.with_architecture(model, {"lesion_gain": 1.0})
+    gained, _ = checkpoint.with_architecture(model, {"lesion_gain": 1.4})
+    digest = checkpoint.state_digest(model)
+    assert checkpoint.state_digest(same) == digest != checkpoint.state_digest(gained)
+    other, _ = checkpoint.with_architecture(model, {"lesion_gain": 1.6})
+    assert checkpoint.state_digest(other) != checkpoint.state_digest(gained)
+
+
 def test_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="Checkpoint file not found: .*nothing.pt"):
         checkpoint.load(tmp_path / "nothing.pt")

@@ -256,3 +256,28 @@ def test_a_state_saved_with_learning_rates_only_keeps_them_and_lists_the_rest_wh
          "lesion_crop_share": 0.7}]
     _record_phase(state, LesionTrainConfig(lr=1e-3, gm_crop_share=0.5))  # same settings: no new phase
     assert len(state["phases"]) == 3
+
+
+def test_the_gain_turns_the_detectors_probability_into_a_lesion_fraction_capped_at_1(tiny_checkpoint: Path) -> None:
+    base, _ = checkpoint.load(tiny_checkpoint)
+    vol = _phantom((18, 20, 16))
+    plain = Synthesizer.from_model(base)(vol, (1.0, 1.0, 1.0), SOURCE, TARGET).volume
+    every = Synthesizer.from_model(_with_detector(base, 60.0))(vol, (1.0, 1.0, 1.0), SOURCE, TARGET).volume
+    half = _with_detector(base, 0.0)                      # p = 0.5 in every voxel
+
+    def run(gain: float) -> np.ndarray:
+        model, carried = checkpoint.with_architecture(half, {"lesion_gain": gain})
+        assert carried["dropped"] == carried["new"] == 0
+        return Synthesizer.from_model(model.eval())(vol, (1.0, 1.0, 1.0), SOURCE, TARGET).volume
+
+    np.testing.assert_allclose(run(1.0), 0.5 * plain + 0.5 * every, atol=1e-5)
+    np.testing.assert_allclose(run(1.5), 0.25 * plain + 0.75 * every, atol=1e-5)
+    np.testing.assert_allclose(run(3.0), every, atol=1e-5)      # 1.5 capped at a fraction of 1
+
+
+def test_the_config_refuses_a_gain_outside_0_to_10() -> None:
+    assert RTFSynConfig.tiny().lesion_gain == 1.0
+    assert RTFSynConfig.tiny(lesion_gain=2).lesion_gain == 2.0
+    for bad in (0.0, -1.0, 10.5, True, "1.4", float("nan")):
+        with pytest.raises(ValueError, match="lesion_gain"):
+            RTFSynConfig.tiny(lesion_gain=bad)

@@ -40,8 +40,15 @@ def test_eval_subject_scores_a_map_that_finds_the_lesion_and_one_that_marks_grey
     found = eval_subject(lesion.astype(np.float32), subject)
     assert found["dice"] == 1.0 and found["ap"] == 1.0 and found["p_lesion"] == 1.0
     assert found["false_share"] == 0.0 and found["p_gm"] == 0.0 and found["lesion_voxels"] == 8
+    assert found["pure_lesion_voxels"] == 8 and found["pure_found"] == 1.0 and found["pure_missed"] == 0.0
+    half = lesion.astype(np.float32)
+    half[2, 2:4, 1:3] = 0.05                             # 4 of the 8 lesion voxels missed
+    half[3, 2, 1] = 0.5                                  # 1 neither found nor missed
+    scored = eval_subject(half, subject)
+    assert scored["pure_missed"] == 0.5 and scored["pure_found"] == 3 / 8
+    assert scored["p_pure_lesion"] == pytest.approx((4 * 0.05 + 0.5 + 3) / 8)
     grey = eval_subject((subject.fractions[TISSUES.index("gm")] > 0.5).astype(np.float32), subject)
     assert grey["dice"] == 0.0 and grey["p_lesion"] == 0.0 and grey["p_gm"] == 1.0
     assert grey["false_share"] == pytest.approx(500 / 992)
     none = eval_subject(np.zeros((10, 10, 10), np.float32), _subject(lesion=False))
-    assert "ap" not in none and none["false_share"] == 0.0
+    assert "ap" not in none and "pure_missed" not in none and none["false_share"] == 0.0

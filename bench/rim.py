@@ -22,6 +22,10 @@ For each case it reports:
 * ``pure_ratio``: per tissue (CSF, GM, WM; fraction > 0.95), the output's mean over the
   truth's, the output first scaled to the truth by least squares in the brain (the metric's
   normalization removes a common scale, not a tissue's own error);
+* ``wm_over_weight``: the output's mean in pure white matter over the model's mixing weight of
+  white matter (models with the physics mix). The lesion detector's voxels get the lesion/WM
+  signal ratio times that weight (:func:`synthesis.nets.lesion.compose`), so where this is above
+  1 the output's lesion/WM contrast falls short of the ratio by as much;
 * ``psnr``: the case's PSNR as ``rtfsyn evaluate`` scores it.
 
 Usage::
@@ -74,10 +78,11 @@ def bases_on_case(syn: Synthesizer, case: EvalCase) -> np.ndarray | None:
 
 
 def rim_metrics(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray, tissues: dict[str, np.ndarray],
-                bases: np.ndarray | None, margin: float) -> dict[str, Any]:
+                bases: np.ndarray | None, margin: float, wm_weight: float | None = None) -> dict[str, Any]:
     """The module's metrics of one output ``pred`` against ``truth`` in ``mask`` (bool), with the
-    true tissue fractions ``tissues`` (csf, gm, wm at least) and the decoder's bases ``(8, ...)`` on
-    the same grid (None: no bases metrics)."""
+    true tissue fractions ``tissues`` (csf, gm, wm at least), the decoder's bases ``(8, ...)`` on
+    the same grid (None: no bases metrics) and the model's white-matter mixing weight (None: no
+    ``wm_over_weight``)."""
     floor = float(np.percentile(truth[mask], 0.5))
     dark = mask & (pred < floor - margin)
     csf = tissues["csf"].astype(np.float32)
@@ -90,6 +95,9 @@ def rim_metrics(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray, tissues: 
         "dark_depth_in_csf_mm": round(float(np.median(depth[dark])), 2) if dark.any() else None,
         "pure_ratio": _pure_ratio(pred, truth, mask, tissues),
     }
+    pure_wm = mask & (tissues["wm"] > PURE)
+    if wm_weight and pure_wm.any():
+        out["wm_over_weight"] = round(float(pred[pure_wm].mean()) / wm_weight, 4)
     if bases is not None:
         total = bases.sum(0)
         out["bases_sum"] = {"dark": _percentiles(total[dark])}
@@ -114,11 +122,25 @@ def _pure_ratio(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray,
     return out
 
 
+@torch.inference_mode()
+def wm_weight(syn: Synthesizer, case: EvalCase) -> float | None:
+    """The model's mixing weight of white matter for the case's protocols (it depends on the
+    condition only), or None for a model without the physics mix."""
+    model = syn.model
+    if not model.uses_physics_mix:
+        return None
+    text, features = syn.condition(prompt(case.source_protocol, case.target_protocol), case.source_protocol,
+                                    case.target_protocol)
+    feats = model.encode(torch.zeros(1, 1, *(model.config.size_multiple,) * 3), text, features)
+    return float(model.mixing_weights(feats)[0, TISSUES.index("wm")])
+
+
 def case_metrics(syn: Synthesizer, case: EvalCase, margin: float) -> dict[str, Any]:
     """:func:`rim_metrics` of the Synthesizer's output on an evaluation case."""
     pred = synthesizer_predictor(syn)(case)
     return {"set": case.set_name, "target": case.target_contrast, "subject": case.subject_seed,
-            **rim_metrics(pred, case.truth, case.mask.astype(bool), case.tissues, bases_on_case(syn, case), margin)}
+            **rim_metrics(pred, case.truth, case.mask.astype(bool), case.tissues, bases_on_case(syn, case), margin,
+                          wm_weight(syn, case))}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -67,3 +67,12 @@ def test_pure_ratio_shows_a_tissue_too_dark_but_not_a_common_scale() -> None:
     ratio = rim_metrics(darker, truth, mask, tissues, None, margin=0.02)["pure_ratio"]
     assert ratio["csf"] / ratio["wm"] == pytest.approx(0.9, abs=1e-3)
     assert ratio["csf"] < 0.95 and ratio["wm"] > 1.0             # the scale shares the error out
+
+
+def test_the_white_matter_level_is_read_against_the_models_weight_only_when_given() -> None:
+    truth, tissues, mask = _brain()
+    wm = mask & (tissues["wm"] > 0.95)
+    pred = 1.3 * truth
+    assert "wm_over_weight" not in rim_metrics(pred, truth, mask, tissues, None, margin=0.02)
+    got = rim_metrics(pred, truth, mask, tissues, None, margin=0.02, wm_weight=0.5)["wm_over_weight"]
+    assert got == pytest.approx(float(pred[wm].mean()) / 0.5, abs=1e-3)

@@ -100,10 +100,10 @@ class RTFSynConfig:
     trained apart with a detection loss, ``rtfsyn train --lesion-net``), whose probability
     enters the output as the lesion basis would (:func:`synthesis.nets.lesion.compose`);
     needs ``physics_mix``.
-    lesion_gain: the detector's calibration: ``min(1, lesion_gain * p)`` is the lesion fraction
-    composed into the output (the detector's ``p`` is a probability, on average 0.7-0.9 inside
-    lesions of validation subjects, so taken as a fraction it dims them). Fitted on validation
-    subjects (docs/TRAINING.md); 1.0 composes ``p`` itself. Used at inference only.
+    lesion_gain: a calibration of the detector: ``min(1, lesion_gain * p)`` is the lesion
+    fraction composed into the output; 1.0 composes ``p`` itself. Used at inference only.
+    Gains of 1.2-1.6 were tried on validation subjects and did not bring the lesion contrast
+    closer to the truth (docs/TRAINING.md, *Lesion contrast after the PDw fine-tune*).
     upsample: decoder upsampling, ``trilinear`` (1x1x1 projection, then trilinear x2:
     no checkerboard) or ``transpose`` (2x2x2 stride-2 transposed convolution).
     query_chunk: queries per chunk; render_voxels: voxels per slab when rendering.

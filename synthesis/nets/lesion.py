@@ -12,11 +12,11 @@ bases would, had the lesion basis been ``p``::
     out' = (1 - p) * out + p * rho * w_wm
 
 with ``w_wm`` the model's own mixing weight of white matter for this target (its output in
-pure white matter) and ``rho`` the target protocol's lesion/white-matter signal ratio from
+pure white matter were the bases there to sum to 1; for the shipped model they sum to 1.02-1.10,
+so lesions come out 4-12 % short of ``rho``: docs/TRAINING.md) and ``rho`` the target protocol's lesion/white-matter signal ratio from
 the signal equation with nominal relaxation times (``physics_features``). Where ``p`` is 0
-the output is the network's, unchanged. Inference composes ``min(1, g * p)`` rather than
-``p`` itself, with ``g`` the model's ``lesion_gain``: a probability is not a lesion fraction,
-and inside lesions the detector's is on average below 1.
+the output is the network's, unchanged. Inference composes ``min(1, g * p)``, with ``g`` the
+model's ``lesion_gain`` (1.0 for the shipped model: ``p`` itself).
 """
 from __future__ import annotations
 

@@ -165,7 +165,7 @@ def _lesion_contrast(b: dict, c: dict, limits: Thresholds, verdict: Verdict) -> 
 
 def _line(v: Verdict) -> str:
     ind = " / ".join(f"{t} {e['psnr']:.2f} ({e['delta_psnr']:+.2f})" for t, e in v.in_distribution.items())
-    groups = "; ".join(f"{g} " + " / ".join(f"{d:+.2f}" for d in ds.values()) for g, ds in v.group_deltas.items())
+    groups = "; ".join(f"{g} " + " / ".join(f"{t} {d:+.2f}" for t, d in ds.items()) for g, ds in v.group_deltas.items())
     lesion = " / ".join(f"{t} {e['candidate']:+.1%}" for t, e in v.lesion_error.items() if e["candidate"] is not None)
     head = "PASS" if v.passed else "FAIL"
     lines = [f"{v.name}: {head}  mean {v.mean:.2f} ({v.mean - v.mean_base:+.2f})  in dist {ind}",

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from synthesis.eval_sets import BASE_EDITS, CASE_SETS, make_case_subject
+from synthesis.eval_sets import BASE_EDITS, CASE_SETS, held_out_seeds, make_case_subject
 from synthesis.nets.lesion import LesionNet
 from synthesis.physics import TISSUES
 from synthesis.protocol import preset
@@ -122,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("--state", type=Path, help="a detector run's lesion_last.pt")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--eval-subjects", type=int, default=2, help="validation subjects (default 2)")
-    ap.add_argument("--first-subject", type=int, default=1,
-                    help="index of the first validation subject (default 1: seed 1,000,001)")
+    ap.add_argument("--first-subject", type=int, default=0,
+                    help="skip this many validation subjects first (as rtfsyn evaluate --first-subject)")
     ap.add_argument("--no-baseline", action="store_true", help="skip the logistic-regression baseline")
     ap.add_argument("--out", type=Path, default=None, help="results JSON")
     args = ap.parse_args(argv)
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         record = {"steps": saved["state"]["step"], "train_minutes": round(saved["state"]["seconds"] / 60, 2)}
         what = {"state": str(args.state)}
     net.eval()
-    seeds = list(SPLIT_SEEDS["validation"])[args.first_subject:args.first_subject + args.eval_subjects]
+    seeds = held_out_seeds(args.eval_subjects, "validation", args.first_subject)
     cases = eval_sets(seeds)
     rows = [{"set": name, "seed": seed, "source": kind, **eval_subject(infer(net, src), subj)}
             for name, seed, kind, subj, src in cases]

@@ -24,23 +24,30 @@ import torch
 BRAIN = ("csf", "gm", "wm", "lesion")
 
 
+@torch.inference_mode()
+def weights_and_prior(synthesizer: Any, source: Any, target: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's mixing weights of its bases and the physics prior for a protocol pair,
+    ``(bases,)`` each in float32 (they depend on the condition only, so a zero volume of the
+    network's smallest size is encoded). ValueError for a model without the physics mix."""
+    from synthesis.condition import prompt
+
+    model = synthesizer.model
+    text, features = synthesizer.condition(prompt(source, target), source, target)
+    feats = model.encode(torch.zeros(1, 1, *(model.config.size_multiple,) * 3), text, features)
+    return model.mixing_weights(feats)[0], feats.mix_prior.float()[0]
+
+
 def mixing_weights(synthesizer: Any) -> dict[str, dict[str, list[float]]]:
     """target -> {"correction", "prior", "ratio"} on the brain tissues, rounded to 3 decimals."""
-    from synthesis.condition import prompt
     from synthesis.eval_sets import FIELD_T, TARGETS
     from synthesis.protocol import preset
 
-    model = synthesizer.model
     source = preset("T1", FIELD_T)
     out = {}
     for target_name in ("T2w", "PDw", "FLAIR"):
-        target = preset(TARGETS[target_name], FIELD_T)
-        text, features = synthesizer.condition(prompt(source, target), source, target)
-        with torch.inference_mode():
-            feats = model.encode(torch.zeros(1, 1, *(model.config.size_multiple,) * 3), text, features)
-            weights = model.mixing_weights(feats)[0, :len(BRAIN)].numpy()  # ValueError without a physics mix
-            prior = feats.mix_prior.float()[0, :len(BRAIN)].numpy()
-            correction = weights - prior
+        weights, prior = weights_and_prior(synthesizer, source, preset(TARGETS[target_name], FIELD_T))
+        weights, prior = weights[:len(BRAIN)].numpy(), prior[:len(BRAIN)].numpy()
+        correction = weights - prior
         ratio = np.divide(correction + prior, prior, out=np.full_like(prior, np.nan), where=prior > 1e-6)
         out[target_name] = {name: [round(float(v), 3) for v in values]
                             for name, values in (("correction", correction), ("prior", prior), ("ratio", ratio))}

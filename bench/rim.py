@@ -55,6 +55,7 @@ from synthesis.eval_sets import EvalCase, build_cases, from_box, held_out_seeds,
 from synthesis.evaluate import synthesizer_predictor  # noqa: E402
 from synthesis.metrics import score  # noqa: E402
 from synthesis.physics import TISSUES  # noqa: E402
+from bench.mixing_weights import weights_and_prior  # noqa: E402
 
 PURE = 0.95  # a voxel is pure tissue above this fraction
 
@@ -122,17 +123,13 @@ def _pure_ratio(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray,
     return out
 
 
-@torch.inference_mode()
 def wm_weight(syn: Synthesizer, case: EvalCase) -> float | None:
-    """The model's mixing weight of white matter for the case's protocols (it depends on the
-    condition only), or None for a model without the physics mix."""
-    model = syn.model
-    if not model.uses_physics_mix:
+    """The model's mixing weight of white matter for the case's protocols, or None for a model
+    without the physics mix."""
+    if not syn.model.uses_physics_mix:
         return None
-    text, features = syn.condition(prompt(case.source_protocol, case.target_protocol), case.source_protocol,
-                                    case.target_protocol)
-    feats = model.encode(torch.zeros(1, 1, *(model.config.size_multiple,) * 3), text, features)
-    return float(model.mixing_weights(feats)[0, TISSUES.index("wm")])
+    weights, _ = weights_and_prior(syn, case.source_protocol, case.target_protocol)
+    return float(weights[TISSUES.index("wm")])
 
 
 def case_metrics(syn: Synthesizer, case: EvalCase, margin: float) -> dict[str, Any]:

@@ -22,21 +22,31 @@ from typing import Sequence
 from synthesis import checkpoint as ckpt
 
 
-def calibrate(source: str | Path, gain: float, out: str | Path, note: str = "") -> Path:
-    """Save ``source`` with ``lesion_gain = gain`` to ``out``; ValueError for a model without a
-    detector, a gain the config refuses, or weights that would not all carry over."""
+def calibrated_copy(source: str | Path, changes: dict, out: str | Path, record: dict) -> Path:
+    """Save ``source`` with the calibration fields ``changes`` (:data:`synthesis.checkpoint.CALIBRATION_FIELDS`)
+    to ``out``, its record (``extra``) kept and ``extra.lesion_calibration`` = ``record`` plus the
+    source's SHA-256 and model version; ValueError for a model without a detector, a value the
+    config refuses, or weights that would not all carry over."""
+    unknown = sorted(set(changes) - set(ckpt.CALIBRATION_FIELDS))
+    if unknown:
+        raise ValueError(f"not calibration fields: {', '.join(unknown)}")
     path = ckpt.default_checkpoint_path() if str(source) == "default" else Path(source)
     model, meta = ckpt.load(path)
     if not model.config.lesion_net:
         raise ValueError(f"{path}: the model has no lesion detector (lesion_net = false); nothing to calibrate")
-    calibrated, carried = ckpt.with_architecture(model, {"lesion_gain": gain})
+    calibrated, carried = ckpt.with_architecture(model, changes)
     if carried["dropped"] or carried["new"]:
         raise ValueError(f"{path}: {carried['dropped']} tensors dropped, {carried['new']} new; the copy would not "
                          "hold the source's weights")
     extra = dict(meta["extra"])
-    extra["lesion_calibration"] = {"gain": float(gain), "source_sha256": meta["sha256"],
-                                   "source_model_version": meta["model_version"], "note": note}
+    extra["lesion_calibration"] = {**record, "source_sha256": meta["sha256"],
+                                   "source_model_version": meta["model_version"]}
     return ckpt.save(calibrated, out, extra=extra)
+
+
+def calibrate(source: str | Path, gain: float, out: str | Path, note: str = "") -> Path:
+    """Save ``source`` with ``lesion_gain = gain`` to ``out`` (:func:`calibrated_copy`)."""
+    return calibrated_copy(source, {"lesion_gain": gain}, out, {"gain": float(gain), "note": note})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -47,7 +47,7 @@ def sha256(path: str | Path) -> str:
 
 #: Config fields that calibrate a trained network's output without a weight of their own:
 #: part of the model's identity (:func:`state_digest`) whenever they differ from the default.
-CALIBRATION_FIELDS = ("lesion_gain",)
+CALIBRATION_FIELDS = ("lesion_gain", "lesion_fraction_p", "lesion_fraction_f", "lesion_level")
 
 
 def state_digest(model: torch.nn.Module) -> str:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from synthesis import grid, intensity
-from synthesis.nets.lesion import compose
+from synthesis.nets.lesion import compose, lesion_fraction
 from synthesis.nets.rtfsyn import Features, RTFSyn
 from synthesis.protocol import MRProtocol
 from synthesis.condition import pair_features, prompt
@@ -261,9 +261,7 @@ class Synthesizer:
             if second is not None:
                 second = n4_correct(second, spacing)
         with self._lock, torch.inference_mode():
-            peak = intensity.tissue_peak(volume, spacing) if source_peak is None else source_peak  # 2
-            work_spacing = grid.working_spacing(spacing)                            # 3
-            work = grid.resample_antialiased(intensity.scale_source(volume, peak), spacing, work_spacing)
+            work, work_spacing = self._working_source(volume, spacing, source_peak)  # 2, 3
             work_second = None
             if second is not None:
                 peak2 = intensity.tissue_peak(second, spacing) if second_peak is None else second_peak
@@ -282,6 +280,32 @@ class Synthesizer:
             np.clip(out, 0.0, OUTPUT_MAX, out=out)                                  # 7
             logger.info("Synthesized %s -> %s grid in %.1f s", volume.shape, out.shape, time.perf_counter() - start)
         return SynthesisResult(out, out_spacing, grid.origin_offset_mm(spacing, out_spacing), text_prompt)
+
+    @staticmethod
+    def _working_source(volume: np.ndarray, spacing: tuple[float, float, float], source_peak: float | None
+                        ) -> tuple[np.ndarray, tuple[float, float, float]]:
+        """The source normalized by its tissue peak (``source_peak`` when given) on the working
+        grid, and that grid's spacing."""
+        peak = intensity.tissue_peak(volume, spacing) if source_peak is None else source_peak
+        work_spacing = grid.working_spacing(spacing)
+        return grid.resample_antialiased(intensity.scale_source(volume, peak), spacing, work_spacing), work_spacing
+
+    def lesion_probability(self, volume: np.ndarray, spacing: Sequence[float], *, source_peak: float | None = None
+                           ) -> tuple[np.ndarray, tuple[float, float, float]]:
+        """The lesion detector's probability on the working grid, found as :meth:`__call__`
+        finds it (bias correction when it is on, the same normalization), and the working
+        spacing. ValueError for a model without a detector."""
+        if self.model.lesion is None:
+            raise ValueError("This model has no lesion detector (lesion_net = false).")
+        spacing = tuple(float(s) for s in spacing)
+        if self.bias_correction:
+            from synthesis.bias import n4_correct
+
+            volume = n4_correct(volume, spacing)
+        with self._lock, torch.inference_mode():
+            work, work_spacing = self._working_source(volume, spacing, source_peak)
+            p = self.model.lesion.probability(torch.from_numpy(work)[None, None].to(self.device))[0, 0]
+        return p.cpu().numpy(), work_spacing
 
     def _validate_second(self, second: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         if not self.takes_second_source:
@@ -386,13 +410,17 @@ class Synthesizer:
                       work_spacing: tuple[float, float, float], out_spacing: tuple[float, ...]) -> np.ndarray:
         """``out`` with the lesion detector's map composed in (:func:`synthesis.nets.lesion.compose`):
         the map is found on the working grid and brought to the output grid linearly, then
-        calibrated to a lesion fraction, ``min(1, lesion_gain * p)`` (``RTFSynConfig.lesion_gain``)."""
-        p = self.model.lesion.probability(torch.from_numpy(work)[None, None].to(self.device))[0, 0].cpu().numpy()
+        calibrated to a lesion fraction (:func:`synthesis.nets.lesion.lesion_fraction`: the
+        model's table ``lesion_fraction_p/_f``, then ``min(1, lesion_gain * f)``)."""
+        p_work = self.model.lesion.probability(torch.from_numpy(work)[None, None].to(self.device))[0, 0]
+        p = p_work.cpu().numpy()
         if p.shape != out.shape or not np.allclose(out_spacing, work_spacing):
             p = _interpolate(p, _output_axes(out.shape, spacing, work_spacing, out_spacing))
-        fraction = np.minimum(np.float32(1.0), np.float32(self.model.config.lesion_gain) * p)
-        signal = self.model.lesion_signal(feats, features)
-        logger.info("Lesion map: %.1f ml at a lesion fraction > 0.5 on the output grid (gain %.2f); a lesion "
-                    "voxel gets %.3f", float((fraction > 0.5).sum() * np.prod(out_spacing)) / 1000.0,
-                    self.model.config.lesion_gain, signal)
+        config = self.model.config
+        fraction = lesion_fraction(p, config.lesion_gain, (config.lesion_fraction_p, config.lesion_fraction_f))
+        signal = self.model.lesion_signal(feats, features, p_work)
+        logger.info("Lesion map: %.1f ml at a lesion fraction > 0.5 on the output grid (gain %.2f%s); a lesion "
+                    "voxel gets %.3f (level: %s)", float((fraction > 0.5).sum() * np.prod(out_spacing)) / 1000.0,
+                    config.lesion_gain, ", calibrated" if config.lesion_fraction_p else "", signal,
+                    config.lesion_level)
         return compose(torch.from_numpy(out), torch.from_numpy(fraction), 1.0, signal).numpy()

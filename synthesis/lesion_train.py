@@ -12,7 +12,8 @@ percent of a brain. The loss is a detection loss, not a median: binary cross-ent
 the head against the lesion fraction with the positives weighted by ``pos_weight``, plus
 a soft Dice per crop over the crops that hold at least ``min_voxels`` of lesion.
 
-A run is resumable (``<out_dir>/lesion_last.pt``, every 100 steps and at the end). At the end
+A run may start from a trained detector (``init_detector``, a fine-tune: its record keeps the
+detector's own record). A run is resumable (``<out_dir>/lesion_last.pt``, every 100 steps and at the end). At the end
 the init checkpoint's synthesis network, widened with the trained detector
 (``lesion_net = true``), is written to ``<out_dir>/model.pt`` with the training record.
 """
@@ -51,6 +52,7 @@ class LesionTrainConfig:
 
     out_dir: str = "runs/lesion"
     init_checkpoint: str = "default"  # the synthesis network the detector is added to
+    init_detector: str | None = None  # fine-tune: start from this checkpoint's detector ("default": the shipped one)
     seed: int = 1
     steps: int | None = None          # stop after this many steps (None: only max_minutes)
     max_minutes: float | None = 50.0  # stop (resumably) after this much training time
@@ -114,6 +116,17 @@ def _init_path(cfg: LesionTrainConfig) -> Path:
     return ckpt.default_checkpoint_path() if cfg.init_checkpoint == "default" else Path(cfg.init_checkpoint)
 
 
+def _init_detector(cfg: LesionTrainConfig) -> tuple[LesionNet, dict[str, Any]]:
+    """The detector a fine-tune starts from (``cfg.init_detector``) and what the record keeps of
+    it: the checkpoint, its sha256 and the detector's own training record."""
+    path = ckpt.default_checkpoint_path() if cfg.init_detector == "default" else Path(str(cfg.init_detector))
+    model, meta = ckpt.load(path)
+    if model.lesion is None:
+        raise ValueError(f"{path} has no lesion detector to fine-tune (init_detector).")
+    return model.lesion, {"checkpoint": cfg.init_detector, "sha256": meta["sha256"],
+                          "record": meta.get("extra", {}).get("lesion_net")}
+
+
 #: The settings a resumed run may change; :func:`_record_phase` lists each change in the record.
 PHASE_FIELDS = ("lr", "pos_weight", "gm_crop_share", "gm_crop_depth_mm", "lesion_crop_share")
 
@@ -148,9 +161,12 @@ def train_lesion_net(cfg: LesionTrainConfig, *, batches: Iterator[Sequence[Crop]
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     base, base_meta = ckpt.load(_init_path(cfg))  # fail early on a bad init checkpoint
-    if base.config.lesion_net:
-        raise ValueError(f"{_init_path(cfg)} already has a lesion detector; start from a model without one.")
+    if base.config.lesion_net and cfg.init_detector is None:
+        raise ValueError(f"{_init_path(cfg)} already has a lesion detector; start from a model without one, "
+                         "or fine-tune its detector with init_detector.")
     net = LesionNet()
+    if cfg.init_detector is not None:
+        net.load_state_dict(_init_detector(cfg)[0].state_dict())
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state: dict[str, Any] = {"step": 0, "seconds": 0.0, "log": []}
     state_path = out / STATE_FILE
@@ -221,6 +237,8 @@ def export(cfg: LesionTrainConfig, net: LesionNet, state: dict[str, Any], base: 
             "config": asdict(cfg), "phases": state.get("phases", []), "command": command,
             "init_checkpoint": {"checkpoint": cfg.init_checkpoint, "sha256": base_meta["sha256"]},
         }}
+    if cfg.init_detector is not None:  # a fine-tune: the steps above come after the init detector's own
+        record["lesion_net"]["init_detector"] = _init_detector(cfg)[1]
     extra = {**base_meta.get("extra", {}), **record}
     path = ckpt.save(widen_with_lesion_net(base, net.eval()), Path(cfg.out_dir) / "model.pt", extra=extra)
     (Path(cfg.out_dir) / "lesion_record.json").write_text(json.dumps(record, indent=2) + "\n")

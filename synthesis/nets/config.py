@@ -52,6 +52,25 @@ LEGACY_FIELDS = {"upsample": "transpose", "head_bases": 1, "stage_film": False, 
                  "second_source": False}
 
 
+def _lesion_table(p: Any, f: Any) -> None:
+    """ValueError unless ``p``/``f`` are both empty, or knots of one length >= 2 with ``p`` rising
+    strictly from 0 to 1 and ``f`` non-decreasing in [0, 1]."""
+    try:
+        p, f = [float(v) for v in p], [float(v) for v in f]
+    except (TypeError, ValueError):
+        raise ValueError(f"lesion_fraction_p and lesion_fraction_f must be lists of numbers. Found {p!r}, {f!r}.") \
+            from None
+    if not p and not f:
+        return
+    if len(p) != len(f) or len(p) < 2:
+        raise ValueError(f"lesion_fraction_p and lesion_fraction_f must hold the same number (>= 2) of knots. "
+                         f"Found {len(p)} and {len(f)}.")
+    if p[0] != 0.0 or p[-1] != 1.0 or any(b <= a for a, b in zip(p, p[1:])):
+        raise ValueError(f"lesion_fraction_p must rise strictly from 0 to 1. Found {p!r}.")
+    if any(not 0.0 <= v <= 1.0 for v in f) or any(b < a for a, b in zip(f, f[1:])):
+        raise ValueError(f"lesion_fraction_f must be non-decreasing within [0, 1]. Found {f!r}.")
+
+
 def _int(name: str, value: Any, minimum: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}. Found {value!r}.")
@@ -104,6 +123,15 @@ class RTFSynConfig:
     fraction composed into the output; 1.0 composes ``p`` itself. Used at inference only.
     Gains of 1.2-1.6 were tried on validation subjects and did not bring the lesion contrast
     closer to the truth (docs/TRAINING.md, *Lesion contrast after the PDw fine-tune*).
+    lesion_fraction_p, lesion_fraction_f: a monotone table from the detector's probability to
+    the lesion fraction (``np.interp`` between the knots, applied before the gain; empty: ``p``
+    itself). The detector is trained with its positives weighted up, so a voxel half lesion
+    gets p near 1 and composing p makes the lesion's edge as bright as its core
+    (``bench/lesion_calibration.py`` fits the table on training-split subjects).
+    lesion_level: what a voxel that is all lesion gets relative to white matter: ``"weight"``,
+    the signal ratio times the model's mixing weight of white matter; ``"output"``, the ratio
+    times the model's own output where its white-matter basis dominates (median over central
+    planes), so that lesion/WM is the ratio even where the bases do not sum to 1.
     upsample: decoder upsampling, ``trilinear`` (1x1x1 projection, then trilinear x2:
     no checkerboard) or ``transpose`` (2x2x2 stride-2 transposed convolution).
     query_chunk: queries per chunk; render_voxels: voxels per slab when rendering.
@@ -134,6 +162,9 @@ class RTFSynConfig:
     second_late: str = "linear"
     lesion_net: bool = False
     lesion_gain: float = 1.0
+    lesion_fraction_p: tuple[float, ...] = ()
+    lesion_fraction_f: tuple[float, ...] = ()
+    lesion_level: str = "weight"
     query_chunk: int = 32768
     render_voxels: int = 1 << 20
     text_dim: int = TEXT_DIM
@@ -170,6 +201,11 @@ class RTFSynConfig:
                 or not 0.0 < float(self.lesion_gain) <= 10.0:
             raise ValueError(f"lesion_gain must be a number in (0, 10]. Found {self.lesion_gain!r}.")
         set_(self, "lesion_gain", float(self.lesion_gain))
+        _lesion_table(self.lesion_fraction_p, self.lesion_fraction_f)
+        set_(self, "lesion_fraction_p", tuple(float(v) for v in self.lesion_fraction_p))
+        set_(self, "lesion_fraction_f", tuple(float(v) for v in self.lesion_fraction_f))
+        if self.lesion_level not in ("weight", "output"):
+            raise ValueError(f"lesion_level must be 'weight' or 'output'. Found {self.lesion_level!r}.")
         if self.lesion_net and not (self.physics_mix and self.decoder == "implicit" and self.fusion != "none"):
             raise ValueError("lesion_net needs the physics mix (physics_mix, the implicit decoder and a fusion "
                              "other than 'none'): its map enters the output through the white-matter weight.")

@@ -11,20 +11,26 @@ bases would, had the lesion basis been ``p``::
 
     out' = (1 - p) * out + p * rho * w_wm
 
-with ``w_wm`` the model's own mixing weight of white matter for this target (its output in
-pure white matter were the bases there to sum to 1; for the shipped model they sum to 1.02-1.10,
-so lesions come out 4-12 % short of ``rho``: docs/TRAINING.md) and ``rho`` the target protocol's lesion/white-matter signal ratio from
-the signal equation with nominal relaxation times (``physics_features``). Where ``p`` is 0
-the output is the network's, unchanged. Inference composes ``min(1, g * p)``, with ``g`` the
-model's ``lesion_gain`` (1.0 for the shipped model: ``p`` itself).
+with ``w_wm`` the model's white-matter level for this target and ``rho`` the target protocol's
+lesion/white-matter signal ratio from the signal equation with nominal relaxation times
+(``physics_features``). Where ``p`` is 0 the output is the network's, unchanged. The level is
+the model's mixing weight of white matter (``lesion_level = "weight"``: its output in pure white
+matter were the bases there to sum to 1; for the shipped weights they sum to 1.02-1.10, so
+lesions come out 4-12 % short of ``rho``; the shipped model), or its own output where white
+matter dominates its bases (``"output"``). Inference composes :func:`lesion_fraction` of ``p``:
+the model's probability-to-fraction table (``lesion_fraction_p/_f``, empty for the shipped
+model: ``p`` itself; the detector, trained with its positives weighted up, puts a voxel half
+lesion near p = 0.97), times ``lesion_gain``, capped at 1 (docs/TRAINING.md, *The detector's
+probability as a lesion fraction*).
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["LesionNet", "compose", "lesion_ratio"]
+__all__ = ["LesionNet", "compose", "lesion_ratio", "lesion_fraction"]
 
 #: The detector's initial logit: p = 1%.
 PRIOR_LOGIT = -4.6
@@ -110,3 +116,14 @@ def compose(out: torch.Tensor, p: torch.Tensor, rho: float, w_wm: float) -> torc
     if out.shape != p.shape:
         raise ValueError(f"out and p must have one shape. Found {tuple(out.shape)} and {tuple(p.shape)}.")
     return torch.lerp(out, torch.full_like(out, float(rho) * float(w_wm)), p.to(out.dtype))
+
+
+def lesion_fraction(p: np.ndarray, gain: float = 1.0, knots: tuple[tuple[float, ...], tuple[float, ...]] = ((), ())
+                    ) -> np.ndarray:
+    """The lesion fraction composed for the detector's probability ``p``: through the monotone
+    table ``knots = (p knots, fraction knots)`` (``np.interp``; empty: ``p`` itself), times
+    ``gain``, capped at 1 (``RTFSynConfig.lesion_fraction_p/_f`` and ``lesion_gain``)."""
+    p = np.asarray(p, dtype=np.float32)
+    table_p, table_f = knots
+    fraction = np.interp(p, table_p, table_f).astype(np.float32) if len(table_p) else p
+    return np.minimum(np.float32(1.0), np.float32(gain) * fraction)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -279,15 +280,43 @@ class RTFSyn(nn.Module):
             return block(h, text.tokens.to(device), text.mask.to(device), features.to(device), cond)
         return block(h, cond)
 
-    def lesion_signal(self, feats: Features, features: torch.Tensor) -> float:
+    def lesion_signal(self, feats: Features, features: torch.Tensor, p: torch.Tensor | None = None) -> float:
         """What a voxel that is all lesion gets in the output of ``feats`` (one sample): the
         target's lesion/white-matter ratio from the signal equation (the physics features of
-        ``features``) times the model's own mixing weight of white matter (its output in pure
-        white matter). Models with a :attr:`lesion` detector only."""
+        ``features``) times the model's white-matter level, per ``config.lesion_level``: its
+        mixing weight of white matter (``"weight"``), or :meth:`white_matter_level`
+        (``"output"``; ``p``, the detector's probability on the working grid ``(D, H, W)``,
+        keeps lesions out of it). Models with a :attr:`lesion` detector only."""
         if self.lesion is None or not isinstance(self.head, ImplicitDecoder) or self.head.mix is None:
             raise ValueError("lesion_signal needs a model with a lesion detector (lesion_net).")
         physics = features[:, -PHYSICS_DIM:-1].to(device=feats.cond.device, dtype=torch.float32)
-        return float((lesion_ratio(physics) * self.mixing_weights(feats)[:, WHITE_MATTER])[0])
+        weight = float(self.mixing_weights(feats)[0, WHITE_MATTER])
+        level = weight
+        if self.config.lesion_level == "output":
+            level = self.white_matter_level(feats, p)
+            if level is None:
+                logger.warning("Too few voxels where white matter dominates the bases; the lesion signal uses the "
+                            "white-matter weight (lesion_level = 'weight')")
+                level = weight
+        return float(lesion_ratio(physics)[0]) * level
+
+    def white_matter_level(self, feats: Features, p: torch.Tensor | None = None, *, planes: int = 16,
+                           share: float = 0.9, min_voxels: int = 100) -> float | None:
+        """The model's own output where white matter dominates (one sample): the median over
+        the voxels of ``planes`` central planes of the working grid whose white-matter basis is
+        more than ``share`` of the bases' sum and, given the detector's probability ``p``
+        ``(D, H, W)``, whose p is below 0.5. None where fewer than ``min_voxels`` qualify."""
+        depth = feats.volume.shape[2]
+        z0 = max(0, depth // 2 - planes // 2)
+        out, bases = self.render_grid(feats.with_volume(feats.volume[:, :, z0:z0 + planes]), with_bases=True)
+        out, bases = out[0, 0].float(), bases[0].float()
+        total = bases.sum(0)
+        white = (bases[WHITE_MATTER] > share * total) & (total > 0)
+        if p is not None:
+            white &= p[z0:z0 + planes].to(white.device) < 0.5
+        if int(white.sum()) < min_voxels:
+            return None
+        return float(np.median(out[white].cpu().numpy()))
 
     def mixing_weights(self, feats: Features) -> torch.Tensor:
         """The weights that mix the output bases of ``feats``, ``(B, bases)`` in float32: the

@@ -63,6 +63,13 @@ def test_a_calibration_is_part_of_the_identity_and_its_default_leaves_the_digest
     assert checkpoint.state_digest(same) == digest != checkpoint.state_digest(gained)
     other, _ = checkpoint.with_architecture(model, {"lesion_gain": 1.6})
     assert checkpoint.state_digest(other) != checkpoint.state_digest(gained)
+    digests = {digest, checkpoint.state_digest(gained), checkpoint.state_digest(other)}
+    for changes in ({"lesion_level": "output"},
+                    {"lesion_fraction_p": [0.0, 0.5, 1.0], "lesion_fraction_f": [0.0, 0.1, 0.9]},
+                    {"lesion_fraction_p": [0.0, 0.5, 1.0], "lesion_fraction_f": [0.0, 0.2, 0.9]}):
+        calibrated, _ = checkpoint.with_architecture(model, changes)
+        digests.add(checkpoint.state_digest(calibrated))
+    assert len(digests) == 6  # each calibration its own identity
 
 
 def test_missing_file_is_named(tmp_path: Path) -> None:

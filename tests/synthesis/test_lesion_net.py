@@ -12,7 +12,7 @@ from synthesis import checkpoint
 from synthesis.condition import physics_features
 from synthesis.inference import Synthesizer, _interpolate, _output_axes
 from synthesis.lesion_train import LesionTrainConfig, crop_tensors, lesion_loss, train_lesion_net
-from synthesis.nets.lesion import LesionNet, compose, lesion_ratio
+from synthesis.nets.lesion import LesionNet, compose, lesion_fraction, lesion_ratio
 from synthesis.nets.rtfsyn import RTFSyn, RTFSynConfig
 from synthesis.physics import TISSUES
 from synthesis.protocol import preset
@@ -185,6 +185,40 @@ def test_a_short_run_trains_resumes_and_exports_the_model_with_its_detector(tiny
         train_lesion_net(replace(cfg, init_checkpoint=str(path), out_dir=str(tmp_path / "again")), batches=batches())
 
 
+def test_a_fine_tune_starts_from_the_given_detector_and_records_it(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    rng = np.random.default_rng(3)
+
+    def batches():
+        while True:
+            yield [_crop(rng) for _ in range(2)]
+
+    cfg = LesionTrainConfig(out_dir=str(tmp_path / "run"), init_checkpoint=str(tiny_checkpoint), steps=2,
+                            max_minutes=None, batch=2, threads=1)
+    first = train_lesion_net(cfg, batches=batches(), command="first")
+    trained, first_meta = checkpoint.load(first)
+    with pytest.raises(ValueError, match="no lesion detector"):
+        train_lesion_net(replace(cfg, out_dir=str(tmp_path / "none"), init_detector=str(tiny_checkpoint)),
+                         batches=batches())
+    # no steps: the exported detector is the one it started from, on the init checkpoint's synthesis network
+    tune = replace(cfg, init_checkpoint=str(first), init_detector=str(first), pos_weight=3.0)
+    same = train_lesion_net(replace(tune, out_dir=str(tmp_path / "zero"), steps=0), batches=batches())
+    model, meta = checkpoint.load(same)
+    for name, tensor in trained.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], tensor)
+    record = meta["extra"]["lesion_net"]
+    assert record["steps"] == 0 and record["config"]["pos_weight"] == 3.0
+    assert record["init_detector"]["sha256"] == first_meta["sha256"]
+    assert record["init_detector"]["record"]["command"] == "first"
+    # with steps, the detector moves from there and the synthesis network does not
+    moved, _ = checkpoint.load(train_lesion_net(replace(tune, out_dir=str(tmp_path / "tune")), batches=batches()))
+    assert any(not torch.equal(moved.lesion.state_dict()[k], v) for k, v in trained.lesion.state_dict().items())
+    for name, tensor in trained.state_dict().items():
+        if not name.startswith("lesion."):
+            torch.testing.assert_close(moved.state_dict()[name], tensor)
+
+
 def test_crop_tensors_stack_source_lesion_and_head() -> None:
     rng = np.random.default_rng(1)
     x, lesion, head = crop_tensors([_crop(rng), _crop(rng)])
@@ -281,3 +315,75 @@ def test_the_config_refuses_a_gain_outside_0_to_10() -> None:
     for bad in (0.0, -1.0, 10.5, True, "1.4", float("nan")):
         with pytest.raises(ValueError, match="lesion_gain"):
             RTFSynConfig.tiny(lesion_gain=bad)
+
+
+def test_the_table_maps_the_probability_to_a_fraction_before_the_gain() -> None:
+    p = np.array([0.0, 0.25, 0.5, 0.9, 1.0], np.float32)
+    np.testing.assert_array_equal(lesion_fraction(p), p)                       # no table: p itself
+    np.testing.assert_allclose(lesion_fraction(p, 1.5), [0.0, 0.375, 0.75, 1.0, 1.0])
+    table = ((0.0, 0.5, 1.0), (0.0, 0.1, 0.9))
+    np.testing.assert_allclose(lesion_fraction(p, 1.0, table), [0.0, 0.05, 0.1, 0.74, 0.9], rtol=1e-6)
+    np.testing.assert_allclose(lesion_fraction(p, 2.0, table), [0.0, 0.1, 0.2, 1.0, 1.0], rtol=1e-6)
+
+
+def test_the_config_refuses_a_table_that_is_not_monotone_from_0_to_1_and_an_unknown_level() -> None:
+    ok = RTFSynConfig.tiny(lesion_fraction_p=[0, 0.5, 1], lesion_fraction_f=[0, 0.2, 0.8], lesion_level="output")
+    assert ok.lesion_fraction_p == (0.0, 0.5, 1.0) and ok.lesion_level == "output"
+    assert RTFSynConfig.from_dict(ok.to_dict()) == ok
+    bad = [([0, 1], [0]), ([0.1, 1], [0, 1]), ([0, 0.9], [0, 1]), ([0, 0.5, 0.5, 1], [0, 0.1, 0.2, 1]),
+           ([0, 0.5, 1], [0, 0.6, 0.5]), ([0, 1], [0, 1.2]), ([0], [0]), (["a", 1], [0, 1])]
+    for p, f in bad:
+        with pytest.raises(ValueError, match="lesion_fraction"):
+            RTFSynConfig.tiny(lesion_fraction_p=p, lesion_fraction_f=f)
+    with pytest.raises(ValueError, match="lesion_level"):
+        RTFSynConfig.tiny(lesion_level="bases")
+
+
+def test_level_output_puts_lesions_at_the_ratio_times_the_models_own_white_matter_output(
+        tiny_checkpoint: Path) -> None:
+    from synthesis.condition import prompt
+    from synthesis.nets.lesion import WHITE_MATTER
+
+    base, _ = checkpoint.load(tiny_checkpoint)
+    with torch.no_grad():  # random bases sum below 0 everywhere: lift them, white matter the most
+        base.head.out.bias.add_(1.0)
+        base.head.out.bias[WHITE_MATTER].add_(1.0)
+    weight_model = _with_detector(base, 60.0)
+    output_model, _ = checkpoint.with_architecture(weight_model, {"lesion_level": "output"})
+    vol = _phantom((18, 20, 16))
+    synth = Synthesizer.from_model(output_model.eval())
+    text, features = synth.condition(prompt(SOURCE, TARGET), SOURCE, TARGET)
+    with torch.no_grad():
+        feats = output_model.encode(torch.from_numpy(vol / vol.max())[None, None].float(), text, features)
+        out, bases = output_model.render_grid(feats, with_bases=True)
+        # what the method must find, computed here from the rendered grid: the median output over
+        # the central 16 planes' voxels where the white-matter basis is > 0.9 of the bases' sum
+        z0 = max(0, 18 // 2 - 8)
+        o, b = out[0, 0, z0:z0 + 16], bases[0, :, z0:z0 + 16]
+        total = b.sum(0)
+        share = float(((b[WHITE_MATTER] / total)[total > 0]).median())  # random weights: about half qualify
+        white = (b[WHITE_MATTER] > share * total) & (total > 0)
+        assert int(white.sum()) > 0
+        level = output_model.white_matter_level(feats, share=share, min_voxels=1)
+        assert level == pytest.approx(float(np.median(o[white].numpy())), rel=1e-5)
+        # voxels the detector marks (p >= 0.5) are left out; one that marks all leaves none
+        marked = torch.zeros(18, 20, 16)
+        marked[z0:z0 + 8] = 1.0
+        kept = white.clone()
+        kept[:8] = False
+        if int(kept.sum()) > 0:
+            assert output_model.white_matter_level(feats, marked, share=share, min_voxels=1) == pytest.approx(
+                float(np.median(o[kept].numpy())), rel=1e-5)
+        assert output_model.white_matter_level(feats, torch.ones(18, 20, 16), share=share, min_voxels=1) is None
+        assert output_model.white_matter_level(feats, share=share, min_voxels=10 ** 9) is None
+        w_wm = float(output_model.mixing_weights(feats)[0, WHITE_MATTER])
+        by_weight = weight_model.lesion_signal(feats, features)
+        output_model.white_matter_level = lambda *_a, **_k: 2.5  # the level "output" asks for
+        by_output = output_model.lesion_signal(feats, features, torch.zeros(18, 20, 16))
+        output_model.white_matter_level = lambda *_a, **_k: None  # too few voxels: the weight
+        fallback = output_model.lesion_signal(feats, features, torch.zeros(18, 20, 16))
+    physics = physics_features(TARGET, relative_to="brain")
+    rho = physics[3] / physics[2]
+    assert by_weight == pytest.approx(rho * w_wm, rel=1e-5)
+    assert by_output == pytest.approx(rho * 2.5, rel=1e-5)
+    assert fallback == pytest.approx(by_weight, rel=1e-6)

@@ -11,7 +11,11 @@ shipped model on the same validation subjects. This bench applies them to the JS
 4. lesion/WM contrast on ``lesions_30`` (T2w and FLAIR): within ``--lesion-tolerance`` of the
    truth (0.15), or, with ``--lesion-closer``, closer to the truth than the base's;
 5. the mean PSNR over every (set, target) pair the two files share rises by at least
-   ``--min-mean-gain`` dB (0.3).
+   ``--min-mean-gain`` dB (0.3);
+6. with ``--lesion-every-set POINTS``: on every set, T2w and FLAIR show lesions brighter than white
+   matter (lesion/WM > 1) and their lesion/WM error grows by at most POINTS percentage points
+   against the base's (a change that helps ``lesions_30`` may hide the few small lesions of the
+   other sets).
 
 Both files must hold the same cases (sets, targets, subjects); a mismatch is an error, since
 a comparison over different cases would say nothing. A criterion that has no cases to judge
@@ -21,6 +25,7 @@ Usage::
 
     python bench/compare_eval.py BASE.json CANDIDATE.json[:NAME] [...] [--lesion-closer --min-mean-gain 0]
     python bench/compare_eval.py base.json step300.json:300 --json
+    python bench/compare_eval.py base.json cand.json --lesion-closer --min-mean-gain 0 --lesion-every-set 5
 """
 from __future__ import annotations
 
@@ -47,6 +52,7 @@ class Thresholds:
     lesion_tolerance: float = LESION_TOLERANCE
     lesion_closer: bool = False
     min_mean_gain: float = 0.3
+    lesion_every_set: float | None = None
 
 
 @dataclass
@@ -106,6 +112,8 @@ def compare(base: dict[str, Any], cand: dict[str, Any], name: str, limits: Thres
     _in_distribution(b, c, limits, verdict)                                      # criteria 1-4
     _shift_groups(b, c, {s["name"]: s["group"] for s in base["sets"]}, limits, verdict)
     _lesion_contrast(b, c, limits, verdict)
+    if limits.lesion_every_set is not None:                                      # criterion 6
+        _lesion_every_set(b, c, limits.lesion_every_set, verdict)
     gain = verdict.mean - verdict.mean_base                                      # criterion 5
     if gain < limits.min_mean_gain:
         verdict.failures.append(f"mean of the {len(pairs)} pairs: {gain:+.2f} dB (needs {limits.min_mean_gain:+.2f})")
@@ -163,6 +171,25 @@ def _lesion_contrast(b: dict, c: dict, limits: Thresholds, verdict: Verdict) -> 
             verdict.failures.append(f"lesion/WM {t}: {err_c:+.1%} of the truth")
 
 
+def _lesion_every_set(b: dict, c: dict, points: float, verdict: Verdict) -> None:
+    judged = 0
+    for s in b:
+        for t in LESION_TARGETS:
+            if t not in b[s]:
+                continue
+            err_b, err_c = _lesion_error(b[s][t]), _lesion_error(c[s][t])
+            ratio = (c[s][t].get("ratios") or {}).get("lesion/WM")
+            if err_b is None or err_c is None or ratio is None:
+                continue
+            judged += 1
+            if ratio <= 1.0:
+                verdict.failures.append(f"{s} {t}: lesion/WM {ratio:.3f}, lesions not brighter than white matter")
+            elif 100.0 * (abs(err_c) - abs(err_b)) > points:
+                verdict.failures.append(f"{s} {t}: lesion/WM error {err_c:+.1%}, was {err_b:+.1%}")
+    if not judged:
+        verdict.unjudged.append("lesion/WM on every set: no set with lesions scored")
+
+
 def _line(v: Verdict) -> str:
     ind = " / ".join(f"{t} {e['psnr']:.2f} ({e['delta_psnr']:+.2f})" for t, e in v.in_distribution.items())
     groups = "; ".join(f"{g} " + " / ".join(f"{t} {d:+.2f}" for t, d in ds.items()) for g, ds in v.group_deltas.items())
@@ -184,10 +211,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.add_argument("--" + option.replace("_", "-"), type=float, default=getattr(defaults, option))
     parser.add_argument("--lesion-closer", action="store_true",
                         help="lesion/WM must be closer to the truth than the base's (instead of within tolerance)")
+    parser.add_argument("--lesion-every-set", type=float, default=None, metavar="POINTS",
+                        help="criterion 6: on every set, T2w and FLAIR lesion/WM above 1 and its error grown by at "
+                             "most POINTS percentage points")
     parser.add_argument("--json", action="store_true", help="print the verdicts as JSON")
     args = parser.parse_args(argv)
     limits = Thresholds(args.max_in_dist_loss, args.max_rmse_rise, args.max_anatomy_loss, args.max_acquisition_loss,
-                        args.lesion_tolerance, args.lesion_closer, args.min_mean_gain)
+                        args.lesion_tolerance, args.lesion_closer, args.min_mean_gain, args.lesion_every_set)
     try:
         base = load(args.base)
         verdicts = []

@@ -70,6 +70,31 @@ def test_lesion_contrast_is_judged_as_the_report_reads_it_or_against_the_base() 
     assert compare(base, _evaluation(psnr=21.0, lesion=1.68), "x", closer).passed      # +5 %: closer than -10 %
 
 
+def test_every_set_must_keep_lesions_brighter_than_white_matter_and_their_error_from_growing() -> None:
+    def with_small_lesions(ev: dict, ratio: float) -> dict:               # ventricles_3mm has a few lesions too
+        for t in TARGETS:
+            entry = ev["summary"]["rtfsyn"]["ventricles_3mm"][t]
+            entry["ratios"]["lesion/WM"], entry["truth_ratios"]["lesion/WM"] = ratio, 1.6
+        return ev
+
+    base = with_small_lesions(_evaluation(lesion=1.44), 1.2)                  # -25 % there
+    every = Thresholds(min_mean_gain=0.0, lesion_every_set=5.0)
+    assert compare(base, with_small_lesions(_evaluation(lesion=1.44), 1.15), "x", every).passed   # +3.1 points
+    grown = compare(base, with_small_lesions(_evaluation(lesion=1.44), 1.1), "x", every)           # +6.3 points
+    assert grown.failures == ["ventricles_3mm T2w: lesion/WM error -31.2%, was -25.0%",
+                              "ventricles_3mm FLAIR: lesion/WM error -31.2%, was -25.0%"]
+    dark = compare(base, with_small_lesions(_evaluation(lesion=1.44), 0.95), "x", every)
+    assert dark.failures[0] == "ventricles_3mm T2w: lesion/WM 0.950, lesions not brighter than white matter"
+    # without the option the same candidate passes: criterion 6 is what catches it
+    assert compare(base, with_small_lesions(_evaluation(lesion=1.44), 0.95), "x", Thresholds(min_mean_gain=0.0)).passed
+    no_lesions = _evaluation()
+    for s in SETS:
+        for t in TARGETS:
+            no_lesions["summary"]["rtfsyn"][s][t]["ratios"]["lesion/WM"] = None
+    assert "lesion/WM on every set: no set with lesions scored" in compare(
+        no_lesions, copy.deepcopy(no_lesions), "x", every).unjudged
+
+
 def test_a_criterion_without_cases_is_not_judged_and_different_cases_are_refused() -> None:
     base = _evaluation()
     for ev in (base, cand := _evaluation(psnr=21.0)):

@@ -165,8 +165,10 @@ def train_lesion_net(cfg: LesionTrainConfig, *, batches: Iterator[Sequence[Crop]
         raise ValueError(f"{_init_path(cfg)} already has a lesion detector; start from a model without one, "
                          "or fine-tune its detector with init_detector.")
     net = LesionNet()
+    init_record = None
     if cfg.init_detector is not None:
-        net.load_state_dict(_init_detector(cfg)[0].state_dict())
+        init_net, init_record = _init_detector(cfg)
+        net.load_state_dict(init_net.state_dict())
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state: dict[str, Any] = {"step": 0, "seconds": 0.0, "log": []}
     state_path = out / STATE_FILE
@@ -224,12 +226,13 @@ def train_lesion_net(cfg: LesionTrainConfig, *, batches: Iterator[Sequence[Crop]
     save_state()
     log.info("Lesion detector: %d steps this run, %d in all (%.1f min)", state["step"] - begun_at, state["step"],
              state["seconds"] / 60)
-    return export(cfg, net, state, base, base_meta, command)
+    return export(cfg, net, state, base, base_meta, command, init_record)
 
 
 def export(cfg: LesionTrainConfig, net: LesionNet, state: dict[str, Any], base: RTFSyn,
-           base_meta: dict[str, Any], command: str) -> Path:
-    """``<out_dir>/model.pt``: ``base`` with the detector and the run's record."""
+           base_meta: dict[str, Any], command: str, init_detector: dict[str, Any] | None = None) -> Path:
+    """``<out_dir>/model.pt``: ``base`` with the detector and the run's record (``init_detector``:
+    what it keeps of the detector a fine-tune started from)."""
     record = {
         "lesion_net": {
             "steps": int(state["step"]), "train_minutes": round(float(state["seconds"]) / 60, 2),
@@ -237,8 +240,8 @@ def export(cfg: LesionTrainConfig, net: LesionNet, state: dict[str, Any], base: 
             "config": asdict(cfg), "phases": state.get("phases", []), "command": command,
             "init_checkpoint": {"checkpoint": cfg.init_checkpoint, "sha256": base_meta["sha256"]},
         }}
-    if cfg.init_detector is not None:  # a fine-tune: the steps above come after the init detector's own
-        record["lesion_net"]["init_detector"] = _init_detector(cfg)[1]
+    if init_detector is not None:  # a fine-tune: the steps above come after the init detector's own
+        record["lesion_net"]["init_detector"] = init_detector
     extra = {**base_meta.get("extra", {}), **record}
     path = ckpt.save(widen_with_lesion_net(base, net.eval()), Path(cfg.out_dir) / "model.pt", extra=extra)
     (Path(cfg.out_dir) / "lesion_record.json").write_text(json.dumps(record, indent=2) + "\n")

@@ -37,6 +37,16 @@ def _with_detector(base: RTFSyn, logit_bias: float) -> RTFSyn:
     return widen_with_lesion_net(base, net)
 
 
+def _encoded(synth: Synthesizer, vol: np.ndarray):
+    """``(features of vol, the condition's numeric features)`` as the synthesizer's model encodes them."""
+    from synthesis.condition import prompt
+
+    text, features = synth.condition(prompt(SOURCE, TARGET), SOURCE, TARGET)
+    with torch.no_grad():
+        feats = synth.model.encode(torch.from_numpy(vol / vol.max())[None, None].float(), text, features)
+    return feats, features
+
+
 def test_probability_in_slabs_is_the_whole_volume_forward_for_any_shape() -> None:
     torch.manual_seed(0)
     net = LesionNet().eval()
@@ -91,12 +101,9 @@ def test_a_detector_that_finds_nothing_changes_nothing_and_one_that_finds_everyt
     every = Synthesizer.from_model(_with_detector(base, 60.0))
     out = every(vol, (1.0, 1.0, 1.0), SOURCE, TARGET).volume
     # every voxel lesion: the target's lesion/WM ratio times the model's own white-matter weight
-    from synthesis.condition import prompt
-
     model = every.model
-    text, features = every.condition(prompt(SOURCE, TARGET), SOURCE, TARGET)
+    feats, features = _encoded(every, vol)
     with torch.no_grad():
-        feats = model.encode(torch.from_numpy(vol / vol.max())[None, None].float(), text, features)
         signal = model.lesion_signal(feats, features)
         w_wm = float(model.head.mix(feats.cond)[0, 2] + feats.mix_prior[0, 2])
     physics = physics_features(TARGET, relative_to="brain")
@@ -341,7 +348,6 @@ def test_the_config_refuses_a_table_that_is_not_monotone_from_0_to_1_and_an_unkn
 
 def test_level_output_puts_lesions_at_the_ratio_times_the_models_own_white_matter_output(
         tiny_checkpoint: Path) -> None:
-    from synthesis.condition import prompt
     from synthesis.nets.lesion import WHITE_MATTER
 
     base, _ = checkpoint.load(tiny_checkpoint)
@@ -352,9 +358,8 @@ def test_level_output_puts_lesions_at_the_ratio_times_the_models_own_white_matte
     output_model, _ = checkpoint.with_architecture(weight_model, {"lesion_level": "output"})
     vol = _phantom((18, 20, 16))
     synth = Synthesizer.from_model(output_model.eval())
-    text, features = synth.condition(prompt(SOURCE, TARGET), SOURCE, TARGET)
+    feats, features = _encoded(synth, vol)
     with torch.no_grad():
-        feats = output_model.encode(torch.from_numpy(vol / vol.max())[None, None].float(), text, features)
         out, bases = output_model.render_grid(feats, with_bases=True)
         # what the method must find, computed here from the rendered grid: the median output over
         # the central 16 planes' voxels where the white-matter basis is > 0.9 of the bases' sum
